@@ -1,0 +1,1 @@
+"""The ``momentkit`` command line. One module per subcommand; see :mod:`momentkit.cli.main`."""

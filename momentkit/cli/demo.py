@@ -1,0 +1,16 @@
+"""`momentkit demo` (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "demo (not implemented yet)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No arguments yet."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Not implemented yet."""
+    raise NotImplementedError("momentkit demo is not implemented yet")

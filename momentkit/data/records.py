@@ -1,0 +1,276 @@
+"""Typed records in the QVHighlights JSONL schema, the common format of the field.
+
+Annotation rows (one JSON object a line)::
+
+    {"qid": 2579, "query": "...", "vid": "NUsG9BgSes0_210.0_360.0", "duration": 150,
+     "relevant_windows": [[82, 150]], "relevant_clip_ids": [41, 42, ...],
+     "saliency_scores": [[1, 1, 2], ...]}   # one row per relevant clip, one column per annotator
+
+Prediction rows::
+
+    {"qid": 2579, "query": "...", "vid": "...",
+     "pred_relevant_windows": [[0.0, 70.0, 0.9986], ...],   # [start, end, score], best first
+     "pred_saliency_scores": [-0.24, ...]}                    # one score per clip
+
+Highlight-only datasets (TVSum, YouTube Highlights) store per-clip ``label`` rows; their
+loaders (:mod:`momentkit.data.datasets`) map those onto ``relevant_clip_ids`` (every clip) and
+``saliency_scores`` (clips x annotators) so one record type serves every benchmark. Unknown
+fields are kept in ``extra`` and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from momentkit.utils.errors import FormatError
+from momentkit.utils.io import iter_jsonl, write_jsonl
+
+Qid = int | str
+
+_ANNOTATION_KEYS = (
+    "qid",
+    "query",
+    "vid",
+    "duration",
+    "relevant_windows",
+    "relevant_clip_ids",
+    "saliency_scores",
+)
+_PREDICTION_KEYS = ("qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores")
+
+
+class _Where:
+    """The file and line a record comes from, for error messages."""
+
+    def __init__(self, path: str | Path | None, line: int | None) -> None:
+        self.path, self.line = path, line
+
+    def error(self, field_name: str | None, problem: str, hint: str = "") -> FormatError:
+        return FormatError(self.path, self.line, field_name, problem, hint)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _qid(obj: dict[str, Any], where: _Where) -> Qid:
+    if "qid" not in obj:
+        raise where.error("qid", "missing", "Every row needs a unique query id")
+    qid = obj["qid"]
+    if isinstance(qid, bool) or not isinstance(qid, int | str):
+        raise where.error("qid", f"expected an integer or string, got {qid!r}")
+    return qid
+
+
+def _str(obj: dict[str, Any], key: str, where: _Where, required: bool = True) -> str:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise where.error(key, "missing")
+        return ""
+    value = obj[key]
+    if not isinstance(value, str):
+        raise where.error(key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _windows(value: Any, key: str, where: _Where, with_score: bool) -> list[list[float]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise where.error(key, f"expected a list of windows, got {type(value).__name__}")
+    width = 3 if with_score else 2
+    shape = "[start, end, score]" if with_score else "[start, end]"
+    out: list[list[float]] = []
+    for i, w in enumerate(value):
+        if not isinstance(w, list | tuple) or len(w) != width or not all(map(_is_number, w)):
+            raise where.error(f"{key}[{i}]", f"expected {shape} numbers, got {w!r}")
+        if w[1] < w[0]:
+            raise where.error(
+                f"{key}[{i}]", f"end {w[1]} is before start {w[0]}", "Swap the two values"
+            )
+        out.append([float(x) if isinstance(x, float) else x for x in w])
+    return out
+
+
+@dataclass
+class MomentAnnotation:
+    """One query on one video: its relevant windows and per-clip saliency.
+
+    Attributes:
+        qid: query id, unique within a split.
+        query: the natural-language query.
+        vid: video id (also the feature file stem).
+        duration: video duration in seconds.
+        relevant_windows: ``[[start, end], ...]`` in seconds; empty for highlight-only data.
+        relevant_clip_ids: indices of clips with saliency annotations.
+        saliency_scores: ``len(relevant_clip_ids)`` rows of per-annotator scores.
+        domain: category (TVSum, YouTube Highlights), else ``None``.
+        extra: every other field of the row, preserved on save.
+    """
+
+    qid: Qid
+    query: str
+    vid: str
+    duration: float
+    relevant_windows: list[list[float]] = field(default_factory=list)
+    relevant_clip_ids: list[int] = field(default_factory=list)
+    saliency_scores: list[list[float]] = field(default_factory=list)
+    domain: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(
+        cls, obj: dict[str, Any], path: str | Path | None = None, line: int | None = None
+    ) -> MomentAnnotation:
+        """Validate and convert one JSON row; errors name ``path``, ``line`` and the field."""
+        where = _Where(path, line)
+        qid = _qid(obj, where)
+        query = _str(obj, "query", where)
+        vid = _str(obj, "vid", where)
+        if "duration" not in obj:
+            raise where.error("duration", "missing", "Give the video length in seconds")
+        duration = obj["duration"]
+        if not _is_number(duration) or duration <= 0:
+            raise where.error("duration", f"expected a positive number, got {duration!r}")
+        windows = _windows(obj.get("relevant_windows"), "relevant_windows", where, False)
+        clip_ids = obj.get("relevant_clip_ids") or []
+        if not isinstance(clip_ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in clip_ids
+        ):
+            raise where.error("relevant_clip_ids", "expected a list of non-negative integers")
+        scores = obj.get("saliency_scores") or []
+        if not isinstance(scores, list) or not all(
+            isinstance(r, list) and all(map(_is_number, r)) for r in scores
+        ):
+            raise where.error(
+                "saliency_scores", "expected a list of per-annotator score lists, e.g. [[1, 2, 3]]"
+            )
+        if scores and len(scores) != len(clip_ids):
+            raise where.error(
+                "saliency_scores",
+                f"has {len(scores)} rows but relevant_clip_ids has {len(clip_ids)} entries",
+                "Give one row of scores per relevant clip",
+            )
+        domain = obj.get("domain")
+        extra = {k: v for k, v in obj.items() if k not in _ANNOTATION_KEYS and k != "domain"}
+        return cls(qid, query, vid, duration, windows, clip_ids, scores, domain, extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON row (QVHighlights schema), with ``extra`` fields restored."""
+        row: dict[str, Any] = {
+            "qid": self.qid,
+            "query": self.query,
+            "duration": self.duration,
+            "vid": self.vid,
+            "relevant_windows": self.relevant_windows,
+        }
+        if self.relevant_clip_ids:
+            row["relevant_clip_ids"] = self.relevant_clip_ids
+            row["saliency_scores"] = self.saliency_scores
+        if self.domain is not None:
+            row["domain"] = self.domain
+        row.update(self.extra)
+        return row
+
+    def mean_saliency(self, num_clips: int) -> list[float]:
+        """Per-clip saliency averaged over annotators, zero for unannotated clips."""
+        out = [0.0] * num_clips
+        for cid, row in zip(self.relevant_clip_ids, self.saliency_scores):
+            if cid < num_clips and row:
+                out[cid] = sum(row) / len(row)
+        return out
+
+
+@dataclass
+class MomentPrediction:
+    """A model's answer to one query.
+
+    Attributes:
+        pred_relevant_windows: ``[[start, end, score], ...]`` in seconds, best first.
+        pred_saliency_scores: one score per clip of the video (may be empty for MR-only models).
+    """
+
+    qid: Qid
+    query: str
+    vid: str
+    pred_relevant_windows: list[list[float]] = field(default_factory=list)
+    pred_saliency_scores: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(
+        cls, obj: dict[str, Any], path: str | Path | None = None, line: int | None = None
+    ) -> MomentPrediction:
+        """Validate and convert one JSON row; errors name ``path``, ``line`` and the field."""
+        where = _Where(path, line)
+        qid = _qid(obj, where)
+        windows = _windows(obj.get("pred_relevant_windows"), "pred_relevant_windows", where, True)
+        sal = obj.get("pred_saliency_scores") or []
+        if not isinstance(sal, list) or not all(map(_is_number, sal)):
+            raise where.error("pred_saliency_scores", "expected a list of finite numbers")
+        extra = {k: v for k, v in obj.items() if k not in _PREDICTION_KEYS}
+        return cls(
+            qid,
+            _str(obj, "query", where, required=False),
+            _str(obj, "vid", where, required=False),
+            windows,
+            sal,
+            extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON row in the official prediction format."""
+        row: dict[str, Any] = {
+            "qid": self.qid,
+            "query": self.query,
+            "vid": self.vid,
+            "pred_relevant_windows": self.pred_relevant_windows,
+        }
+        if self.pred_saliency_scores:
+            row["pred_saliency_scores"] = self.pred_saliency_scores
+        row.update(self.extra)
+        return row
+
+
+def _check_unique(qids: Sequence[Qid], lines: Sequence[int], path: str | Path) -> None:
+    seen: dict[Qid, int] = {}
+    for qid, line in zip(qids, lines):
+        if qid in seen:
+            raise FormatError(
+                path, line, "qid", f"duplicate qid {qid!r} (first on line {seen[qid]})"
+            )
+        seen[qid] = line
+
+
+def load_annotations(path: str | Path) -> list[MomentAnnotation]:
+    """Read a QVHighlights-schema annotation JSONL file, validating every row."""
+    out, lines = [], []
+    for line, obj in iter_jsonl(path):
+        out.append(MomentAnnotation.from_dict(obj, path, line))
+        lines.append(line)
+    _check_unique([a.qid for a in out], lines, path)
+    return out
+
+
+def load_predictions(path: str | Path) -> list[MomentPrediction]:
+    """Read a prediction JSONL file in the official format, validating every row."""
+    out, lines = [], []
+    for line, obj in iter_jsonl(path):
+        out.append(MomentPrediction.from_dict(obj, path, line))
+        lines.append(line)
+    _check_unique([p.qid for p in out], lines, path)
+    return out
+
+
+def save_annotations(path: str | Path, annotations: Iterable[MomentAnnotation]) -> None:
+    """Write annotations as JSONL (atomically)."""
+    write_jsonl(path, (a.to_dict() for a in annotations))
+
+
+def save_predictions(path: str | Path, predictions: Iterable[MomentPrediction]) -> None:
+    """Write predictions as JSONL in the official format (atomically)."""
+    write_jsonl(path, (p.to_dict() for p in predictions))
