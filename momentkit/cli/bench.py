@@ -1,16 +1,36 @@
-"""`momentkit bench` (placeholder until its issue lands)."""
+"""``momentkit bench NAME``: measured benchmarks, one module per benchmark.
+
+Each benchmark lives in ``momentkit.benchmarks.<module>`` with the same protocol as a CLI
+command (``HELP``, ``add_arguments``, ``run``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 
-HELP = "bench (not implemented yet)"
+HELP = "run a benchmark (evaluate, train, ...) and print measured figures"
+
+# benchmark name -> module under momentkit.benchmarks
+BENCHMARKS: dict[str, str] = {
+    "evaluate": "evaluate",
+    "train": "train",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No arguments yet."""
+    """One sub-parser per benchmark."""
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, module_name in BENCHMARKS.items():
+        try:
+            module = importlib.import_module(f"momentkit.benchmarks.{module_name}")
+        except ModuleNotFoundError:
+            continue
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_bench_run=module.run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not implemented yet."""
-    raise NotImplementedError("momentkit bench is not implemented yet")
+    """Dispatch to the chosen benchmark."""
+    return int(args._bench_run(args) or 0)

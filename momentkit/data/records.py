@@ -21,7 +21,7 @@ fields are kept in ``extra`` and written back unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,11 +246,23 @@ def _check_unique(qids: Sequence[Qid], lines: Sequence[int], path: str | Path) -
         seen[qid] = line
 
 
-def load_annotations(path: str | Path) -> list[MomentAnnotation]:
-    """Read a QVHighlights-schema annotation JSONL file, validating every row."""
+RecordTransform = Callable[[MomentAnnotation, Path, int], MomentAnnotation]
+
+
+def load_annotations(
+    path: str | Path, transform: RecordTransform | None = None
+) -> list[MomentAnnotation]:
+    """Read a QVHighlights-schema annotation JSONL file, validating every row.
+
+    Args:
+        path: the JSONL file.
+        transform: optional ``f(record, path, line) -> record`` applied to each row (dataset
+            loaders use it to map benchmark-specific fields; it may raise FormatError).
+    """
     out, lines = [], []
     for line, obj in iter_jsonl(path):
-        out.append(MomentAnnotation.from_dict(obj, path, line))
+        record = MomentAnnotation.from_dict(obj, path, line)
+        out.append(transform(record, Path(path), line) if transform else record)
         lines.append(line)
     _check_unique([a.qid for a in out], lines, path)
     return out

@@ -19,6 +19,12 @@ import torch
 from torch import Tensor
 
 
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` where ``den > 0``, else 0 (no epsilon: exact for tiny spans)."""
+    positive = den > 0
+    return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), 0.0)
+
+
 def span_xx_to_cxw(spans: Tensor) -> Tensor:
     """``(..., 2)`` start/end -> ``(..., 2)`` centre/width."""
     start, end = spans.unbind(-1)
@@ -47,7 +53,7 @@ def temporal_iou(spans1: Tensor, spans2: Tensor) -> tuple[Tensor, Tensor]:
     right = torch.min(spans1[:, None, 1], spans2[None, :, 1])
     inter = (right - left).clamp(min=0)
     union = len1[:, None] + len2[None, :] - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+    iou = _safe_div(inter, union)
     return iou, union
 
 
@@ -67,7 +73,7 @@ def generalized_temporal_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
     left = torch.min(spans1[:, None, 0], spans2[None, :, 0])
     right = torch.max(spans1[:, None, 1], spans2[None, :, 1])
     hull = (right - left).clamp(min=0)
-    return iou - (hull - union) / hull.clamp(min=1e-12)
+    return iou - _safe_div(hull - union, hull)
 
 
 def paired_temporal_iou(spans1: Tensor, spans2: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,7 +84,7 @@ def paired_temporal_iou(spans1: Tensor, spans2: Tensor) -> tuple[Tensor, Tensor]
     right = torch.min(spans1[..., 1], spans2[..., 1])
     inter = (right - left).clamp(min=0)
     union = len1 + len2 - inter
-    iou = torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+    iou = _safe_div(inter, union)
     return iou, union
 
 
@@ -88,7 +94,7 @@ def paired_generalized_temporal_iou(spans1: Tensor, spans2: Tensor) -> Tensor:
     left = torch.min(spans1[..., 0], spans2[..., 0])
     right = torch.max(spans1[..., 1], spans2[..., 1])
     hull = (right - left).clamp(min=0)
-    return iou - (hull - union) / hull.clamp(min=1e-12)
+    return iou - _safe_div(hull - union, hull)
 
 
 def window_to_clip_ids(window: Sequence[float], clip_len: float) -> list[int]:
