@@ -1,0 +1,172 @@
+"""A directory of per-item ``.npz`` files, the layout of Moment-DETR, QD-DETR and Lighthouse.
+
+Video streams: ``<dir>/<vid>.npz`` holding ``features`` of shape ``(clips, D)``.
+Query features: ``<dir>/qid<qid>.npz`` holding ``last_hidden_state`` ``(tokens, D)`` and
+``pooler_output`` ``(D,)``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from momentkit.features.base import DEFAULT_FIELDS, as_2d, check_dim, check_finite
+from momentkit.utils.errors import FeatureError
+
+
+def select_field(names: list[str], field: str | None, source: str) -> str:
+    """The array to read among ``names`` (those stored in ``source``).
+
+    With ``field=None`` the first of :data:`DEFAULT_FIELDS` present is used, else the only array.
+    """
+    if field is not None:
+        if field in names:
+            return field
+        raise FeatureError(
+            f"{source}: no array named '{field}' (it holds: {', '.join(names) or 'nothing'}). "
+            "Pick one of those with the field option (--field on the command line)"
+        )
+    for name in DEFAULT_FIELDS:
+        if name in names:
+            return name
+    if len(names) == 1:
+        return names[0]
+    raise FeatureError(
+        f"{source}: cannot tell which array holds the features (it holds: "
+        f"{', '.join(names) or 'nothing'}). Name it with the field option (--field)"
+    )
+
+
+def read_npz(file: Path, field: str | None) -> tuple[np.ndarray, str]:
+    """Read one feature array from ``file``; returns ``(array (L, D) float32, field name)``.
+
+    Raises:
+        FeatureError: the file is unreadable, or the array is not numeric, (L, D) or (D,), finite.
+    """
+    try:
+        npz = np.load(file, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise FeatureError(f"{file}: not a .npz archive. Save features with numpy.savez")
+        with npz:
+            name = select_field(list(npz.files), field, str(file))
+            array = npz[name]
+    except (FeatureError, FileNotFoundError):
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise FeatureError(
+            f"{file}: cannot read the file ({e}). It is damaged or not written by numpy.savez; "
+            "re-extract or re-download it"
+        ) from None
+    if array.dtype.kind not in "fiu":
+        raise FeatureError(f"{file}: array '{name}' has dtype {array.dtype}; expected numbers")
+    array = as_2d(array.astype(np.float32, copy=False), str(file), name)
+    check_finite(array, str(file))
+    return array, name
+
+
+class NpzFeatureStore:
+    """Features in ``<root>/<key>.npz`` files, read on demand.
+
+    Args:
+        root: the directory.
+        field: the array to read from each file; ``None`` picks ``features``, else
+            ``last_hidden_state``, else ``pooler_output``, else a file's only array.
+        cache: keep every array read in memory, so later epochs open no files. Each
+            DataLoader worker holds its own cache.
+
+    Arrays returned by :meth:`get` may be shared with the cache: treat them as read-only.
+    """
+
+    def __init__(self, root: str | Path, field: str | None = None, *, cache: bool = False) -> None:
+        self.path = Path(root)
+        if not self.path.is_dir():
+            raise FeatureError(
+                f"{self.path}: no such feature directory. Give the folder holding the "
+                "<vid>.npz (or qid<qid>.npz) files"
+            )
+        self.field = field
+        self.cache = cache
+        self._cache: dict[str, np.ndarray] = {}
+        self._keys: list[str] | None = None
+        self._keyset: frozenset[str] | None = None
+        self._dim: int | None = None
+        self._dim_source = ""
+        self.field_used: str | None = field  # the array name read, once a file has been read
+
+    def __repr__(self) -> str:
+        return f"NpzFeatureStore({str(self.path)!r}, field={self.field!r}, cache={self.cache})"
+
+    def _scan(self) -> None:
+        with os.scandir(self.path) as it:
+            keys = [e.name[:-4] for e in it if e.name.endswith(".npz") and not e.is_dir()]
+        self._keys = sorted(keys)
+        self._keyset = frozenset(keys)
+
+    def keys(self) -> list[str]:
+        """Every file stem, sorted (the directory is listed once)."""
+        if self._keys is None:
+            self._scan()
+        assert self._keys is not None
+        return list(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        if self._keyset is None:
+            self._scan()
+        assert self._keyset is not None
+        return key in self._keyset
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    @property
+    def dim(self) -> int:
+        """Channels per row, read from the first file when no file has been read yet."""
+        if self._dim is None:
+            keys = self.keys()
+            if not keys:
+                raise FeatureError(
+                    f"{self.path}: no .npz files. Point at the folder holding the feature files"
+                )
+            self.get(keys[0])
+        assert self._dim is not None
+        return self._dim
+
+    def file(self, key: str) -> Path:
+        """The file holding ``key``'s features."""
+        return self.path / f"{key}.npz"
+
+    def get(self, key: str, max_rows: int | None = None) -> np.ndarray:
+        """``(L, D)`` float32 features of ``key``, the first ``max_rows`` rows if given.
+
+        Raises:
+            FeatureError: the file is missing, unreadable, misshapen, has a channel count
+                different from the other files of the directory, or holds NaN/Inf.
+        """
+        array = self._cache.get(key) if self.cache else None
+        if array is None:
+            array = self._load(key)
+            if self.cache:
+                array.flags.writeable = False
+                self._cache[key] = array
+        return array if max_rows is None else array[:max_rows]
+
+    def _load(self, key: str) -> np.ndarray:
+        file = self.file(key)
+        try:
+            # the first file read fixes the array name, so every file must hold the same one
+            array, self.field_used = read_npz(file, self.field_used)
+        except FileNotFoundError:
+            what = "query" if key.startswith("qid") else "video"
+            raise FeatureError(
+                f"{self.path}: no features for {what} '{key}' (missing file {file}). Check that "
+                "this directory holds the features of this dataset split, or drop the "
+                "annotations that use it"
+            ) from None
+        if self._dim is None:
+            self._dim, self._dim_source = array.shape[1], str(file)
+        else:
+            check_dim(array, self._dim, str(file), self._dim_source)
+        return array
