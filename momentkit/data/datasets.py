@@ -128,7 +128,7 @@ _register(
         2.0,
         "tvsum",
         {"train": "tvsum_train.jsonl", "val": "tvsum_val.jsonl"},
-        "highlight",
+        "tvsum",
         _labels_to_saliency,
     )
 )
@@ -139,7 +139,7 @@ _register(
         2.0,
         "youtube_highlights",
         {"train": "youtube_highlights_train.jsonl", "val": "youtube_highlights_val.jsonl"},
-        "highlight",
+        "youtube_highlights",
         _labels_to_saliency,
     )
 )

@@ -1,0 +1,1 @@
+"""Measured benchmarks, run as ``momentkit bench NAME`` (one module per benchmark)."""

@@ -1,0 +1,168 @@
+"""``momentkit bench evaluate``: time the QVHighlights evaluator (optionally vs the official one).
+
+Times :func:`momentkit.evaluation.eval_submission` on already-loaded rows (median of
+``--repeat`` runs), checks the result against ``--expected`` (the official metrics of the sample
+predictions) and, with ``--official-dir`` pointing at a checkout of Moment-DETR's
+``standalone_eval`` directory (``eval.py`` + ``utils.py``; needs scikit-learn), times the
+official ``eval_submission`` on the same rows in the same process and checks that both return
+the same dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HELP = "time the QVHighlights evaluator on the official sample predictions (vs the official one)"
+
+_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qvhighlights"
+_DEFAULT_PRED = _SHARED / "sample_val_preds.jsonl"
+_DEFAULT_GT = _SHARED / "highlight_val_release.jsonl"
+_DEFAULT_EXPECTED = _SHARED / "sample_val_preds_metrics_raw.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``[--pred P] [--gt G] [--expected E] [--repeat N] [--official-dir DIR] [--out JSON]``."""
+    parser.add_argument("--pred", type=Path, default=_DEFAULT_PRED, help="prediction JSONL")
+    parser.add_argument("--gt", type=Path, default=_DEFAULT_GT, help="ground-truth JSONL")
+    parser.add_argument(
+        "--expected",
+        type=Path,
+        default=_DEFAULT_EXPECTED,
+        help="metrics JSON the result must equal (skipped if the file does not exist)",
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of ours (median)")
+    parser.add_argument(
+        "--official-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a checkout of the official standalone_eval directory, timed side by side",
+    )
+    parser.add_argument("--official-repeat", type=int, default=1, help="timed official runs")
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+
+
+def _time(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
+    times, result = [], None
+    for _ in range(max(repeat, 1)):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return times, result
+
+
+def _load_official(directory: Path) -> Callable[..., Any]:
+    """The official ``eval_submission`` from a ``standalone_eval`` checkout."""
+    from momentkit.utils.errors import MomentkitError
+
+    directory = directory.resolve()
+    if not (directory / "eval.py").is_file() or directory.name != "standalone_eval":
+        raise MomentkitError(
+            f"{directory}: expected the official 'standalone_eval' directory holding eval.py "
+            "and utils.py (from github.com/jayleicn/moment_detr)"
+        )
+    sys.path.insert(0, str(directory.parent))
+    try:
+        module = importlib.import_module("standalone_eval.eval")
+    except ImportError as e:
+        raise MomentkitError(
+            f"cannot import the official evaluator from {directory}: {e} "
+            "(it needs numpy and scikit-learn: pip install scikit-learn)"
+        ) from None
+    finally:
+        sys.path.remove(str(directory.parent))
+    return module.eval_submission
+
+
+def _diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print a table; returns 1 if a result differs from the reference."""
+    import copy
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from momentkit.evaluation import eval_submission
+    from momentkit.utils.io import read_jsonl, write_json
+
+    console = Console()
+    official_fn = _load_official(args.official_dir) if args.official_dir is not None else None
+    load_start = time.perf_counter()
+    submission = read_jsonl(args.pred)
+    ground_truth = read_jsonl(args.gt)
+    load_s = time.perf_counter() - load_start
+
+    ours_times, ours = _time(lambda: eval_submission(submission, ground_truth), args.repeat)
+    ours = json.loads(json.dumps(ours))
+    report: dict[str, Any] = {
+        "pred": str(args.pred),
+        "gt": str(args.gt),
+        "num_queries": len(submission),
+        "load_s": load_s,
+        "ours_s": ours_times,
+        "ours_median_s": statistics.median(ours_times),
+    }
+    ok = True
+    if args.expected and args.expected.is_file():
+        expected = json.loads(args.expected.read_text(encoding="utf-8"))
+        report["ours_equals_expected"] = ours == expected
+        if ours != expected:
+            ok = False
+            console.print(f"[red]differs from {args.expected}: {_diff_keys(ours, expected)}")
+
+    if official_fn is not None:
+
+        def official() -> Any:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return official_fn(
+                    copy.deepcopy(submission), copy.deepcopy(ground_truth), verbose=False
+                )
+
+        official_times, official_result = _time(official, args.official_repeat)
+        official_result = json.loads(json.dumps(official_result))
+        report["official_s"] = official_times
+        report["official_median_s"] = statistics.median(official_times)
+        report["ours_equals_official"] = ours == official_result
+        if ours != official_result:
+            ok = False
+            console.print(f"[red]differs from the official: {_diff_keys(ours, official_result)}")
+
+    table = Table(title=f"QVHighlights evaluation, {len(submission)} queries")
+    table.add_column("evaluator")
+    table.add_column("median s", justify="right")
+    table.add_column("runs", justify="right")
+    table.add_column("same metrics", justify="center")
+    same = report.get("ours_equals_official", report.get("ours_equals_expected"))
+    table.add_row("momentkit", f"{report['ours_median_s']:.3f}", str(len(ours_times)), _mark(same))
+    if "official_s" in report:
+        table.add_row(
+            "official standalone_eval",
+            f"{report['official_median_s']:.3f}",
+            str(len(report["official_s"])),
+            "reference",
+        )
+        speedup = report["official_median_s"] / report["ours_median_s"]
+        table.caption = f"speed-up x{speedup:.1f}; JSON loading {load_s:.3f} s (not timed)"
+    else:
+        table.caption = f"JSON loading {load_s:.3f} s (not timed)"
+    console.print(table)
+    if args.out:
+        write_json(args.out, report)
+    return 0 if ok else 1
+
+
+def _mark(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "NO")
