@@ -1,16 +1,61 @@
-"""`momentkit predict` (placeholder until its issue lands)."""
+"""`momentkit predict`: run a trained checkpoint on feature files, writing official predictions.
+
+Example::
+
+    momentkit predict --checkpoint runs/mdetr --annotations data/highlight_test_release.jsonl \\
+        --video-features feats/slowfast feats/clip --text-features feats/clip_text \\
+        --out test_preds.jsonl
+
+Each output line is ``{"qid", "query", "vid", "pred_relevant_windows": [[start, end, score],
+...], "pred_saliency_scores": [...]}``, the format ``momentkit evaluate`` and the QVHighlights
+server read. The annotations need no ground truth.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "predict (not implemented yet)"
+HELP = "predict moments and highlights with a trained checkpoint"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No arguments yet."""
+    """Arguments of ``momentkit predict``."""
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="RUN_DIR",
+        help="run directory of `momentkit train` (uses its best/), or a checkpoint directory",
+    )
+    parser.add_argument(
+        "--annotations", required=True, metavar="X.jsonl", help="queries to answer (JSONL)"
+    )
+    parser.add_argument(
+        "--video-features",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="video feature stores, the same streams in the same order as in training",
+    )
+    parser.add_argument("--text-features", required=True, metavar="DIR", help="query store")
+    parser.add_argument("--out", required=True, metavar="PRED.jsonl", help="predictions file")
+    parser.add_argument("--batch-size", type=int, help="queries per batch (default: the run's)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not implemented yet."""
-    raise NotImplementedError("momentkit predict is not implemented yet")
+    """Predict and write ``--out``."""
+    from momentkit.data.records import load_annotations, save_predictions
+    from momentkit.training.pipeline import predict
+
+    annotations = load_annotations(args.annotations)
+    predictions = predict(
+        args.checkpoint,
+        annotations,
+        args.video_features,
+        args.text_features,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    save_predictions(args.out, predictions)
+    print(f"wrote {len(predictions)} predictions to {args.out}")
+    return 0
