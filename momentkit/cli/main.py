@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "train": "train",
     "predict": "predict",
+    "extract": "extract",
     "bench": "bench",
 }
 

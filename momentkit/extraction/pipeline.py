@@ -1,0 +1,316 @@
+"""Extracting features of videos and queries into the standard ``.npz`` layout.
+
+::
+
+    FEAT_DIR/<video stream>/<vid>.npz      features          (T, D) float32
+    FEAT_DIR/<text stream>/qid<qid>.npz    last_hidden_state (N, D), pooler_output (D,)
+
+the layout Moment-DETR, QD-DETR, Lighthouse and :class:`momentkit.features.npz.NpzFeatureStore`
+read. ``<vid>`` is the video's file name without extension. Every file is written atomically,
+and a video whose files all exist is skipped, so an interrupted run resumes where it stopped.
+Each video is decoded once for all encoders, on a background thread that runs ahead of the
+encoders.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from momentkit.encoders.base import Encoder, EncoderError
+from momentkit.extraction.prefetch import prefetch
+from momentkit.features.base import text_key
+from momentkit.utils.errors import FormatError, MomentkitError
+from momentkit.utils.io import atomic_open, iter_jsonl
+from momentkit.video.decode import ClipReader
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """How videos are cut and encoded.
+
+    Attributes:
+        clip_len: seconds per clip (2 for QVHighlights-style features, 1 for Charades-STA).
+        streams: the streams to write (``None``: every stream of the encoders).
+        overwrite: re-extract videos and queries whose files already exist.
+        clips_per_batch: clips handed to an encoder at once.
+        prefetch: decoded clips buffered ahead of the encoders.
+        decode_threads: FFmpeg decoder threads per video (0: FFmpeg chooses).
+    """
+
+    clip_len: float = 2.0
+    streams: tuple[str, ...] | None = None
+    overwrite: bool = False
+    clips_per_batch: int = 16
+    prefetch: int = 32
+    decode_threads: int = 1
+
+
+@dataclass
+class VideoResult:
+    """The outcome for one video.
+
+    Attributes:
+        path: the video file.
+        status: ``"done"``, ``"skipped"`` (its files already existed) or ``"failed"``.
+        duration: seconds of video (0 unless done).
+        num_clips: rows written per stream (0 unless done).
+        seconds: wall-clock seconds spent on it.
+        error: why it failed (``""`` otherwise).
+    """
+
+    path: Path
+    status: str
+    duration: float = 0.0
+    num_clips: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def vid(self) -> str:
+        """The video id: the file name without extension."""
+        return video_id(self.path)
+
+
+@dataclass
+class ExtractionReport:
+    """What a run did: per-video results, query counts and the wall-clock time of the videos."""
+
+    videos: list[VideoResult] = field(default_factory=list)
+    queries_written: int = 0
+    queries_skipped: int = 0
+    wall_seconds: float = 0.0
+
+    def by_status(self, status: str) -> list[VideoResult]:
+        """The results with ``status``."""
+        return [r for r in self.videos if r.status == status]
+
+    @property
+    def video_seconds(self) -> float:
+        """Seconds of video extracted in this run (skipped videos excluded)."""
+        return sum(r.duration for r in self.videos if r.status == "done")
+
+    @property
+    def speed(self) -> float:
+        """Throughput in multiples of real time: seconds of video per wall-clock second."""
+        return self.video_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def exit_status(self, strict: bool = False) -> int:
+        """1 when every video failed (none extracted now or before), or (``strict``) when any
+        failed; else 0."""
+        failed = self.by_status("failed")
+        return int(bool(failed) and (strict or len(failed) == len(self.videos)))
+
+    def summary(self) -> str:
+        """A few lines for the terminal: counts, throughput, then every failure and its cause."""
+        done, skipped, failed = (self.by_status(s) for s in ("done", "skipped", "failed"))
+        lines = [
+            f"videos: {len(done)} extracted, {len(skipped)} skipped (already done), "
+            f"{len(failed)} failed; queries: {self.queries_written} extracted, "
+            f"{self.queries_skipped} skipped",
+            f"{self.video_seconds:.1f} s of video in {self.wall_seconds:.1f} s "
+            f"({self.speed:.1f}x real time)",
+        ]
+        if failed:
+            lines.append(f"failed ({len(failed)}):")
+            # errors from momentkit name the file already
+            lines.extend(
+                f"  {r.error}" if str(r.path) in r.error else f"  {r.path}: {r.error}"
+                for r in failed
+            )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable record of the run."""
+        return {
+            "done": len(self.by_status("done")),
+            "skipped": len(self.by_status("skipped")),
+            "failed": [{"path": str(r.path), "error": r.error} for r in self.by_status("failed")],
+            "queries_written": self.queries_written,
+            "queries_skipped": self.queries_skipped,
+            "video_seconds": round(self.video_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "speed_x_real_time": round(self.speed, 3),
+        }
+
+
+def video_id(path: str | Path) -> str:
+    """The id of a video in feature files: its file name without the extension."""
+    return Path(path).stem
+
+
+def feature_file(out_dir: str | Path, stream: str, key: str) -> Path:
+    """``out_dir/stream/key.npz``."""
+    return Path(out_dir) / stream / f"{key}.npz"
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` (as float32) to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+
+
+def describe_error(error: BaseException) -> str:
+    """One line saying why a video failed: the message of a momentkit error, else type + message
+    + the innermost frame (an unexpected error is a bug worth locating)."""
+    if isinstance(error, MomentkitError):
+        return str(error)
+    where = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    at = f" (at {Path(where[0].filename).name}:{where[0].lineno})" if where else ""
+    return f"{type(error).__name__}: {error}{at}"
+
+
+def read_queries(path: str | Path) -> list[tuple[int | str, str]]:
+    """``(qid, query)`` of every row of a QVHighlights-style JSONL file.
+
+    Raises:
+        FormatError: naming the line of a row without a valid ``qid`` or ``query``, or of a
+            repeated ``qid``.
+    """
+    rows: list[tuple[int | str, str]] = []
+    seen: dict[int | str, int] = {}
+    for line, obj in iter_jsonl(path):
+        qid, query = obj.get("qid"), obj.get("query")
+        if isinstance(qid, bool) or not isinstance(qid, int | str):
+            raise FormatError(path, line, "qid", f"expected an integer or string, got {qid!r}")
+        if not isinstance(query, str) or not query.strip():
+            raise FormatError(path, line, "query", f"expected a non-empty string, got {query!r}")
+        if qid in seen:
+            raise FormatError(
+                path, line, "qid", f"{qid!r} already used on line {seen[qid]}", "qids are unique"
+            )
+        seen[qid] = line
+        rows.append((qid, query))
+    return rows
+
+
+class Extractor:
+    """Writes the selected streams of ``encoders`` for videos and queries into ``out_dir``.
+
+    Args:
+        encoders: the encoders; their stream names must be distinct.
+        out_dir: the feature directory (``FEAT_DIR``).
+        config: see :class:`ExtractionConfig`.
+
+    Raises:
+        EncoderError: two encoders share a stream name, or ``config.streams`` names a stream
+            none of them produces.
+    """
+
+    def __init__(
+        self, encoders: Sequence[Encoder], out_dir: str | Path, config: ExtractionConfig
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.config = config
+        available: dict[str, Encoder] = {}
+        for enc in encoders:
+            names = list(enc.video_streams) + ([enc.text_stream] if enc.text_stream else [])
+            for name in names:
+                if name in available:
+                    raise EncoderError(
+                        f"encoders '{available[name].name}' and '{enc.name}' both write stream "
+                        f"'{name}'; use one of them"
+                    )
+                available[name] = enc
+        wanted = config.streams or tuple(available)
+        unknown = [s for s in wanted if s not in available]
+        if unknown:
+            raise EncoderError(
+                f"no encoder writes stream(s) {', '.join(unknown)}; the encoders "
+                f"({', '.join(e.name for e in encoders)}) write: {', '.join(available)}. "
+                "Add the encoder that writes it (e.g. --encoder motion for 'motion')"
+            )
+        self.video_streams = {s: available[s] for s in wanted if s in available[s].video_streams}
+        self.text_streams = {s: available[s] for s in wanted if s == available[s].text_stream}
+        self.video_encoders = [e for e in encoders if e in self.video_streams.values()]
+
+    # -- videos ---------------------------------------------------------------------------------
+
+    def is_done(self, path: str | Path) -> bool:
+        """Whether every selected video stream of ``path`` already has its file."""
+        vid = video_id(path)
+        return all(feature_file(self.out_dir, s, vid).is_file() for s in self.video_streams)
+
+    def extract_video(self, path: str | Path) -> VideoResult:
+        """Extract (or skip) one video; failures are returned in the result, never raised."""
+        path = Path(path)
+        start = time.perf_counter()
+        if not self.config.overwrite and self.is_done(path):
+            return VideoResult(path, "skipped")
+        try:
+            duration, num_clips = self._extract(path)
+        except Exception as e:  # one bad video must not stop a batch
+            return VideoResult(
+                path, "failed", seconds=time.perf_counter() - start, error=describe_error(e)
+            )
+        return VideoResult(path, "done", duration, num_clips, time.perf_counter() - start)
+
+    def _extract(self, path: Path) -> tuple[float, int]:
+        cfg = self.config
+        requests = {e.name: e.frame_request for e in self.video_encoders}
+        reader = ClipReader(path, cfg.clip_len, requests, threads=cfg.decode_threads)
+        outputs: dict[str, list[np.ndarray]] = {s: [] for s in self.video_streams}
+        batch: list[dict[str, np.ndarray]] = []
+        for clip in prefetch(reader, cfg.prefetch):
+            batch.append(clip)
+            if len(batch) == cfg.clips_per_batch:
+                self._encode(batch, outputs)
+                batch = []
+        if batch:
+            self._encode(batch, outputs)
+        vid = video_id(path)
+        for stream, parts in outputs.items():
+            features = np.concatenate(parts)
+            expected = (reader.num_clips, self.video_streams[stream].video_streams[stream])
+            if features.shape != expected:  # an encoder bug, not a user error
+                raise RuntimeError(f"stream '{stream}': got {features.shape}, expected {expected}")
+            save_npz(feature_file(self.out_dir, stream, vid), features=features)
+        return reader.info.duration, reader.num_clips
+
+    def _encode(
+        self, clips: list[dict[str, np.ndarray]], outputs: dict[str, list[np.ndarray]]
+    ) -> None:
+        for enc in self.video_encoders:
+            feats = enc.encode_clips(np.stack([c[enc.name] for c in clips]))
+            for stream, array in feats.items():
+                if stream in outputs:
+                    outputs[stream].append(array)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def extract_queries(self, path: str | Path, batch_size: int = 64) -> tuple[int, int]:
+        """Write the selected text streams of every query of a JSONL file.
+
+        Returns:
+            ``(written, skipped)`` query files (counted over text streams).
+
+        Raises:
+            FormatError: a row lacks a valid ``qid``/``query`` (checked before any work).
+        """
+        rows = read_queries(path)
+        written = skipped = 0
+        for stream, enc in self.text_streams.items():
+            todo = [
+                (qid, q)
+                for qid, q in rows
+                if self.config.overwrite
+                or not feature_file(self.out_dir, stream, text_key(qid)).is_file()
+            ]
+            skipped += len(rows) - len(todo)
+            for i in range(0, len(todo), batch_size):
+                chunk = todo[i : i + batch_size]
+                feats = enc.encode_text([q for _, q in chunk])
+                for (qid, _), f in zip(chunk, feats, strict=True):
+                    save_npz(
+                        feature_file(self.out_dir, stream, text_key(qid)),
+                        last_hidden_state=f.last_hidden_state,
+                        pooler_output=f.pooler_output,
+                    )
+                written += len(chunk)
+        return written, skipped
