@@ -1,16 +1,57 @@
-"""`momentkit synth` (placeholder until its issue lands)."""
+"""``momentkit synth OUTDIR``: write the synthetic moment-retrieval benchmark.
+
+Example::
+
+    momentkit synth data/synth --train 2000 --val 500 --seed 0
+
+See docs/synthetic_benchmark.md for what the data holds and why it is hard.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "synth (not implemented yet)"
+HELP = "write the synthetic benchmark (annotations + features in the standard layout)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """No arguments yet."""
+    """``OUTDIR``, split sizes, seeds and output options."""
+    parser.add_argument("outdir", metavar="OUTDIR", help="folder to write the benchmark into")
+    parser.add_argument(
+        "--train", type=int, default=2000, metavar="N", help="training queries (default: 2000)"
+    )
+    parser.add_argument(
+        "--val", type=int, default=500, metavar="N", help="validation queries (default: 500)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the videos and queries (default: 0)"
+    )
+    parser.add_argument(
+        "--world-seed",
+        type=int,
+        default=0,
+        help="seed of the concept directions (default: 0); keep it to generate more data of "
+        "the same world",
+    )
+    parser.add_argument("--compress", action="store_true", help="write deflated .npz files")
+    parser.add_argument("--force", action="store_true", help="replace a benchmark in OUTDIR")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Not implemented yet."""
-    raise NotImplementedError("momentkit synth is not implemented yet")
+    """Generate the benchmark and print a summary; returns the exit status."""
+    from momentkit.data.synth import SynthConfig, generate
+
+    config = SynthConfig(
+        num_train=args.train,
+        num_val=args.val,
+        seed=args.seed,
+        world_seed=args.world_seed,
+        compress=args.compress,
+    )
+    summary = generate(config, args.outdir, overwrite=args.force, progress=not args.no_progress)
+    for split, n in summary.num_queries.items():
+        relations = ", ".join(f"{k} {v}" for k, v in summary.relations[split].items())
+        print(f"{split}: {n} queries, {summary.num_windows[split]} windows ({relations})")
+    print(f"wrote {summary.outdir} in {summary.seconds:.1f} s")
+    return 0
