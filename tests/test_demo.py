@@ -1,4 +1,4 @@
-"""The similarity baseline and ``momentkit demo``."""
+"""The similarity baseline, ``momentkit demo`` (real video) and ``momentkit demo --synthetic``."""
 
 from __future__ import annotations
 
@@ -117,10 +117,10 @@ def test_baseline_gets_partial_credit(bench: Path):
     assert brief["MR-full-mAP"] <= 40
 
 
-def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_synthetic_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     pytest.importorskip("momentkit.evaluation.qvhighlights")
     start = time.perf_counter()
-    assert main(["demo", "--workdir", str(tmp_path), "--seed", "2"]) == 0
+    assert main(["demo", "--synthetic", "--workdir", str(tmp_path), "--seed", "2"]) == 0
     assert time.perf_counter() - start < 30, "the demo must finish in under 30 s"
     out = capsys.readouterr().out
     assert "MR-full-R1@0.5" in out and "HL-min-VeryGood-mAP" in out
@@ -131,10 +131,47 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert len(load_annotations(tmp_path / "synth" / "annotations" / "train.jsonl")) == 200
 
 
-def test_demo_in_a_temporary_folder(capsys: pytest.CaptureFixture[str]):
+def test_synthetic_demo_in_a_temporary_folder(capsys: pytest.CaptureFixture[str]):
     pytest.importorskip("momentkit.evaluation.qvhighlights")
-    assert main(["demo", "--train", "3", "--val", "5"]) == 0
+    assert main(["demo", "--synthetic", "--train", "3", "--val", "5"]) == 0
     out = capsys.readouterr().out
     assert "synthetic val (5 queries)" in out
     folder = Path(out.split(" to ", 1)[1].split()[0])
     assert not folder.exists(), "the temporary folder must be removed"
+
+
+def test_video_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """`momentkit demo`: zero-shot search of the packaged Charades clip, in under a minute."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("matplotlib")
+    from momentkit.cli.demo import DEMO_QUERIES
+
+    out = tmp_path / "demo"
+    start = time.perf_counter()
+    assert main(["demo", "--out", str(out)]) == 0
+    assert time.perf_counter() - start < 60, "the video demo must finish in under 60 s"
+    text = capsys.readouterr().out
+    assert "encoded 30.7 s of video as 16 clips of 2 s" in text
+    for query in DEMO_QUERIES:
+        assert query in text
+    assert (out / "highlights.png").read_bytes()[:4] == b"\x89PNG"
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["video"] == "charades_demo.mp4"
+    assert [r["query"] for r in doc["results"]] == list(DEMO_QUERIES)
+    for result in doc["results"]:
+        assert 1 <= len(result["moments"]) <= 3 and len(result["saliency"]) == 16
+        exported = ["clip" in m for m in result["moments"]]  # the best moment only
+        assert exported == [True] + [False] * (len(exported) - 1)
+    assert len(list((out / "clips").glob("q*_1_*.mp4"))) == 3
+    # the one query the zero-shot bridge gets right: the doorway, crossed in the first seconds
+    assert doc["results"][0]["moments"][0]["end"] <= 8.0
+
+
+def test_example_video_is_packaged():
+    from importlib import resources
+
+    from momentkit.cli.demo import EXAMPLE_VIDEO
+
+    examples = resources.files("momentkit").joinpath("examples")
+    assert examples.joinpath(EXAMPLE_VIDEO).is_file()
+    assert "UniVTG" in examples.joinpath("README.txt").read_text()

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "predict": "predict",
     "extract": "extract",
+    "search": "search",
     "bench": "bench",
 }
 

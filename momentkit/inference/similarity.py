@@ -83,6 +83,55 @@ def temporal_nms(windows: np.ndarray, iou_threshold: float) -> list[int]:
     return keep
 
 
+WINDOW_SCORES = ("contrast", "mean")
+
+
+def propose_windows(
+    saliency: np.ndarray,
+    duration: float,
+    clip_len: float,
+    *,
+    quantiles: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9),
+    max_windows: int | None = 10,
+    nms_iou: float = 0.7,
+    window_score: str = "contrast",
+) -> np.ndarray:
+    """Moments from per-clip saliency: runs of clips above quantile thresholds, scored, NMS-ed.
+
+    Args:
+        saliency: ``(T,)`` score of each clip (clip ``i`` covers ``[i, i + 1) * clip_len``).
+        duration: seconds of video; the last window is cut there.
+        clip_len: seconds per clip.
+        quantiles: per-video saliency quantiles used as thresholds for the runs.
+        max_windows: windows returned (``None``: all that survive NMS).
+        nms_iou: a window overlapping a better one by this IoU or more is dropped.
+        window_score: ``"contrast"`` or ``"mean"`` (see the module docstring).
+
+    Returns:
+        ``(N, 3)`` float64 ``[start, end, score]`` rows in seconds, best first.
+    """
+    if window_score not in WINDOW_SCORES:
+        raise ValueError(f"window_score must be 'contrast' or 'mean', got {window_score!r}")
+    saliency = np.asarray(saliency, dtype=np.float64).reshape(-1)
+    if len(saliency) == 0:
+        return np.zeros((0, 3))
+    median = float(np.median(saliency))
+    candidates: dict[tuple[int, int], float] = {}
+    for q in quantiles:
+        for s, e in runs_above(saliency, float(np.quantile(saliency, q))):
+            score = float(saliency[s:e].mean())
+            if window_score == "contrast":
+                score = (score - median) * math.sqrt(e - s)
+            candidates[(s, e)] = score
+    ranked = sorted(candidates.items(), key=lambda kv: (-kv[1], kv[0]))
+    windows = np.array(
+        [[s * clip_len, min(e * clip_len, duration), v] for (s, e), v in ranked],
+        dtype=np.float64,
+    ).reshape(-1, 3)
+    keep = temporal_nms(windows, nms_iou)[:max_windows]
+    return windows[keep].reshape(-1, 3)
+
+
 @dataclass
 class SimilarityBaseline:
     """Zero-shot per-clip similarity between video clips and the query.
@@ -109,7 +158,7 @@ class SimilarityBaseline:
     window_score: str = "contrast"
 
     def __post_init__(self) -> None:
-        if self.window_score not in ("contrast", "mean"):
+        if self.window_score not in WINDOW_SCORES:
             raise ValueError(
                 f"window_score must be 'contrast' or 'mean', got {self.window_score!r}"
             )
@@ -145,21 +194,16 @@ class SimilarityBaseline:
 
     def propose(self, saliency: np.ndarray, duration: float) -> list[list[float]]:
         """Windows ``[[start, end, score], ...]`` in seconds, best first, from ``(T,)`` saliency."""
-        median = float(np.median(saliency))
-        candidates: dict[tuple[int, int], float] = {}
-        for q in self.quantiles:
-            for s, e in runs_above(saliency, float(np.quantile(saliency, q))):
-                score = float(saliency[s:e].mean())
-                if self.window_score == "contrast":
-                    score = (score - median) * math.sqrt(e - s)
-                candidates[(s, e)] = score
-        ranked = sorted(candidates.items(), key=lambda kv: (-kv[1], kv[0]))
-        windows = np.array(
-            [[s * self.clip_len, min(e * self.clip_len, duration), v] for (s, e), v in ranked],
-            dtype=np.float64,
-        ).reshape(-1, 3)
-        keep = temporal_nms(windows, self.nms_iou)[: self.max_windows]
-        return [[round(float(x), 4) for x in windows[i]] for i in keep]
+        windows = propose_windows(
+            saliency,
+            duration,
+            self.clip_len,
+            quantiles=self.quantiles,
+            max_windows=self.max_windows,
+            nms_iou=self.nms_iou,
+            window_score=self.window_score,
+        )
+        return [[round(float(x), 4) for x in row] for row in windows]
 
     def predict(self, annotation: MomentAnnotation) -> MomentPrediction:
         """Windows and per-clip saliency for one query.

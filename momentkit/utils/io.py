@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[An
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, default_file_mode())
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -32,6 +35,20 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[An
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@functools.cache
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: 0o666 less the process umask.
+
+    ``mkstemp`` creates files readable by their owner only; files renamed into place get this
+    mode instead. Read once (reading the umask means setting it, which is not thread-safe).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return (
+        stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH
+    ) & ~umask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

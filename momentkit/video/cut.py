@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from momentkit.video.decode import (
+from momentkit.utils.io import default_file_mode
     VideoError,
     declared_duration,
     ffmpeg_message,
@@ -81,6 +82,7 @@ def cut_clip(
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
     os.close(fd)
+    os.chmod(tmp, default_file_mode())
     try:
         origin = stream_start(video) or 0.0
         out = av.open(tmp, "w", format=_format_for(dst))

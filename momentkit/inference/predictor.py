@@ -1,0 +1,611 @@
+"""Search videos with natural-language queries: a trained checkpoint or the zero-shot scorer.
+
+::
+
+    predictor = Predictor.from_checkpoint("runs/qd_detr_qvh")     # or Predictor.zero_shot()
+    video = predictor.encode_video("kitchen.mp4")                 # decode + encode once
+    for result in predictor.predict(video, ["a man cuts onions", "someone opens the fridge"]):
+        print(result.query, result.moments[0])                    # Moment(start, end, score)
+
+A :class:`Predictor` is the encoders that turn a video into per-clip features plus a *scorer*
+that turns those features and queries into :class:`~momentkit.inference.results.QueryResult`:
+
+- :class:`ModelScorer`: a trained moment model. The video's streams are prepared exactly as in
+  training (L2-normalised per stream, concatenated, TEF appended), the queries are encoded by
+  the text stream the model was trained on, and all queries go through the model in one batch
+  (the video repeated). A video longer than the model's training length (``data.max_v_len``
+  clips) is cut into overlapping windows whose results are merged (:mod:`.windows`).
+- :class:`~momentkit.inference.zero_shot.ZeroShotScorer`: text-clip similarity, no training.
+
+A checkpoint records the feature streams it was trained on (the folder names of
+``data.video_features``/``data.text_features`` in ``experiment.json``, e.g. ``effnet``,
+``imagenet_probs`` and ``minilm_text`` for ``momentkit extract --encoder offline``). The encoders
+making them are found from those names, or given (``encoder=`` / ``--encoder``) for features
+from a model the names do not identify (``clip`` features from ``clip:<model>``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from momentkit.encoders.base import Encoder
+from momentkit.features.streams import l2_normalize
+from momentkit.features.tef import TEF_DIM, temporal_endpoint_features
+from momentkit.inference.results import Moment, QueryResult, VideoEncoding
+from momentkit.inference.windows import merge_moments, merge_saliency, plan_windows, shift_moments
+from momentkit.utils.errors import MomentkitError
+
+if TYPE_CHECKING:
+    from momentkit.models.base import MomentModel
+    from momentkit.training.config import ExperimentConfig
+
+EncoderLike = str | Encoder
+
+#: stream name -> the encoder spec that writes it, for streams whose name identifies the model
+STREAM_ENCODERS: dict[str, str] = {
+    "minilm_text": "offline",
+    "glove_text": "offline-glove",
+    "effnet": "offline",
+    "imagenet_probs": "offline",
+    "motion": "motion",
+}
+#: the streams each inferable spec writes
+SPEC_STREAMS: dict[str, frozenset[str]] = {
+    "offline": frozenset({"effnet", "imagenet_probs", "minilm_text"}),
+    "offline-glove": frozenset({"effnet", "imagenet_probs", "glove_text"}),
+    "motion": frozenset({"motion"}),
+}
+
+
+class PredictorError(MomentkitError):
+    """A checkpoint and encoders that do not fit together, or bad queries/video features."""
+
+
+class Scorer(Protocol):
+    """Turns a video's features and queries into results (the part after the encoders)."""
+
+    @property
+    def video_streams(self) -> tuple[str, ...]:
+        """The streams read from a :class:`VideoEncoding`."""
+        ...
+
+    @property
+    def window(self) -> int | None:
+        """Most clips seen at once (longer videos use sliding windows); ``None``: no limit."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """One line naming the method."""
+        ...
+
+    def predict(
+        self, video: VideoEncoding, queries: Sequence[str], top_k: int | None
+    ) -> list[QueryResult]:
+        """One result per query, in order."""
+        ...
+
+
+# ------------------------------------------------------------------------------ model scoring
+def pad_tokens(texts: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B`` arrays ``(N_i, D)`` -> zero-padded ``(B, max N_i, D)`` float32 and ``(B, N)`` mask."""
+    longest = max(len(t) for t in texts)
+    feats = torch.zeros(len(texts), longest, texts[0].shape[1])
+    mask = torch.zeros(len(texts), longest, dtype=torch.bool)
+    for i, t in enumerate(texts):
+        feats[i, : len(t)] = torch.from_numpy(np.asarray(t, dtype=np.float32))
+        mask[i, : len(t)] = True
+    return feats, mask
+
+
+@dataclass
+class ModelScorer:
+    """A trained moment model applied to encoded videos and queries.
+
+    Args:
+        model: the model (put in eval mode here).
+        text_encoder: encodes queries into the text stream the model was trained on.
+        streams: the video streams, in the training order (concatenated on channels).
+        clip_len: seconds per clip.
+        window: most clips per forward pass (the training ``max_v_len``); ``None``: no limit.
+        overlap: fraction of a window shared with the next one.
+        use_tef, normalize_video, normalize_text, max_q_len: the training input settings.
+        nms_iou: moments overlapping a better one by this IoU or more are dropped (also merges
+            the windows' duplicates); ``None`` keeps the model's raw output.
+        device: where the model runs.
+        batch_size: most queries per forward pass.
+    """
+
+    model: MomentModel
+    text_encoder: Encoder
+    streams: tuple[str, ...]
+    clip_len: float
+    window: int | None = 75
+    overlap: float = 0.5
+    use_tef: bool = True
+    normalize_video: bool = True
+    normalize_text: bool = True
+    max_q_len: int | None = 32
+    nms_iou: float | None = 0.5
+    device: str = "cpu"
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def video_streams(self) -> tuple[str, ...]:
+        """The streams the model reads, in order."""
+        return self.streams
+
+    @property
+    def description(self) -> str:
+        """The model's registry name and input streams."""
+        return f"{self.model.config.name} on {' + '.join(self.streams)}"
+
+    def video_features(self, video: VideoEncoding) -> np.ndarray:
+        """``(T, D)`` float32: the streams (L2-normalised) cut to the shortest and concatenated,
+        without TEF (it is added per window)."""
+        arrays = [np.asarray(video.streams[s], dtype=np.float32) for s in self.streams]
+        num_clips = min(len(a) for a in arrays)
+        if self.normalize_video:
+            arrays = [l2_normalize(a[:num_clips]) for a in arrays]
+        return np.concatenate([a[:num_clips] for a in arrays], axis=1)
+
+    def text_features(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """``(N_i, Dt)`` float32 token features of each query, cut and normalised as in
+        training."""
+        tokens = [
+            f.last_hidden_state[: self.max_q_len] for f in self.text_encoder.encode_text(queries)
+        ]
+        if self.normalize_text:
+            tokens = [l2_normalize(np.asarray(t, dtype=np.float32)) for t in tokens]
+        return [np.asarray(t, dtype=np.float32) for t in tokens]
+
+    @torch.inference_mode()
+    def forward_window(
+        self, clips: np.ndarray, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the model on one window for ``B`` queries.
+
+        Args:
+            clips: ``(n, D)`` the window's features (without TEF).
+            text: ``(B, N, Dt)`` padded query tokens; ``text_mask`` ``(B, N)``.
+
+        Returns:
+            ``pred_logits`` ``(B, Q, 2)``, ``pred_spans`` ``(B, Q, 2)`` cxw normalised by the
+            window's ``n * clip_len`` seconds, ``saliency_scores`` ``(B, n)``, on the CPU.
+        """
+        if self.use_tef:
+            clips = np.concatenate([clips, temporal_endpoint_features(len(clips))], axis=1)
+        b, n = len(text), len(clips)
+        video = torch.from_numpy(np.ascontiguousarray(clips, dtype=np.float32))
+        batch: dict[str, Any] = {
+            "video_feats": video.to(self.device).unsqueeze(0).repeat(b, 1, 1),
+            "video_mask": torch.ones(b, n, dtype=torch.bool, device=self.device),
+            "text_feats": text.to(self.device),
+            "text_mask": text_mask.to(self.device),
+            "duration": torch.full((b,), n * self.clip_len),
+            "clip_len": self.clip_len,
+            "qids": list(range(b)),
+            "vids": ["video"] * b,
+        }
+        out = self.model(batch)
+        saliency = out.get("saliency_scores")
+        saliency = torch.zeros(b, n) if saliency is None else saliency.float().cpu()
+        return out["pred_logits"].float().cpu(), out["pred_spans"].float().cpu(), saliency
+
+    def predict(
+        self, video: VideoEncoding, queries: Sequence[str], top_k: int | None = 10
+    ) -> list[QueryResult]:
+        """Moments and saliency of every query; long videos through sliding windows."""
+        from momentkit.modeling.postprocess import PostProcessor
+
+        feats = self.video_features(video)
+        ranges = plan_windows(len(feats), self.window, self.overlap)
+        tokens = self.text_features(queries)
+        post = PostProcessor(top_k=None, nms_threshold=None, round_to_clip=True, decimals=6)
+        moments: list[list[np.ndarray]] = [[] for _ in queries]
+        saliency: list[list[np.ndarray]] = [[] for _ in queries]
+        for first, last in ranges:
+            span = (last - first) * self.clip_len
+            for lo in range(0, len(queries), self.batch_size):
+                text, mask = pad_tokens(tokens[lo : lo + self.batch_size])
+                logits, spans, sal = self.forward_window(feats[first:last], text, mask)
+                for j in range(len(text)):
+                    rows = post.windows(logits[j], spans[j], span, self.clip_len)
+                    moments[lo + j].append(
+                        shift_moments(np.array(rows), first * self.clip_len, video.duration)
+                    )
+                    saliency[lo + j].append(sal[j].numpy())
+        results = []
+        for i, query in enumerate(queries):
+            merged = merge_moments(moments[i], self.nms_iou, top_k)
+            results.append(
+                QueryResult(
+                    query=query,
+                    moments=[Moment(float(s), float(e), float(v)) for s, e, v in merged],
+                    saliency=merge_saliency(len(feats), ranges, saliency[i]),
+                    clip_len=video.clip_len,
+                    duration=video.duration,
+                )
+            )
+        return results
+
+
+# --------------------------------------------------------------------------- checkpoint reading
+def stream_name(store: str | Path) -> str:
+    """The stream a feature store holds: its folder name, or for a packed store (``momentkit
+    pack``) the folder name of the ``.npz`` directory it was packed from."""
+    path = Path(store)
+    index = path / "index.json"
+    if index.is_file():
+        try:
+            source = json.loads(index.read_text(encoding="utf-8")).get("source")
+        except (OSError, ValueError):
+            source = None
+        if isinstance(source, str) and source:
+            return Path(source).name
+    return path.name
+
+
+def checkpoint_streams(cfg: ExperimentConfig, where: Path) -> tuple[tuple[str, ...], str]:
+    """``(video streams in order, text stream)`` a checkpoint was trained on.
+
+    Raises:
+        PredictorError: the experiment names no video or text features.
+    """
+    video = tuple(stream_name(p) for p in cfg.data.video_features)
+    if not video or not cfg.data.text_features:
+        raise PredictorError(
+            f"{where}: experiment.json does not say which features the model was trained on "
+            "(data.video_features / data.text_features are empty). Give video_streams= and "
+            "text_stream= (the stream names) and encoder="
+        )
+    return video, stream_name(cfg.data.text_features)
+
+
+def infer_encoder_specs(streams: Sequence[str], where: Path) -> list[str]:
+    """Encoder specs that write ``streams`` (text stream first), from the stream names.
+
+    Raises:
+        PredictorError: a stream whose name does not identify its encoder.
+    """
+    specs: list[str] = []
+    covered: set[str] = set()
+    for stream in streams:
+        if stream in covered:
+            continue
+        spec = STREAM_ENCODERS.get(stream)
+        if spec is None:
+            raise PredictorError(
+                f"{where}: the model was trained on stream '{stream}', whose name does not say "
+                "which encoder made it. Pass the encoder(s) that extracted the training features "
+                "(encoder= in Python, --encoder on the command line), e.g. "
+                "clip:openai/clip-vit-base-patch32 for QVHighlights' CLIP features (features of "
+                "other extractors, such as SlowFast, cannot be computed by momentkit)"
+            )
+        specs.append(spec)
+        covered |= SPEC_STREAMS[spec]
+    return specs
+
+
+def build_encoders(encoder: EncoderLike | Sequence[EncoderLike], device: str) -> list[Encoder]:
+    """Encoders from specs (``"offline"``, ``"clip:..."``) or ready instances, deduplicated."""
+    from momentkit.encoders import build_encoder
+
+    items = [encoder] if isinstance(encoder, str | Encoder) else list(encoder)
+    out: list[Encoder] = []
+    seen: set[str] = set()
+    for item in items:
+        enc = build_encoder(item, device=device) if isinstance(item, str) else item
+        if enc.name not in seen:
+            seen.add(enc.name)
+            out.append(enc)
+    return out
+
+
+def producer(encoders: Sequence[Encoder], stream: str) -> Encoder | None:
+    """The first encoder writing ``stream`` (video or text), or ``None``."""
+    for enc in encoders:
+        if stream in enc.video_streams or stream == enc.text_stream:
+            return enc
+    return None
+
+
+def check_encoders(
+    encoders: Sequence[Encoder],
+    video_streams: Sequence[str],
+    text_stream: str,
+    model_config: Any,
+    use_tef: bool,
+    where: Path,
+) -> Encoder:
+    """Check that ``encoders`` write every stream with the widths the model expects; return the
+    text encoder.
+
+    Raises:
+        PredictorError: naming the missing stream or the mismatching width and the fix.
+    """
+    names = ", ".join(f"'{e.name}'" for e in encoders)
+    written = ", ".join(
+        [f"{s} ({d})" for e in encoders for s, d in e.video_streams.items()]
+        + [f"{e.text_stream} ({e.text_dim})" for e in encoders if e.text_stream]
+    )
+    for stream in (*video_streams, text_stream):
+        if producer(encoders, stream) is None:
+            raise PredictorError(
+                f"{where}: the model was trained on stream '{stream}' but encoder(s) {names} "
+                f"write {written}. Pass the encoder(s) that extracted the training features "
+                "(encoder= / --encoder, repeatable)"
+            )
+    dims = {s: producer(encoders, s).video_streams[s] for s in video_streams}  # type: ignore[union-attr]
+    video_dim, tef = sum(dims.values()), TEF_DIM if use_tef else 0
+    expected = getattr(model_config, "video_dim", None)
+    if expected is not None and video_dim + tef != expected:
+        parts = " + ".join(f"{s} ({d})" for s, d in dims.items())
+        raise PredictorError(
+            f"{where / 'config.json'}: field 'video_dim': the model takes {expected} channels "
+            f"but {parts} from {names} give {video_dim}"
+            + (f" + {tef} TEF" if tef else "")
+            + f" = {video_dim + tef}. Pass the encoder(s) the training features were made with"
+        )
+    text_enc = producer(encoders, text_stream)
+    assert text_enc is not None
+    expected = getattr(model_config, "text_dim", None)
+    if expected is not None and text_enc.text_dim != expected:
+        raise PredictorError(
+            f"{where / 'config.json'}: field 'text_dim': the model takes {expected}-d query "
+            f"tokens but '{text_enc.name}' writes {text_stream} with {text_enc.text_dim}. Pass "
+            "the encoder the query features were made with"
+        )
+    return text_enc
+
+
+def training_window(cfg: ExperimentConfig, model: MomentModel) -> int | None:
+    """Clips per window: the training ``data.max_v_len``; without one, the model's position
+    table size if it has a learned table, else no limit."""
+    if cfg.data.max_v_len is not None:
+        return int(cfg.data.max_v_len)
+    if getattr(model.config, "position_embedding", "sine") == "learned":
+        return int(model.config.max_video_len)
+    return None
+
+
+# ------------------------------------------------------------------------------------ predictor
+class Predictor:
+    """Encoders plus a scorer: encode a video once, then answer any number of queries.
+
+    Args:
+        scorer: a :class:`ModelScorer`, a :class:`~.zero_shot.ZeroShotScorer` or any object
+            of the :class:`Scorer` protocol.
+        encoders: encoders writing every stream in ``scorer.video_streams``.
+        clip_len: seconds per clip.
+        clips_per_batch: clips handed to an encoder at once.
+        decode_threads: FFmpeg decoder threads (0: FFmpeg chooses).
+
+    Raises:
+        PredictorError: a stream the scorer reads is written by no encoder.
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        encoders: Sequence[Encoder],
+        clip_len: float,
+        *,
+        clips_per_batch: int = 16,
+        decode_threads: int = 1,
+    ) -> None:
+        if not (math.isfinite(clip_len) and clip_len > 0):
+            raise ValueError(f"clip_len must be > 0 seconds, got {clip_len}")
+        self.scorer = scorer
+        self.encoders = list(encoders)
+        self.clip_len = float(clip_len)
+        self.clips_per_batch = clips_per_batch
+        self.decode_threads = decode_threads
+        self._video_encoders: dict[str, Encoder] = {}
+        for stream in scorer.video_streams:
+            enc = next((e for e in self.encoders if stream in e.video_streams), None)
+            if enc is None:
+                raise PredictorError(
+                    f"no encoder writes video stream '{stream}' (encoders: "
+                    f"{', '.join(e.name for e in self.encoders) or 'none'})"
+                )
+            self._video_encoders[stream] = enc
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        encoder: EncoderLike | Sequence[EncoderLike] | None = None,
+        overlap: float = 0.5,
+        nms_iou: float | None = 0.5,
+        video_streams: Sequence[str] | None = None,
+        text_stream: str | None = None,
+    ) -> Predictor:
+        """A predictor running a trained model.
+
+        Args:
+            path: a run directory (``momentkit train --out``; its ``best/`` is used) or a
+                checkpoint directory (``model.safetensors`` + ``config.json`` +
+                ``experiment.json``).
+            device: torch device of the model and encoders.
+            encoder: spec(s) or instance(s) of the encoders that made the training features;
+                default: inferred from the stream names (see the module doc).
+            overlap: overlap of the sliding windows for videos longer than training's.
+            nms_iou: IoU at or above which a lower-scored moment is dropped; ``None``: none.
+            video_streams, text_stream: the stream names, when the training feature folders
+                were named otherwise (default: read from ``experiment.json``).
+
+        Raises:
+            CheckpointError: no checkpoint at ``path``.
+            PredictorError: the encoders do not write the streams/widths the model expects.
+            EncoderError: an encoder cannot be built.
+        """
+        from momentkit.models import MomentModel
+        from momentkit.training.pipeline import checkpoint_dir, load_experiment
+
+        ckpt = checkpoint_dir(path)
+        cfg = load_experiment(ckpt)
+        if video_streams is None or text_stream is None:
+            saved_video, saved_text = checkpoint_streams(cfg, ckpt)
+            video_streams = tuple(video_streams or saved_video)
+            text_stream = text_stream or saved_text
+        video_streams = tuple(video_streams)
+        model = MomentModel.from_pretrained(ckpt, device=device)
+        if encoder is None:
+            encoder = infer_encoder_specs((text_stream, *video_streams), ckpt)
+        encoders = build_encoders(encoder, device)
+        text_encoder = check_encoders(
+            encoders, video_streams, text_stream, model.config, cfg.data.use_tef, ckpt
+        )
+        scorer = ModelScorer(
+            model,
+            text_encoder,
+            video_streams,
+            clip_len=cfg.data.clip_len,
+            window=training_window(cfg, model),
+            overlap=overlap,
+            use_tef=cfg.data.use_tef,
+            normalize_video=cfg.data.normalize_video,
+            normalize_text=cfg.data.normalize_text,
+            max_q_len=cfg.data.max_q_len,
+            nms_iou=nms_iou,
+            device=device,
+            batch_size=cfg.data.eval_batch_size,
+        )
+        return cls(scorer, encoders, cfg.data.clip_len)
+
+    @classmethod
+    def zero_shot(
+        cls,
+        encoder: EncoderLike = "offline",
+        *,
+        clip_len: float = 2.0,
+        device: str = "cpu",
+        temperature: float | None = 0.05,
+    ) -> Predictor:
+        """A predictor without training: text-clip similarity (see :mod:`.zero_shot`).
+
+        Args:
+            encoder: ``offline`` (default, no download), ``clip:<model>``, ``siglip:<model>``
+                or an encoder instance with an image-text space.
+            clip_len: seconds per clip.
+            device: torch device of the encoder.
+            temperature: class-weight softmax temperature of the ``offline`` bridge.
+        """
+        from momentkit.inference.zero_shot import ZeroShotScorer
+
+        (enc,) = build_encoders(encoder, device)
+        return cls(ZeroShotScorer(enc, clip_len, temperature), [enc], clip_len)
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def video_streams(self) -> dict[str, int]:
+        """Stream name -> channels of every video stream read, in order."""
+        return {s: enc.video_streams[s] for s, enc in self._video_encoders.items()}
+
+    @property
+    def window(self) -> int | None:
+        """Most clips the scorer sees at once (longer videos use sliding windows)."""
+        return self.scorer.window
+
+    @property
+    def description(self) -> str:
+        """One line naming the method and its streams."""
+        return self.scorer.description
+
+    # -- work -------------------------------------------------------------------------------
+    def encode_video(self, path: str | Path) -> VideoEncoding:
+        """Decode ``path`` once and compute every stream the scorer needs.
+
+        Raises:
+            VideoError: the file cannot be decoded.
+        """
+        from momentkit.extraction.prefetch import prefetch
+        from momentkit.video.decode import ClipReader
+
+        encoders = list(dict.fromkeys(self._video_encoders.values()))
+        requests = {e.name: e.frame_request for e in encoders}
+        reader = ClipReader(path, self.clip_len, requests, threads=self.decode_threads)
+        parts: dict[str, list[np.ndarray]] = {s: [] for s in self._video_encoders}
+        batch: list[dict[str, np.ndarray]] = []
+
+        def flush() -> None:
+            for enc in encoders:
+                feats = enc.encode_clips(np.stack([c[enc.name] for c in batch]))
+                for stream in parts:
+                    if self._video_encoders[stream] is enc:
+                        parts[stream].append(np.asarray(feats[stream], dtype=np.float32))
+            batch.clear()
+
+        for clip in prefetch(reader, 2 * self.clips_per_batch):
+            batch.append(clip)
+            if len(batch) == self.clips_per_batch:
+                flush()
+        if batch:
+            flush()
+        streams = {s: np.concatenate(p) for s, p in parts.items()}
+        return VideoEncoding(str(path), reader.info.duration, self.clip_len, streams)
+
+    def predict(
+        self, video: VideoEncoding, queries: Sequence[str], *, top_k: int | None = 10
+    ) -> list[QueryResult]:
+        """Moments (best first, seconds) and per-clip saliency of each query, in order.
+
+        All queries are scored together (one batch for a trained model).
+
+        Raises:
+            PredictorError: no queries, an empty query, or ``video`` lacks a stream or was
+                encoded with another clip length.
+        """
+        queries = [check_query(q, i) for i, q in enumerate(queries)] if queries else []
+        if not queries:
+            raise PredictorError("no queries given; pass at least one non-empty query")
+        if top_k is not None and top_k < 1:
+            raise PredictorError(f"top_k must be >= 1 (or None), got {top_k}")
+        if not math.isclose(video.clip_len, self.clip_len):
+            raise PredictorError(
+                f"{video.path}: encoded with {video.clip_len} s clips but this predictor uses "
+                f"{self.clip_len} s clips; encode it with this predictor's encode_video"
+            )
+        missing = [s for s in self.scorer.video_streams if s not in video.streams]
+        if missing:
+            raise PredictorError(
+                f"{video.path}: the encoding lacks stream(s) {', '.join(missing)} (it holds "
+                f"{', '.join(video.streams) or 'none'}); encode it with this predictor's "
+                "encode_video"
+            )
+        if video.num_clips == 0:
+            raise PredictorError(f"{video.path}: the video has no clips (duration 0)")
+        return self.scorer.predict(video, queries, top_k)
+
+    def search(
+        self, path: str | Path, queries: Sequence[str], *, top_k: int | None = 10
+    ) -> list[QueryResult]:
+        """:meth:`encode_video` then :meth:`predict`."""
+        return self.predict(self.encode_video(path), queries, top_k=top_k)
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.description}, clip_len={self.clip_len}, window={self.window})"
+
+
+def check_query(query: object, index: int) -> str:
+    """``query`` stripped; a PredictorError names a non-string or blank query."""
+    if not isinstance(query, str) or not query.strip():
+        raise PredictorError(f"query {index + 1} is {query!r}; queries must be non-empty text")
+    return query.strip()
