@@ -17,8 +17,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from momentkit.video.decode import (
 from momentkit.utils.io import default_file_mode
+from momentkit.video.decode import (
     VideoError,
     declared_duration,
     ffmpeg_message,
