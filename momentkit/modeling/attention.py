@@ -1,0 +1,138 @@
+"""Multi-head attention, batch-first, with boolean key masks (True = valid).
+
+:func:`scaled_dot_attention` is the one attention kernel of the package: every attention block
+(self-, cross- and the anchor decoder's concatenated-position attention) calls it. Without
+dropout it is PyTorch's fused ``scaled_dot_product_attention``; with dropout on CPU the softmax
+weights are dropped with :func:`~momentkit.modeling.dropout.fast_dropout`, because the fused CPU
+path draws its mask with the slow generic Bernoulli sampler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from momentkit.modeling.dropout import fast_dropout
+
+
+def split_heads(x: Tensor, nhead: int) -> Tensor:
+    """``(B, L, H * Dh)`` -> ``(B, H, L, Dh)``."""
+    batch, length, dim = x.shape
+    return x.view(batch, length, nhead, dim // nhead).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``(B, H, L, Dh)`` -> ``(B, L, H * Dh)``."""
+    batch, nhead, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, nhead * head_dim)
+
+
+def scaled_dot_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_mask: Tensor | None = None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """``softmax(q k^T / sqrt(Dk) + mask) v`` with dropout on the attention weights.
+
+    Args:
+        q: ``(B, H, L, Dk)`` queries.
+        k: ``(B, H, S, Dk)`` keys.
+        v: ``(B, H, S, Dv)`` values.
+        key_mask: ``(B, S)`` bool, True for keys that may be attended to. Every row needs at
+            least one valid key.
+        dropout: drop probability of the attention weights (only when ``training``).
+
+    Returns:
+        ``(B, H, L, Dv)``.
+    """
+    mask = key_mask[:, None, None, :] if key_mask is not None else None
+    if not training or dropout == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0
+        )
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = fast_dropout(scores.softmax(-1), dropout, True)
+    return torch.matmul(weights, v)
+
+
+class MultiheadAttention(nn.Module):
+    """Standard multi-head attention with input and output projections.
+
+    Parameters are laid out as in :class:`torch.nn.MultiheadAttention` (``in_proj_weight``
+    ``(3d, d)``, ``in_proj_bias``, ``out_proj``) so published checkpoints map one to one. When
+    ``query is key`` (self-attention with positions added to both) the query and key projections
+    run as one matmul.
+    """
+
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % nhead:
+            raise ValueError(f"d_model {d_model} is not divisible by nhead {nhead}")
+        self.d_model = d_model
+        self.nhead = nhead
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None = None
+    ) -> Tensor:
+        """Attend from ``query`` ``(B, L, d)`` to ``key``/``value`` ``(B, S, d)``.
+
+        ``key_mask`` ``(B, S)`` bool (True = valid). Returns ``(B, L, d)``.
+        """
+        d = self.d_model
+        w, b = self.in_proj_weight, self.in_proj_bias
+        if query is key:
+            q, k = F.linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)
+        else:
+            q = F.linear(query, w[:d], b[:d])
+            k = F.linear(key, w[d : 2 * d], b[d : 2 * d])
+        v = F.linear(value, w[2 * d :], b[2 * d :])
+        out = scaled_dot_attention(
+            split_heads(q, self.nhead),
+            split_heads(k, self.nhead),
+            split_heads(v, self.nhead),
+            key_mask,
+            self.dropout,
+            self.training,
+        )
+        return self.out_proj(merge_heads(out))
+
+
+class ProjectedAttention(nn.Module):
+    """Multi-head attention over inputs that are already projected, plus an output projection.
+
+    Conditional-/DAB-DETR decoders build queries and keys themselves (content and position parts
+    projected separately, sometimes concatenated per head), so this block only splits heads,
+    attends and applies ``out_proj``. Query/key width may differ from the value width.
+    """
+
+    def __init__(self, value_dim: int, nhead: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if value_dim % nhead:
+            raise ValueError(f"value_dim {value_dim} is not divisible by nhead {nhead}")
+        self.nhead = nhead
+        self.dropout = dropout
+        self.out_proj = nn.Linear(value_dim, value_dim)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """Attend: ``q`` ``(B, H, L, Dk)``, ``k`` ``(B, H, S, Dk)``, ``v`` ``(B, H, S, Dv)``.
+
+        ``key_mask`` ``(B, S)`` bool, True = valid. Returns ``(B, L, H * Dv)`` after the output
+        projection.
+        """
+        out = scaled_dot_attention(q, k, v, key_mask, self.dropout, self.training)
+        return self.out_proj(merge_heads(out))

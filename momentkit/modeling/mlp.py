@@ -1,0 +1,89 @@
+"""Small feed-forward blocks: prediction heads and input projections."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from momentkit.modeling.dropout import Dropout
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (DETR's box/span head).
+
+    ``(..., in_dim)`` -> ``(..., out_dim)``.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., in_dim)`` -> ``(..., out_dim)``."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last:
+                x = F.relu(x)
+        return x
+
+
+class LinearLayer(nn.Module):
+    """LayerNorm -> dropout -> linear -> optional ReLU (Moment-DETR's input projection layer)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        layer_norm: bool = True,
+        dropout: float = 0.1,
+        relu: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim) if layer_norm else nn.Identity()
+        self.dropout = Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., in_dim)`` -> ``(..., out_dim)``."""
+        x = self.linear(self.dropout(self.norm(x)))
+        return F.relu(x) if self.relu else x
+
+
+class InputProjection(nn.Module):
+    """``num_layers`` :class:`LinearLayer` s mapping input features to the model width.
+
+    Every layer but the last has a ReLU. Only the rows marked valid by ``mask`` are projected
+    (their outputs do not depend on the others); padded rows come out as zeros. On
+    QVHighlights-sized inputs the first layer (LayerNorm + dropout + a 2818 x 256 matmul) is one
+    of the most expensive steps of a training iteration, so skipping padding matters.
+    """
+
+    def __init__(
+        self, in_dim: int, out_dim: int, num_layers: int = 2, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        if not 1 <= num_layers <= 3:
+            raise ValueError(f"input projection takes 1 to 3 layers, got {num_layers}")
+        dims = [in_dim] + [out_dim] * num_layers
+        self.layers = nn.Sequential(
+            *(
+                LinearLayer(dims[i], dims[i + 1], dropout=dropout, relu=i < num_layers - 1)
+                for i in range(num_layers)
+            )
+        )
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, L, in_dim)``, ``mask`` ``(B, L)`` (True = valid) -> ``(B, L, out_dim)``."""
+        if mask is None or bool(mask.all()):
+            return self.layers(x)
+        batch, length = mask.shape
+        rows = mask.reshape(-1).nonzero().squeeze(1)
+        projected = self.layers(x.reshape(batch * length, -1).index_select(0, rows))
+        out = projected.new_zeros(batch * length, self.out_dim)
+        return out.index_copy(0, rows, projected).view(batch, length, self.out_dim)

@@ -1,0 +1,127 @@
+"""From model outputs to :class:`~momentkit.data.records.MomentPrediction` rows in seconds.
+
+Per query: foreground probabilities score the ``Q`` predicted spans; spans are converted to
+seconds, clamped to ``[0, duration]``, optionally snapped to the clip grid (at least one clip
+wide), sorted by score, optionally de-duplicated with temporal NMS and cut to ``top_k``.
+Saliency scores are kept for the valid clips only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from momentkit.data.records import MomentPrediction
+from momentkit.structures.spans import span_cxw_to_xx, temporal_iou
+
+
+def temporal_nms(windows: Tensor, scores: Tensor, threshold: float) -> Tensor:
+    """Greedy non-maximum suppression of temporal windows.
+
+    Args:
+        windows: ``(N, 2)`` start/end.
+        scores: ``(N,)``.
+        threshold: a window is dropped when its IoU with a kept, higher-scored one is
+            ``> threshold`` (the official Moment-DETR rule).
+
+    Returns:
+        indices of the kept windows, best first.
+    """
+    order = scores.argsort(descending=True, stable=True)
+    iou = temporal_iou(windows[order], windows[order])[0]
+    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou[i] > threshold
+    return order[torch.tensor(keep, dtype=torch.long)]
+
+
+def snap_to_clips(windows: Tensor, duration: float, clip_len: float) -> Tensor:
+    """Round ``(N, 2)`` start/end seconds to the grid ``0, clip_len, 2 clip_len, ..., duration``.
+
+    The video end is a grid point even when the duration is not a multiple of ``clip_len``. Each
+    window stays at least one clip (or the whole video, if shorter) wide.
+    """
+    snapped = (windows / clip_len).round() * clip_len
+    to_end = (windows - duration).abs() < (windows - snapped).abs()
+    snapped = torch.where(to_end, torch.full_like(snapped, duration), snapped).clamp(0.0, duration)
+    width = min(clip_len, duration)
+    start, end = snapped.unbind(-1)
+    short = end - start < width - 1e-6
+    end = torch.where(short, torch.clamp(start + width, max=duration), end)
+    start = torch.where(short, end - width, start)
+    return torch.stack([start, end], dim=-1)
+
+
+@dataclass
+class PostProcessor:
+    """Turns a batch of model outputs into predictions.
+
+    Attributes:
+        top_k: windows kept per query (after NMS); ``None`` keeps all.
+        nms_threshold: IoU above which a lower-scored window is suppressed; ``None``: no NMS.
+        round_to_clip: snap windows to the clip grid.
+        decimals: decimals kept in window coordinates and scores.
+    """
+
+    top_k: int | None = 10
+    nms_threshold: float | None = None
+    round_to_clip: bool = True
+    decimals: int = 4
+
+    def windows(self, logits: Tensor, spans: Tensor, duration: float, clip_len: float) -> list:
+        """``[[start, end, score], ...]`` (seconds, best first) for one query.
+
+        Args:
+            logits: ``(Q, 2)`` class logits (class 0 = foreground).
+            spans: ``(Q, 2)`` normalised ``(center, width)``.
+        """
+        scores = logits.float().softmax(-1)[:, 0]
+        windows = (span_cxw_to_xx(spans.float()) * duration).clamp(0.0, duration)
+        if self.round_to_clip:
+            windows = snap_to_clips(windows, duration, clip_len)
+        if self.nms_threshold is not None:
+            order = temporal_nms(windows, scores, self.nms_threshold)
+        else:
+            order = scores.argsort(descending=True, stable=True)
+        if self.top_k is not None:
+            order = order[: self.top_k]
+        rows = torch.cat([windows[order], scores[order, None]], dim=1)
+        return [[round(v, self.decimals) for v in row] for row in rows.tolist()]
+
+    def __call__(self, outputs: dict[str, Any], batch: dict[str, Any]) -> list[MomentPrediction]:
+        """One :class:`MomentPrediction` per query of ``batch``.
+
+        Uses ``outputs["pred_logits"]`` ``(B, Q, 2)``, ``outputs["pred_spans"]`` ``(B, Q, 2)``,
+        optional ``outputs["saliency_scores"]`` ``(B, T)``, and ``batch["duration"]``,
+        ``batch["clip_len"]``, ``batch["video_mask"]``, ``batch["qids"]``, ``batch["vids"]``
+        and (for the query text) ``batch["annotations"]``.
+        """
+        logits = outputs["pred_logits"].detach().cpu()
+        spans = outputs["pred_spans"].detach().cpu()
+        saliency = outputs.get("saliency_scores")
+        saliency = saliency.detach().float().cpu() if saliency is not None else None
+        durations = torch.as_tensor(batch["duration"]).tolist()
+        clip_len = float(batch["clip_len"])
+        num_clips = batch["video_mask"].sum(1).tolist()
+        annotations = batch.get("annotations") or [None] * len(durations)
+        preds = []
+        for i, (qid, vid) in enumerate(zip(batch["qids"], batch["vids"])):
+            query = annotations[i].query if annotations[i] is not None else ""
+            sal = saliency[i, : int(num_clips[i])].tolist() if saliency is not None else []
+            windows = self.windows(logits[i], spans[i], float(durations[i]), clip_len)
+            preds.append(MomentPrediction(qid, query, vid, windows, sal))
+        return preds
+
+
+def postprocess(
+    outputs: dict[str, Any], batch: dict[str, Any], **settings: Any
+) -> list[MomentPrediction]:
+    """Shortcut for ``PostProcessor(**settings)(outputs, batch)``."""
+    return PostProcessor(**settings)(outputs, batch)

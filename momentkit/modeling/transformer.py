@@ -1,0 +1,306 @@
+"""Transformer layers and stacks (DETR conventions, batch-first).
+
+Every layer takes ``pre_norm``: ``False`` is the original post-norm transformer
+(``x = norm(x + sublayer(x))``, the Moment-DETR/QD-DETR default), ``True`` the pre-norm variant
+(``x = x + sublayer(norm(x))``). Positions are added to queries and keys, never to values.
+Masks are bool, True = valid. Shapes: ``B`` batch, ``L``/``S`` sequence lengths, ``d`` width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from momentkit.modeling.attention import MultiheadAttention
+from momentkit.modeling.dropout import Dropout
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+
+
+def with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
+    """``x + pos``, or ``x`` when there is no position encoding."""
+    return x if pos is None else x + pos
+
+
+def xavier_init_(module: nn.Module) -> None:
+    """Xavier-uniform initialise every parameter of ``module`` with more than one dimension.
+
+    DETR's (and Moment-DETR's / QD-DETR's) transformer initialisation.
+    """
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+class FeedForward(nn.Module):
+    """``linear2(dropout(act(linear1(x))))``: ``(..., d)`` -> ``(..., d)``."""
+
+    def __init__(
+        self, d_model: int, dim_feedforward: int, dropout: float = 0.1, activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation '{activation}'; use one of {list(_ACTIVATIONS)}")
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.activation = _ACTIVATIONS[activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., d)`` -> ``(..., d)``."""
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Self-attention + feed-forward."""
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        pre_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: Tensor, pos: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, L, d)``, ``pos`` ``(B, L, d)``, ``mask`` ``(B, L)`` -> ``(B, L, d)``."""
+        if self.pre_norm:
+            h = self.norm1(x)
+            qk = with_pos(h, pos)
+            x = x + self.dropout1(self.self_attn(qk, qk, h, mask))
+            return x + self.dropout2(self.ffn(self.norm2(x)))
+        qk = with_pos(x, pos)
+        x = self.norm1(x + self.dropout1(self.self_attn(qk, qk, x, mask)))
+        return self.norm2(x + self.dropout2(self.ffn(x)))
+
+
+class CrossAttentionLayer(nn.Module):
+    """Queries attend to a separate context (e.g. video clips to query words) + feed-forward.
+
+    Only the query sequence is updated; the context is read-only. With ``ffn_skip_norm`` (QD-DETR's
+    text-to-video layer, post-norm only) the first LayerNorm feeds the feed-forward network but the
+    feed-forward residual is added to the un-normalised attention sum:
+    ``s = x + attn; x = norm2(s + ffn(norm1(s)))``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        pre_norm: bool = False,
+        ffn_skip_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if pre_norm and ffn_skip_norm:
+            raise ValueError(
+                "ffn_skip_norm is a post-norm variant; it cannot be used with pre_norm"
+            )
+        self.cross_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.pre_norm = pre_norm
+        self.ffn_skip_norm = ffn_skip_norm
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``x`` ``(B, L, d)`` attends to ``context`` ``(B, S, d)``; returns ``(B, L, d)``.
+
+        ``pos`` ``(B, L, d)`` and ``context_pos`` ``(B, S, d)`` are added to queries and keys;
+        ``context_mask`` ``(B, S)`` marks valid context tokens.
+        """
+        key = with_pos(context, context_pos)
+        if self.pre_norm:
+            h = self.norm1(x)
+            x = x + self.dropout1(self.cross_attn(with_pos(h, pos), key, context, context_mask))
+            return x + self.dropout2(self.ffn(self.norm2(x)))
+        s = x + self.dropout1(self.cross_attn(with_pos(x, pos), key, context, context_mask))
+        if self.ffn_skip_norm:
+            return self.norm2(s + self.dropout2(self.ffn(self.norm1(s))))
+        x = self.norm1(s)
+        return self.norm2(x + self.dropout2(self.ffn(x)))
+
+
+class TransformerDecoderLayer(nn.Module):
+    """DETR decoder layer: query self-attention, cross-attention to memory, feed-forward."""
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        pre_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.cross_attn = MultiheadAttention(d_model, nhead, dropout)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        query_pos: Tensor | None = None,
+        memory_pos: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``tgt`` ``(B, Q, d)`` queries, ``memory`` ``(B, S, d)``; returns ``(B, Q, d)``.
+
+        ``query_pos`` ``(B or 1, Q, d)``, ``memory_pos`` ``(B, S, d)``, ``memory_mask`` ``(B, S)``.
+        """
+        key = with_pos(memory, memory_pos)
+        if self.pre_norm:
+            h = self.norm1(tgt)
+            qk = with_pos(h, query_pos)
+            tgt = tgt + self.dropout1(self.self_attn(qk, qk, h))
+            h = self.norm2(tgt)
+            tgt = tgt + self.dropout2(
+                self.cross_attn(with_pos(h, query_pos), key, memory, memory_mask)
+            )
+            return tgt + self.dropout3(self.ffn(self.norm3(tgt)))
+        qk = with_pos(tgt, query_pos)
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt)))
+        tgt = self.norm2(
+            tgt + self.dropout2(self.cross_attn(with_pos(tgt, query_pos), key, memory, memory_mask))
+        )
+        return self.norm3(tgt + self.dropout3(self.ffn(tgt)))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`TransformerEncoderLayer` (final LayerNorm only when pre-norm)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        num_layers: int,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        pre_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, pre_norm)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model) if pre_norm else None
+        xavier_init_(self)
+
+    def forward(self, x: Tensor, pos: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, L, d)``, ``pos`` ``(B, L, d)``, ``mask`` ``(B, L)`` -> ``(B, L, d)``."""
+        for layer in self.layers:
+            x = layer(x, pos, mask)
+        return self.norm(x) if self.norm is not None else x
+
+
+class CrossAttentionEncoder(nn.Module):
+    """A stack of :class:`CrossAttentionLayer` (final LayerNorm only when pre-norm)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        num_layers: int,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        pre_norm: bool = False,
+        ffn_skip_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            CrossAttentionLayer(
+                d_model, nhead, dim_feedforward, dropout, activation, pre_norm, ffn_skip_norm
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model) if pre_norm else None
+        xavier_init_(self)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``x`` ``(B, L, d)`` attends to ``context`` ``(B, S, d)`` in each layer; ``(B, L, d)``."""
+        for layer in self.layers:
+            x = layer(x, context, pos, context_pos, context_mask)
+        return self.norm(x) if self.norm is not None else x
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of :class:`TransformerDecoderLayer` returning every layer's normalised output.
+
+    The per-layer outputs feed the auxiliary (deep-supervision) losses. The layer loop lives in
+    :meth:`forward` alone, so variants that re-apply the stack (a looped decoder) change one place.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        num_layers: int,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        pre_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation, pre_norm)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+        xavier_init_(self)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        query_pos: Tensor | None = None,
+        memory_pos: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``tgt`` ``(B, Q, d)``, ``memory`` ``(B, S, d)`` -> ``(num_layers, B, Q, d)``."""
+        outputs = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, query_pos, memory_pos, memory_mask)
+            outputs.append(self.norm(tgt))
+        return torch.stack(outputs)

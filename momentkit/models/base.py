@@ -1,0 +1,345 @@
+"""Model configs, the model base class (save/load), the ``MODELS`` registry and builders.
+
+A model is built from a config dataclass and saved as a directory holding ``config.json`` (the
+config, with the registry ``name``) and ``model.safetensors`` (the weights; never pickle)::
+
+    model = build_model(MomentDETRConfig())          # or build_model({"name": "moment_detr"})
+    criterion = build_criterion(model.config)
+    outputs = model(batch)                           # batch dict of momentkit.data.loader
+    losses = criterion(outputs, batch)               # losses["loss"].backward()
+    model.save_pretrained("runs/x/model")
+    model = MomentModel.from_pretrained("runs/x/model")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from momentkit import __version__
+from momentkit.modeling.criterion import LossConfig, SetCriterion
+from momentkit.modeling.matcher import MatcherConfig
+from momentkit.utils.errors import FormatError
+from momentkit.utils.io import atomic_write_bytes, write_json
+from momentkit.utils.registry import Registry
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+C = TypeVar("C", bound="ModelConfig")
+
+
+def _check_value(value: Any, hint: Any, where: str, source: str | Path | None) -> Any:
+    """Validate a scalar config value against its type hint (int/float/bool/str/list/dict)."""
+    origin = typing.get_origin(hint) or hint
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(a for a in options if a is not type(None))
+        origin = typing.get_origin(hint) or hint
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        list: isinstance(value, list | tuple),
+        dict: isinstance(value, Mapping),
+    }.get(origin, True)
+    if not ok:
+        name = getattr(origin, "__name__", str(origin))
+        raise FormatError(source, None, where, f"expected {name}, got {value!r}")
+    if origin is float:
+        return float(value)
+    if origin is list:
+        return list(value)
+    if origin is dict:
+        return dict(value)
+    return value
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _merged(default: Any, value: Mapping[str, Any]) -> dict[str, Any]:
+    """A partial mapping layered over a field default (dataclass or dict)."""
+    if dataclasses.is_dataclass(default):
+        default = dataclasses.asdict(default)
+    return {**default, **value} if isinstance(default, Mapping) else dict(value)
+
+
+def dataclass_from_dict(
+    cls: type[Any], data: Mapping[str, Any], source: str | Path | None = None, prefix: str = ""
+) -> Any:
+    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown or mistyped fields.
+
+    Nested dataclass and dict fields given partially keep their defaults for the missing keys
+    (``{"loss": {"weights": {"loss_span": 5}}}`` changes one weight). Errors are
+    :class:`FormatError` naming ``source`` and the dotted field (``model.loss.weights``).
+    """
+    if not isinstance(data, Mapping):
+        raise FormatError(
+            source, None, prefix.rstrip(".") or None, f"expected an object, got {data!r}"
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in fields:
+            raise FormatError(
+                source, None, where, "unknown field", f"Known fields: {', '.join(sorted(fields))}"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise FormatError(source, None, where, f"expected an object, got {value!r}")
+            merged = _merged(_field_default(fields[key]), value)
+            kwargs[key] = dataclass_from_dict(hint, merged, source, where + ".")
+        else:
+            value = _check_value(value, hint, where, source)
+            if isinstance(value, dict):
+                value = _merged(_field_default(fields[key]), value)
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+@dataclass
+class ModelConfig:
+    """Fields every model has. Subclasses add their hyper-parameters and set ``name``.
+
+    Attributes:
+        name: registry name of the model (``momentkit.models.MODELS``).
+        video_dim: channels of ``video_feats`` (all streams + 2 TEF dims if enabled;
+            QVHighlights SlowFast + CLIP + TEF = 2818).
+        text_dim: channels of ``text_feats`` (CLIP: 512).
+        max_video_len: most clips a video may have (for learned position tables).
+        max_text_len: most tokens a query may have.
+        loss: losses and weights (see :class:`~momentkit.modeling.criterion.LossConfig`).
+        matcher: Hungarian matching costs.
+    """
+
+    name: str = ""
+    video_dim: int = 2818
+    text_dim: int = 512
+    max_video_len: int = 75
+    max_text_len: int = 32
+    loss: LossConfig = field(default_factory=LossConfig)
+    matcher: MatcherConfig = field(default_factory=MatcherConfig)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range field."""
+        for name in ("video_dim", "text_dim", "max_video_len", "max_text_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        self.loss.validate()
+        self.matcher.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready nested dict (``from_dict`` inverts it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any], source: str | Path | None = None) -> C:
+        """Build from a mapping; unknown/mistyped fields raise :class:`FormatError`."""
+        config = dataclass_from_dict(cls, data, source, "model.")
+        default_name = cls().name
+        if default_name and config.name != default_name:
+            raise FormatError(
+                source, None, "model.name", f"'{config.name}' given to a '{default_name}' config"
+            )
+        return config
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class DETRConfig(ModelConfig):
+    """Hyper-parameters shared by DETR-style moment models (Moment-DETR paper defaults).
+
+    Attributes:
+        hidden_dim: transformer width.
+        num_queries: moment queries (predictions per video).
+        nheads: attention heads.
+        enc_layers: encoder layers.
+        dec_layers: decoder layers.
+        dim_feedforward: hidden width of the feed-forward blocks.
+        dropout: dropout inside the transformer.
+        input_dropout: dropout of the input projections.
+        pre_norm: pre-norm instead of post-norm transformer layers.
+        n_input_proj: layers of each input projection.
+        activation: feed-forward activation (``relu`` or ``gelu``).
+        position_embedding: video position encoding, ``sine`` or ``learned``.
+        use_text_pos: add a learned position encoding to query tokens (off in the papers).
+    """
+
+    hidden_dim: int = 256
+    num_queries: int = 10
+    nheads: int = 8
+    enc_layers: int = 2
+    dec_layers: int = 2
+    dim_feedforward: int = 1024
+    dropout: float = 0.1
+    input_dropout: float = 0.5
+    pre_norm: bool = False
+    n_input_proj: int = 2
+    activation: str = "relu"
+    position_embedding: str = "sine"
+    use_text_pos: bool = False
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range field."""
+        super().validate()
+        positive = ("hidden_dim", "num_queries", "nheads", "dec_layers", "dim_feedforward")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.enc_layers < 0:
+            raise ValueError(f"model.enc_layers must be >= 0, got {self.enc_layers}")
+        if self.hidden_dim % self.nheads or self.hidden_dim % 4:
+            raise ValueError(
+                f"model.hidden_dim ({self.hidden_dim}) must be a multiple of nheads "
+                f"({self.nheads}) and of 4 (sinusoidal encodings of two coordinates)"
+            )
+        for name in ("dropout", "input_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 1 <= self.n_input_proj <= 3:
+            raise ValueError(f"model.n_input_proj must be 1, 2 or 3, got {self.n_input_proj}")
+        if self.activation not in ("relu", "gelu"):
+            raise ValueError(f"model.activation must be 'relu' or 'gelu', got '{self.activation}'")
+        if self.position_embedding not in ("sine", "learned"):
+            raise ValueError(
+                f"model.position_embedding must be 'sine' or 'learned', got "
+                f"'{self.position_embedding}'"
+            )
+
+
+class MomentModel(nn.Module):
+    """Base class of momentkit models: a config, ``forward(batch) -> outputs``, save/load.
+
+    Subclasses set ``config_class`` and implement ``forward(batch)`` returning the output dict
+    documented in ``docs/architecture.md``.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                f"got {type(config).__name__}"
+            )
+        config.validate()
+        self.config = config
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        metadata = {"format": "pt", "model": self.config.name, "momentkit_version": __version__}
+        atomic_write_bytes(directory / WEIGHTS_FILE, safetensors_bytes(tensors, metadata))
+        write_json(directory / CONFIG_FILE, self.config.to_dict())
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: torch.device | str = "cpu"
+    ) -> MomentModel:
+        """Load a model saved by :meth:`save_pretrained`.
+
+        Called on the base class it builds whichever registered model ``config.json`` names;
+        on a subclass it also checks that the saved model is of that class.
+        """
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path}: no such file (expected a save_pretrained directory)"
+                )
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise FormatError(config_path, e.lineno, None, f"invalid JSON: {e.msg}") from None
+        config = config_from_dict(data, source=config_path)
+        model_cls = MODELS.get(config.name)
+        if not issubclass(model_cls, cls):
+            raise FormatError(
+                config_path, None, "name", f"holds a '{config.name}' model, not a {cls.__name__}"
+            )
+        model = model_cls(config)
+        state = load_file(weights_path, device=str(device))
+        missing, unexpected = _state_mismatch(model, state)
+        if missing or unexpected:
+            raise FormatError(
+                weights_path,
+                None,
+                None,
+                f"weights do not fit a '{config.name}' model built from {CONFIG_FILE}: "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}",
+                "Save and load with the same momentkit version and config",
+            )
+        model.load_state_dict(state)
+        return model.to(device)
+
+
+def _state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list, list]:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    missing += sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    return missing, unexpected
+
+
+MODELS: Registry[type[MomentModel]] = Registry("model")
+
+
+def config_from_dict(data: Mapping[str, Any], source: str | Path | None = None) -> ModelConfig:
+    """The config of the model named by ``data["name"]``, built from ``data``."""
+    if not isinstance(data, Mapping) or "name" not in data:
+        raise FormatError(
+            source, None, "model.name", "missing", f"Name one of: {', '.join(MODELS.names())}"
+        )
+    try:
+        model_cls = MODELS.get(data["name"])
+    except KeyError as e:
+        raise FormatError(source, None, "model.name", e.args[0]) from None
+    return model_cls.config_class.from_dict(data, source)
+
+
+def build_model(config: ModelConfig | Mapping[str, Any]) -> MomentModel:
+    """Instantiate the registered model named by ``config.name`` (a config object or a dict)."""
+    if not isinstance(config, ModelConfig):
+        config = config_from_dict(config)
+    return MODELS.get(config.name)(config)
+
+
+def build_criterion(config: ModelConfig) -> SetCriterion:
+    """The training criterion (matching + weighted losses) described by a model config."""
+    return SetCriterion(config.loss, config.matcher)

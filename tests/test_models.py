@@ -1,0 +1,236 @@
+"""Moment-DETR and QD-DETR: forward shapes, masking, save/load, configs, and a short overfit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from momentkit.models import (
+    MODELS,
+    QDDETR,
+    MomentDETR,
+    MomentDETRConfig,
+    MomentModel,
+    QDDETRConfig,
+    build_criterion,
+    build_model,
+    config_from_dict,
+)
+from momentkit.utils.errors import FormatError
+
+TINY = dict(
+    video_dim=10,
+    text_dim=8,
+    hidden_dim=16,
+    nheads=2,
+    dim_feedforward=32,
+    num_queries=5,
+    max_video_len=12,
+    max_text_len=6,
+)
+CONFIGS = {"moment_detr": MomentDETRConfig(**TINY), "qd_detr": QDDETRConfig(**TINY)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP overhead (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(seed: int = 0, video_lens=(12, 9, 7), text_lens=(6, 4, 3)) -> dict:
+    """A batch dict as documented in docs/architecture.md, built by hand."""
+    gen = torch.Generator().manual_seed(seed)
+    b, t, n = len(video_lens), max(video_lens), max(text_lens)
+    video_mask = torch.arange(t)[None] < torch.tensor(video_lens)[:, None]
+    text_mask = torch.arange(n)[None] < torch.tensor(text_lens)[:, None]
+    saliency = torch.randint(0, 5, (b, t), generator=gen).float() * video_mask
+    return {
+        "video_feats": torch.randn(b, t, 10, generator=gen) * video_mask[..., None],
+        "video_mask": video_mask,
+        "text_feats": torch.randn(b, n, 8, generator=gen) * text_mask[..., None],
+        "text_mask": text_mask,
+        "duration": torch.tensor([2.0 * x for x in video_lens]),
+        "clip_len": 2.0,
+        "qids": list(range(b)),
+        "vids": [f"v{i}" for i in range(b)],
+        "annotations": [None] * b,
+        "span_targets": [
+            {"spans": torch.tensor([[0.3, 0.2]])},
+            {"spans": torch.tensor([[0.5, 0.4], [0.8, 0.1]])},
+            {"spans": torch.tensor([[0.6, 0.3]])},
+        ][:b],
+        "saliency_all_labels": saliency,
+        "saliency_pos_labels": torch.tensor([[0, 1], [2, 3], [1, 4]])[:b],
+        "saliency_neg_labels": torch.tensor([[5, 6], [7, 8], [5, 6]])[:b],
+    }
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_registry_and_defaults() -> None:
+    assert {"moment_detr", "qd_detr"} <= set(MODELS.names())
+    cfg = MomentDETRConfig()
+    paper = dict(hidden_dim=256, num_queries=10, nheads=8, enc_layers=2, dec_layers=2)
+    paper.update(dim_feedforward=1024, dropout=0.1, input_dropout=0.5, pre_norm=False)
+    assert all(getattr(cfg, k) == v for k, v in paper.items())
+    assert (cfg.matcher.cost_span, cfg.matcher.cost_giou, cfg.matcher.cost_class) == (10, 1, 4)
+    assert cfg.loss.eos_coef == 0.1 and cfg.loss.saliency_margin == 0.2 and cfg.loss.aux_loss
+    qd = QDDETRConfig()
+    assert all(getattr(qd, k) == v for k, v in paper.items())
+    assert {"saliency_rank_contrastive", "saliency_neg_pair"} <= set(qd.loss.losses)
+
+
+def test_forward_shapes(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name])
+    batch = make_batch()
+    out = model.train()(batch)
+    assert out["pred_logits"].shape == (3, 5, 2)
+    assert out["pred_spans"].shape == (3, 5, 2)
+    assert ((out["pred_spans"] > 0) & (out["pred_spans"] < 1)).all()
+    assert out["saliency_scores"].shape == (3, 12)
+    assert len(out["aux_outputs"]) == CONFIGS[name].dec_layers - 1
+    assert torch.equal(out["video_mask"], batch["video_mask"])
+    assert ("saliency_scores_neg" in out) == (name == "qd_detr")
+    with torch.no_grad():
+        evaluated = model.eval()(batch)
+    assert "saliency_scores_neg" not in evaluated  # negatives are a training-time signal
+    losses = build_criterion(model.config)(out, batch)
+    losses["loss"].backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "text_pos" not in n)
+
+
+def test_padding_does_not_change_valid_outputs(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name]).eval()
+    batch = make_batch()
+    noisy = dict(batch)
+    noisy["video_feats"] = batch["video_feats"] + 50.0 * ~batch["video_mask"][..., None]
+    noisy["text_feats"] = batch["text_feats"] - 30.0 * ~batch["text_mask"][..., None]
+    with torch.no_grad():
+        a, b = model(batch), model(noisy)
+    for key in ("pred_logits", "pred_spans"):
+        assert torch.allclose(a[key], b[key], atol=1e-5)
+    mask = batch["video_mask"]
+    assert torch.allclose(a["saliency_scores"][mask], b["saliency_scores"][mask], atol=1e-5)
+
+
+def test_qd_detr_negatives_use_the_next_query() -> None:
+    torch.manual_seed(0)
+    cfg = CONFIGS["qd_detr"].replace(dropout=0.0, input_dropout=0.0)  # comparable passes
+    model = build_model(cfg).train()
+    batch = make_batch()
+    out = model(batch)
+    # the negative scores of video 0 equal the positive scores of video 0 paired with query 1
+    swapped = dict(batch)
+    swapped["text_feats"] = batch["text_feats"].roll(-1, 0)
+    swapped["text_mask"] = batch["text_mask"].roll(-1, 0)
+    out_swapped = model(swapped)
+    assert torch.allclose(out["saliency_scores_neg"], out_swapped["saliency_scores"], atol=1e-5)
+
+
+def test_save_and_load_round_trip(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name]).eval()
+    batch = make_batch()
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["name"] == name and config["hidden_dim"] == 16
+    loaded = MomentModel.from_pretrained(tmp_path / "m").eval()
+    assert type(loaded) is type(model) and loaded.config == model.config
+    with torch.no_grad():
+        a, b = model(batch), loaded(batch)
+    for key in ("pred_logits", "pred_spans", "saliency_scores"):
+        assert torch.equal(a[key], b[key])
+    # a subclass loads its own kind and refuses the other
+    own, other = (MomentDETR, QDDETR) if name == "moment_detr" else (QDDETR, MomentDETR)
+    assert isinstance(own.from_pretrained(tmp_path / "m"), own)
+    with pytest.raises(FormatError, match="not a"):
+        other.from_pretrained(tmp_path / "m")
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    model = build_model(CONFIGS["moment_detr"])
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        MomentModel.from_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_dim": 32}))
+    with pytest.raises(FormatError, match="model.safetensors.*do not fit"):
+        MomentModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hiden_dim": 32}))
+    with pytest.raises(FormatError, match="config.json: field 'model.hiden_dim': unknown field"):
+        MomentModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(FormatError, match="invalid JSON"):
+        MomentModel.from_pretrained(tmp_path)
+
+
+def test_configs_from_dicts() -> None:
+    model = build_model({"name": "qd_detr", **TINY, "loss": {"weights": {"loss_span": 5.0}}})
+    assert isinstance(model, QDDETR)
+    # partial nested sections keep the model's own defaults for the rest
+    assert model.config.loss.weights["loss_span"] == 5.0
+    assert model.config.loss.weights["loss_giou"] == 1.0
+    assert "saliency_neg_pair" in model.config.loss.losses
+    with pytest.raises(FormatError, match="model.name"):
+        config_from_dict({"hidden_dim": 3})
+    with pytest.raises(FormatError, match="unknown model 'detr3d'"):
+        config_from_dict({"name": "detr3d"})
+    with pytest.raises(FormatError, match="model.hidden_dim': expected int"):
+        config_from_dict({"name": "moment_detr", "hidden_dim": "big"})
+    with pytest.raises(FormatError, match="model.loss.eos_coeff': unknown field"):
+        config_from_dict({"name": "moment_detr", "loss": {"eos_coeff": 0.2}})
+    cfg = MomentDETRConfig(**TINY)
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_invalid_configs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="hidden_dim"):
+        build_model(MomentDETRConfig(**{**TINY, "nheads": 3}))
+    with pytest.raises(ValueError, match="input_dropout"):
+        build_model(MomentDETRConfig(**{**TINY, "input_dropout": 1.0}))
+    with pytest.raises(TypeError, match="needs a QDDETRConfig"):
+        QDDETR(MomentDETRConfig(**TINY))
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_pre_norm_models_run(name: str, pre_norm: bool) -> None:
+    cfg = CONFIGS[name].replace(pre_norm=pre_norm, position_embedding="learned", use_text_pos=True)
+    out = build_model(cfg)(make_batch())
+    assert out["pred_spans"].shape == (3, 5, 2)
+
+
+def test_short_training_run_overfits(name: str) -> None:
+    torch.manual_seed(0)
+    cfg = CONFIGS[name].replace(dropout=0.0, input_dropout=0.0)
+    model = build_model(cfg)
+    criterion = build_criterion(cfg)
+    batch = make_batch(seed=1, video_lens=(12, 9, 7, 12), text_lens=(6, 4, 3, 5))
+    batch["span_targets"].append({"spans": torch.tensor([[0.2, 0.1]])})
+    batch["saliency_pos_labels"] = torch.tensor([[0, 1], [2, 3], [1, 4], [2, 2]])
+    batch["saliency_neg_labels"] = torch.tensor([[5, 6], [7, 8], [5, 6], [9, 10]])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    history = []
+    for _ in range(40):
+        losses = criterion(model(batch), batch)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        history.append(losses["loss"].item())
+    assert history[-1] < 0.5 * history[0]
+    assert sum(history[-5:]) < sum(history[:5])
