@@ -424,7 +424,7 @@ def _outputs_and_batch() -> tuple[dict, dict]:
     outputs = {
         "pred_logits": logits,
         "pred_spans": spans,
-        "saliency_scores": torch.tensor([[0.5, -1.0, 2.0, 9.0]]),
+        "saliency_scores": torch.tensor([[0.5, -1.0, 2.0] + [0.0] * 47 + [9.0]]),
     }
 
     class Ann:
@@ -433,7 +433,7 @@ def _outputs_and_batch() -> tuple[dict, dict]:
     batch = {
         "duration": torch.tensor([100.0]),
         "clip_len": 2.0,
-        "video_mask": torch.tensor([[True, True, True, False]]),
+        "video_mask": torch.tensor([[True] * 50 + [False]]),  # 50 clips x 2 s = 100 s
         "qids": [7],
         "vids": ["vid"],
         "annotations": [Ann()],
@@ -452,7 +452,20 @@ def test_postprocessor_builds_sorted_predictions() -> None:
         [42.0, 62.0, round(fg[2].item(), 4)],
         [0.0, 30.0, round(fg[1].item(), 4)],  # [-10, 30] clamped to the video
     ]
-    assert pred.pred_saliency_scores == [0.5, -1.0, 2.0]  # valid clips only
+    assert pred.pred_saliency_scores[:3] == [0.5, -1.0, 2.0]
+    assert len(pred.pred_saliency_scores) == 50  # valid clips only
+
+
+def test_postprocessor_scales_by_feature_timeline_and_clamps_to_duration() -> None:
+    """Targets are normalised by ``num_clips * clip_len`` (20 s here), not the 19 s duration."""
+    outputs, batch = _outputs_and_batch()
+    outputs["pred_spans"] = torch.tensor([[[0.5, 0.2], [0.95, 0.1], [0.25, 0.1]]])
+    outputs["saliency_scores"] = outputs["saliency_scores"][:, :11]
+    batch["duration"] = torch.tensor([19.0])
+    batch["video_mask"] = torch.tensor([[True] * 10 + [False]])
+    (pred,) = PostProcessor(top_k=None, round_to_clip=False)(outputs, batch)
+    windows = sorted(w[:2] for w in pred.pred_relevant_windows)
+    assert windows == [[4.0, 6.0], [8.0, 12.0], [18.0, 19.0]]  # [18, 20] clamped to 19 s
 
 
 def test_postprocessor_top_k_nms_and_rounding() -> None:

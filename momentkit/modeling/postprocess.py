@@ -75,15 +75,27 @@ class PostProcessor:
     round_to_clip: bool = True
     decimals: int = 4
 
-    def windows(self, logits: Tensor, spans: Tensor, duration: float, clip_len: float) -> list:
+    def windows(
+        self,
+        logits: Tensor,
+        spans: Tensor,
+        duration: float,
+        clip_len: float,
+        timeline: float | None = None,
+    ) -> list:
         """``[[start, end, score], ...]`` (seconds, best first) for one query.
 
         Args:
             logits: ``(Q, 2)`` class logits (class 0 = foreground).
-            spans: ``(Q, 2)`` normalised ``(center, width)``.
+            spans: ``(Q, 2)`` ``(center, width)`` normalised by ``timeline``.
+            duration: video duration in seconds (windows are clamped to it).
+            clip_len: seconds per clip.
+            timeline: seconds the normalised ``[0, 1]`` covers: ``num_clips * clip_len`` (how
+                the loader normalises targets); defaults to ``duration``.
         """
         scores = logits.float().softmax(-1)[:, 0]
-        windows = (span_cxw_to_xx(spans.float()) * duration).clamp(0.0, duration)
+        scale = duration if timeline is None else timeline
+        windows = (span_cxw_to_xx(spans.float()) * scale).clamp(0.0, duration)
         if self.round_to_clip:
             windows = snap_to_clips(windows, duration, clip_len)
         if self.nms_threshold is not None:
@@ -100,6 +112,7 @@ class PostProcessor:
 
         Uses ``outputs["pred_logits"]`` ``(B, Q, 2)``, ``outputs["pred_spans"]`` ``(B, Q, 2)``,
         optional ``outputs["saliency_scores"]`` ``(B, T)``, and ``batch["duration"]``,
+        (spans are scaled by each video's ``num_clips * clip_len``, then clamped to its duration),
         ``batch["clip_len"]``, ``batch["video_mask"]``, ``batch["qids"]``, ``batch["vids"]``
         and (for the query text) ``batch["annotations"]``.
         """
@@ -115,7 +128,8 @@ class PostProcessor:
         for i, (qid, vid) in enumerate(zip(batch["qids"], batch["vids"])):
             query = annotations[i].query if annotations[i] is not None else ""
             sal = saliency[i, : int(num_clips[i])].tolist() if saliency is not None else []
-            windows = self.windows(logits[i], spans[i], float(durations[i]), clip_len)
+            timeline = int(num_clips[i]) * clip_len
+            windows = self.windows(logits[i], spans[i], float(durations[i]), clip_len, timeline)
             preds.append(MomentPrediction(qid, query, vid, windows, sal))
         return preds
 
