@@ -10,6 +10,12 @@ See docs/synthetic_benchmark.md for what the data holds and why it is hard.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
+
+import yaml
+
+from momentkit.utils.errors import MomentkitError
 
 HELP = "write the synthetic benchmark (annotations + features in the standard layout)"
 
@@ -33,6 +39,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seed of the concept directions (default: 0); keep it to generate more data of "
         "the same world",
     )
+    parser.add_argument(
+        "--mode",
+        default="moments",
+        help="query planner (a registered synth mode; default: moments)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any SynthConfig field, e.g. --set min_duration=600 max_duration=3600",
+    )
     parser.add_argument("--compress", action="store_true", help="write deflated .npz files")
     parser.add_argument("--force", action="store_true", help="replace a benchmark in OUTDIR")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -47,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
         num_val=args.val,
         seed=args.seed,
         world_seed=args.world_seed,
+        mode=args.mode,
         compress=args.compress,
+        **parse_overrides(args.overrides),
     )
     summary = generate(config, args.outdir, overwrite=args.force, progress=not args.no_progress)
     for split, n in summary.num_queries.items():
@@ -55,3 +77,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"{split}: {n} queries, {summary.num_windows[split]} windows ({relations})")
     print(f"wrote {summary.outdir} in {summary.seconds:.1f} s")
     return 0
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> SynthConfig keyword arguments (values parsed as YAML).
+
+    Lists become tuples (the config's sequence fields are tuples); unknown keys raise an error
+    listing the valid ones.
+    """
+    from momentkit.data.synth import SynthConfig
+
+    fields = {f.name for f in dataclasses.fields(SynthConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise MomentkitError(f"--set {item!r}: expected KEY=VALUE")
+        if key not in fields:
+            raise MomentkitError(
+                f"--set {key}: not a SynthConfig field; valid: {', '.join(sorted(fields))}"
+            )
+        value = yaml.safe_load(text)
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
