@@ -4,7 +4,7 @@ Layout (each sub-package has one job):
 
 - ``momentkit.structures``  span arithmetic (start/end <-> centre/width, temporal IoU, clip ids)
 - ``momentkit.data``        annotation/prediction records, dataset loaders, synthetic benchmark
-- ``momentkit.features``    feature stores (per-item ``.npz`` directories, packed memory-mapped store)
+- ``momentkit.features``    feature stores (``.npz`` directories, packed memory-mapped store)
 - ``momentkit.evaluation``  evaluators (official QVHighlights metrics, grounding recall, HD mAP)
 - ``momentkit.modeling``    shared blocks (transformer layers, matcher, criterion, post-processing)
 - ``momentkit.models``      the papers' models as compositions of the shared blocks

@@ -13,7 +13,6 @@ from momentkit.data.loader import (
     MomentDataset,
     build_dataloader,
     collate,
-    prefetch,
     saliency_labels,
     set_loader_epoch,
     span_targets,
@@ -21,6 +20,7 @@ from momentkit.data.loader import (
 from momentkit.data.records import MomentAnnotation
 from momentkit.features import NpzFeatureStore, pack_features
 from momentkit.utils.errors import FeatureError, FormatError
+from momentkit.utils.prefetch import prefetch
 
 SF_DIM, CLIP_DIM, TXT_DIM = 5, 3, 4
 
@@ -278,34 +278,6 @@ def test_epoch_sampler_shards_like_distributed_sampler() -> None:
     assert [len(p) for p in dropped] == [3, 3, 3] and len(set().union(*dropped)) == 9
     with pytest.raises(ValueError, match="rank 3"):
         EpochSampler(10, num_replicas=3, rank=3)
-
-
-def test_prefetch_keeps_order_and_reraises() -> None:
-    assert list(prefetch(range(50), depth=3)) == list(range(50))
-
-    def broken():
-        yield 1
-        raise FeatureError("bad file")
-
-    it = prefetch(broken())
-    assert next(it) == 1
-    with pytest.raises(FeatureError, match="bad file"):
-        next(it)
-    produced = []
-
-    def endless():
-        i = 0
-        while True:
-            produced.append(i)
-            yield i
-            i += 1
-
-    for x in prefetch(endless(), depth=2):
-        if x == 5:
-            break  # the thread stops instead of running forever
-    assert len(produced) <= 5 + 1 + 2 + 1
-    with pytest.raises(ValueError, match="depth"):
-        next(prefetch(range(3), depth=0))
 
 
 def test_prefetched_loader_gives_the_same_batches(feats: Path) -> None:

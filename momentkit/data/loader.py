@@ -14,9 +14,7 @@ resumed run. :class:`EpochSampler` passes its epoch along with each index, so Da
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -507,62 +505,6 @@ def build_dataloader(
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
     )
-
-
-_DONE = object()
-
-
-def prefetch(iterable: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Iterate over ``iterable`` in a background thread, keeping ``depth`` items ready.
-
-    An alternative to DataLoader worker processes: NumPy releases the GIL while it copies and
-    normalises features, so a thread overlaps batch preparation with the training step without
-    passing ~27 MB batches through shared memory. Typical use:
-    ``for batch in prefetch(build_dataloader(ds, 32, num_workers=0)): ...``.
-    Exceptions raised while producing are re-raised by the consumer; leaving the loop early
-    stops the thread after the item it is producing.
-    """
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(obj: Any) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(obj, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for obj in iterable:
-                if not put(obj):
-                    return
-            put(_DONE)
-        except BaseException as e:  # handed to the consumer
-            put(_Raised(e))
-
-    thread = threading.Thread(target=produce, name="momentkit-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            obj = buffer.get()
-            if obj is _DONE:
-                return
-            if isinstance(obj, _Raised):
-                raise obj.error
-            yield obj
-    finally:
-        stop.set()
-        thread.join()
-
-
-@dataclass
-class _Raised:
-    error: BaseException
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

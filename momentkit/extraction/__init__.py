@@ -9,8 +9,8 @@ from momentkit.extraction.pipeline import (
     read_queries,
     video_id,
 )
-from momentkit.extraction.prefetch import prefetch
 from momentkit.extraction.runner import build_extractor, find_videos, run_extraction
+from momentkit.utils.prefetch import prefetch
 
 __all__ = [
     "ExtractionConfig",

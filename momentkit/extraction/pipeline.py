@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from momentkit.encoders.base import Encoder, EncoderError
-from momentkit.extraction.prefetch import prefetch
 from momentkit.features.base import text_key
 from momentkit.utils.errors import FormatError, MomentkitError
 from momentkit.utils.io import atomic_open, iter_jsonl
+from momentkit.utils.prefetch import prefetch
 from momentkit.video.decode import ClipReader
 
 

@@ -536,7 +536,7 @@ class Predictor:
         Raises:
             VideoError: the file cannot be decoded.
         """
-        from momentkit.extraction.prefetch import prefetch
+        from momentkit.utils.prefetch import prefetch
         from momentkit.video.decode import ClipReader
 
         encoders = list(dict.fromkeys(self._video_encoders.values()))

@@ -63,6 +63,7 @@ from momentkit.training.runlog import EpochLog
 from momentkit.training.seed import rng_state, seed_everything, set_rng_state
 from momentkit.utils.errors import MomentkitError
 from momentkit.utils.io import write_json
+from momentkit.utils.prefetch import prefetch
 
 logger = logging.getLogger("momentkit.training")
 
@@ -387,7 +388,9 @@ class Trainer:
         self.skip_sampler.skip = st.step_in_epoch * self.batch_size
         sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in st.loss_sums.items()}
         start = time.perf_counter() - st.epoch_time
-        bar = self._progress(self.train_loader, f"epoch {epoch + 1}/{tc.epochs}")
+        # a background thread prepares the next batches while this one trains
+        batches = prefetch(self.train_loader, depth=2)
+        bar = self._progress(batches, f"epoch {epoch + 1}/{tc.epochs}")
         for batch in bar:
             losses = self._train_step(batch, epoch)
             for k, v in losses.items():

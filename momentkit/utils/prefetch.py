@@ -1,4 +1,9 @@
-"""Running a producer (e.g. a video decoder) on a background thread, ahead of its consumer."""
+"""Running a producer on a background thread, ahead of its consumer.
+
+Used for video decoding (PyAV releases the GIL) overlapped with encoding, and for batch
+preparation (NumPy releases the GIL while it copies features) overlapped with training steps,
+without passing large batches through worker-process shared memory.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ class _Failure:
         self.error = error
 
 
-def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     """Yield ``items`` in order while a background thread produces up to ``depth`` ahead.
 
     Decoding (PyAV releases the GIL) then overlaps with encoding on the calling thread. An
