@@ -29,6 +29,9 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "extract": "extract",
     "search": "search",
+    "index": "index",
+    "query": "query",
+    "serve": "serve",
     "bench": "bench",
 }
 

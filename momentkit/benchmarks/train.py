@@ -1,0 +1,198 @@
+"""``momentkit bench train``: training-step speed and whether data loading keeps up.
+
+At the QVHighlights shape (batch 32, 75 clips of SlowFast 2304 + CLIP 512 + 2 TEF channels,
+32 query tokens of 512) it reports:
+
+- the step time (forward + loss + backward + AdamW; median over ``--steps`` after warm-up) and
+  samples per second, on one fixed in-memory batch ("pure compute");
+- the time of an epoch over ``--items`` feature files read through the real input pipeline
+  (``MomentDataset`` + ``collate`` + the trainer's background prefetch), once from a ``.npz``
+  directory and once from the packed memory-mapped store, as a ratio to pure compute.
+
+Example::
+
+    momentkit bench train --model qd_detr --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "training step time and data-loading overhead at the QVHighlights shape"
+
+STREAMS = {"slowfast": 2304, "clip": 512}
+TEXT_DIM = 512
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, sizes and repetitions."""
+    parser.add_argument("--model", default="moment_detr", help="registered model name")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--clips", type=int, default=75, help="clips per video")
+    parser.add_argument("--tokens", type=int, default=32, help="tokens per query")
+    parser.add_argument("--steps", type=int, default=15, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument(
+        "--items", type=int, default=320, help="feature files in the epoch test (0 skips it)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config overrides, e.g. --set hidden_dim=128",
+    )
+    parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
+
+
+def _model_and_criterion(name: str, overrides: list[str], video_dim: int) -> tuple[Any, Any]:
+    import yaml
+
+    from momentkit.models import build_criterion, build_model
+
+    config: dict[str, Any] = {"name": name, "video_dim": video_dim, "text_dim": TEXT_DIM}
+    for item in overrides:
+        key, _, text = item.partition("=")
+        config[key] = yaml.safe_load(text)
+    model = build_model(config).train()
+    return model, build_criterion(model.config)
+
+
+def _step(model: Any, criterion: Any, optimizer: Any, batch: dict[str, Any]) -> None:
+    loss = criterion(model(batch), batch)["loss"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _write_features(root: Path, items: int, clips: int, tokens: int) -> list[Any]:
+    """``items`` videos of every stream + one query each, in the ``.npz`` layout."""
+    import numpy as np
+
+    from momentkit.data.records import MomentAnnotation
+
+    rng = np.random.default_rng(0)
+    annotations = []
+    for stream in [*STREAMS, "text"]:
+        (root / stream).mkdir(parents=True)
+    for i in range(items):
+        vid = f"v{i:05d}"
+        for stream, dim in STREAMS.items():
+            np.savez(
+                root / stream / f"{vid}.npz", features=rng.standard_normal((clips, dim), np.float32)
+            )
+        np.savez(
+            root / "text" / f"qid{i}.npz",
+            last_hidden_state=rng.standard_normal((tokens, TEXT_DIM), np.float32),
+            pooler_output=rng.standard_normal(TEXT_DIM, np.float32),
+        )
+        start = int(rng.integers(0, clips - 10))
+        ids = list(range(start, start + 10))
+        annotations.append(
+            MomentAnnotation(
+                i, "query", vid, clips * 2.0, [[start * 2.0, (start + 10) * 2.0]], ids,
+                [[int(x) for x in rng.integers(0, 5, 3)] for _ in ids],
+            )
+        )  # fmt: skip
+    return annotations
+
+
+def _epoch_seconds(
+    model: Any, criterion: Any, optimizer: Any, dataset: Any, batch_size: int
+) -> tuple[float, int]:
+    from torch.utils.data import DataLoader
+
+    from momentkit.data.loader import collate
+    from momentkit.utils.prefetch import prefetch
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    start, steps = time.perf_counter(), 0
+    for batch in prefetch(loader, depth=2):
+        _step(model, criterion, optimizer, batch)
+        steps += 1
+    return time.perf_counter() - start, steps
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and print the figures."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from momentkit.data.loader import MomentDataset, collate
+    from momentkit.features import open_feature_store, pack_features
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    video_dim = sum(STREAMS.values()) + 2
+    model, criterion = _model_and_criterion(args.model, args.overrides, video_dim)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    results: dict[str, Any] = {
+        "model": args.model,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "shape": f"{args.clips} clips x {video_dim}, {args.tokens} tokens x {TEXT_DIM}",
+    }
+    with tempfile.TemporaryDirectory(prefix="momentkit-bench-train-") as tmp:
+        root = Path(tmp)
+        items = max(args.items, args.batch_size)
+        annotations = _write_features(root / "npz", items, args.clips, args.tokens)
+        sizes = {"max_v_len": args.clips, "max_q_len": args.tokens}
+        npz_streams = [root / "npz" / s for s in STREAMS]
+        npz_set = MomentDataset(annotations, npz_streams, root / "npz" / "text", **sizes)
+        fixed = collate([npz_set[i] for i in range(args.batch_size)])
+
+        times = []
+        for i in range(args.warmup + args.steps):
+            start = time.perf_counter()
+            _step(model, criterion, optimizer, fixed)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+        step = statistics.median(times)
+        results.update(step_s=round(step, 4), samples_per_s=round(args.batch_size / step, 1))
+
+        if args.items:
+            for stream in [*STREAMS, "text"]:
+                source = open_feature_store(root / "npz" / stream)
+                pack_features(source, root / "packed" / stream, progress=False)
+            packed_streams = [root / "packed" / s for s in STREAMS]
+            packed_set = MomentDataset(
+                annotations, packed_streams, root / "packed" / "text", **sizes
+            )
+            for label, dataset in (("npz", npz_set), ("packed", packed_set)):
+                seconds, steps = _epoch_seconds(
+                    model, criterion, optimizer, dataset, args.batch_size
+                )
+                compute = steps * step
+                results[f"epoch_{label}_s"] = round(seconds, 2)
+                results[f"epoch_{label}_ratio"] = round(seconds / compute, 3)
+            results["epoch_compute_s"] = round(compute, 2)
+
+    table = Table(title=f"momentkit bench train: {args.model} ({results['shape']})")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("step (median, s)", f"{results['step_s']:.3f}")
+    table.add_row("samples / s", f"{results['samples_per_s']:.1f}")
+    if args.items:
+        table.add_row("epoch, pure compute (s)", f"{results['epoch_compute_s']:.2f}")
+        for label in ("npz", "packed"):
+            table.add_row(
+                f"epoch from {label} (s, x compute)",
+                f"{results[f'epoch_{label}_s']:.2f} ({results[f'epoch_{label}_ratio']:.2f}x)",
+            )
+    Console().print(table)
+    if args.json_out:
+        from momentkit.utils.io import write_json
+
+        write_json(args.json_out, results)
+    print(json.dumps(results))
+    return 0

@@ -1,0 +1,80 @@
+"""``momentkit index``: index a folder of videos into a searchable library, incrementally.
+
+Examples::
+
+    momentkit index videos/ --db library.db                       # offline encoder, 2 s clips
+    momentkit index videos/ --db clip.db --encoder clip:openai/clip-vit-base-patch32
+
+Only new and changed files are encoded (changes are seen by size and modification time, then
+by content hash); deleted files are removed and moved files re-pointed. Each video is committed
+on its own, so an interrupted run keeps its work and the next run finishes the job. Search the
+library with ``momentkit query`` or ``momentkit serve --db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "index a folder of videos into a searchable library (incremental)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``DIR --db FILE [--encoder SPEC] [--clip-len S] [--device D] [--retry-failed] ...``."""
+    parser.add_argument("dir", metavar="DIR", help="folder searched recursively for videos")
+    parser.add_argument("--db", required=True, metavar="FILE", help="library database (SQLite)")
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        metavar="SPEC",
+        help="offline (default for a new library; no download), offline-glove, "
+        "clip:<hub id or dir>, siglip:<hub id or dir>; an existing library keeps its own",
+    )
+    parser.add_argument(
+        "--clip-len",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds per clip (default 2 for a new library; an existing one keeps its own)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="encode files that failed before even if they did not change",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the run report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Index ``args.dir``; exit status 1 if a video failed, else 0."""
+    import json
+
+    from momentkit.library.indexer import Indexer
+    from momentkit.library.store import LibraryStore
+
+    with LibraryStore(args.db, create=True) as store:
+        spec = args.encoder or store.encoder or "offline"
+        clip_len = args.clip_len or store.clip_len or 2.0
+
+        def predictor() -> object:
+            from momentkit.inference.predictor import Predictor
+
+            return Predictor.zero_shot(spec, clip_len=clip_len, device=args.device)
+
+        indexer = Indexer(
+            store,
+            spec,
+            clip_len,
+            predictor,  # built only if a video must be encoded
+            progress=not args.no_progress,
+            retry_failed=args.retry_failed,
+        )
+        report = indexer.run(args.dir)
+        total = f"library: {store.num_videos()} videos, {store.num_clips()} clips ({spec})"
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.summary())
+        print(total)
+    return 1 if report.failed else 0

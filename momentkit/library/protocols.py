@@ -1,0 +1,23 @@
+"""What the library needs from a predictor (:class:`momentkit.inference.predictor.Predictor`
+fits; tests use small fakes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from momentkit.inference.results import QueryResult, VideoEncoding
+
+
+class EncodingPredictor(Protocol):
+    """Encodes videos into per-clip features and localises queries in them."""
+
+    def encode_video(self, path: str | Path) -> VideoEncoding:
+        """The video's per-clip feature streams."""
+        ...
+
+    def predict(
+        self, video: VideoEncoding, queries: list[str], *, top_k: int = 10
+    ) -> list[QueryResult]:
+        """Moments (best first) and per-clip saliency of each query in one encoded video."""
+        ...

@@ -1,0 +1,541 @@
+"""The library's single source of truth: one SQLite file (standard library ``sqlite3``).
+
+Tables::
+
+    meta(key, value)          schema_version, encoder spec, retrieval stream, generation, ...
+    roots(path, added_at)     folders indexed into the library (the only places videos are
+                              served from)
+    videos(id, path, size, mtime_ns, sha256, duration, clip_len, num_clips, indexed_at,
+           encode_seconds)
+    clips(id, video_id, idx, start, end)      id = the clip's id in the vector index
+    streams(video_id, name, rows, dim, data)  each (T, D) float32 feature stream of a video
+    failures(path, size, mtime_ns, error, at) videos that could not be encoded
+    runs(id, root, started_at, seconds, added, changed, moved, touched, removed, unchanged,
+         failed)                              one row per indexing run (timings)
+
+Every change of a video (insert with its clips and streams, delete, move) is one transaction,
+so a crash leaves each video either fully indexed or absent, and re-running the indexer
+finishes the job. Each write transaction increments ``meta.generation``; readers holding a
+derived structure (the vector index) rebuild it when the generation moved. The database runs
+in WAL mode, so a server can read while ``momentkit index`` writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from momentkit.library.files import FileStat, KnownVideo
+from momentkit.utils.errors import MomentkitError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roots(path TEXT PRIMARY KEY, added_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS videos(
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    duration REAL NOT NULL,
+    clip_len REAL NOT NULL,
+    num_clips INTEGER NOT NULL,
+    indexed_at REAL NOT NULL,
+    encode_seconds REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clips(
+    id INTEGER PRIMARY KEY,
+    video_id INTEGER NOT NULL REFERENCES videos(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    UNIQUE(video_id, idx)
+);
+CREATE TABLE IF NOT EXISTS streams(
+    video_id INTEGER NOT NULL REFERENCES videos(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    dim INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY(video_id, name)
+);
+CREATE TABLE IF NOT EXISTS failures(
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs(
+    id INTEGER PRIMARY KEY,
+    root TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    seconds REAL NOT NULL,
+    added INTEGER NOT NULL,
+    changed INTEGER NOT NULL,
+    moved INTEGER NOT NULL,
+    touched INTEGER NOT NULL,
+    removed INTEGER NOT NULL,
+    unchanged INTEGER NOT NULL,
+    failed INTEGER NOT NULL
+);
+"""
+
+
+class LibraryError(MomentkitError):
+    """A library database that cannot be used as asked (missing, other encoder, other schema)."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One indexed video.
+
+    Attributes:
+        id: row id (stable while the file is unchanged or moved).
+        path: resolved absolute path of the file.
+        size, mtime_ns, sha256: the file's fingerprint when it was indexed.
+        duration: seconds.
+        clip_len: seconds per clip of its features.
+        num_clips: ``T``, rows of every feature stream.
+        indexed_at: UNIX time of the indexing.
+        encode_seconds: wall-clock seconds its encoding took.
+    """
+
+    id: int
+    path: Path
+    size: int
+    mtime_ns: int
+    sha256: str
+    duration: float
+    clip_len: float
+    num_clips: int
+    indexed_at: float
+    encode_seconds: float
+
+    @property
+    def name(self) -> str:
+        """The file name."""
+        return self.path.name
+
+    def known(self) -> KnownVideo:
+        """The fields change detection compares."""
+        return KnownVideo(self.id, self.path, self.size, self.mtime_ns, self.sha256)
+
+
+@dataclass(frozen=True)
+class ClipTable:
+    """Every clip of the library as parallel arrays, for mapping vector ids back to videos.
+
+    Attributes:
+        ids: ``(N,)`` int64 clip ids (vector ids), ascending.
+        video_ids: ``(N,)`` int64 the video of each clip.
+        idx: ``(N,)`` int64 the clip's index in its video.
+    """
+
+    ids: np.ndarray
+    video_ids: np.ndarray
+    idx: np.ndarray
+
+    def lookup(self, clip_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(video_ids, idx)`` of ``clip_ids`` (each must be in the table)."""
+        pos = np.searchsorted(self.ids, clip_ids)
+        return self.video_ids[pos], self.idx[pos]
+
+    def by_video(self) -> dict[int, np.ndarray]:
+        """video id -> ``(T,)`` int64 ids of its clips in clip order."""
+        order = np.lexsort((self.idx, self.video_ids))
+        videos = self.video_ids[order]
+        starts = np.flatnonzero(np.r_[True, videos[1:] != videos[:-1]]) if len(order) else []
+        bounds = list(starts) + [len(order)]
+        return {int(videos[a]): self.ids[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:])}
+
+
+def _video(row: Sequence[object]) -> VideoRecord:
+    return VideoRecord(
+        id=int(row[0]),
+        path=Path(str(row[1])),
+        size=int(row[2]),
+        mtime_ns=int(row[3]),
+        sha256=str(row[4]),
+        duration=float(row[5]),
+        clip_len=float(row[6]),
+        num_clips=int(row[7]),
+        indexed_at=float(row[8]),
+        encode_seconds=float(row[9]),
+    )
+
+
+_VIDEO_COLUMNS = (
+    "id, path, size, mtime_ns, sha256, duration, clip_len, num_clips, indexed_at, encode_seconds"
+)
+
+
+class LibraryStore:
+    """The SQLite file of a library (see the module doc for the tables).
+
+    Args:
+        path: the database file.
+        create: create it when missing; otherwise a missing file is an error.
+
+    Raises:
+        LibraryError: ``path`` is missing (without ``create``), is not a momentkit library, or
+            was written by another schema version.
+
+    The connection is shared by the threads of a server; every method holds a lock.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise LibraryError(
+                f"{self.path}: no such library. Build it with `momentkit index VIDEO_DIR "
+                f"--db {self.path}`"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._init_schema()
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise LibraryError(
+                f"{self.path}: not a momentkit library database ({e}). Give another --db path"
+            ) from None
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _init_schema(self) -> None:
+        with self.transaction(bump=False):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            version = self.get_meta("schema_version")
+            if version is None:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+                self.set_meta("generation", "0")
+                self.set_meta("created_at", repr(time.time()))
+            elif version != str(SCHEMA_VERSION):
+                raise LibraryError(
+                    f"{self.path}: library schema version {version}, this momentkit reads "
+                    f"version {SCHEMA_VERSION}. Re-index into a new --db file"
+                )
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> LibraryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self, bump: bool = True) -> Iterator[None]:
+        """One atomic write: everything inside commits together or not at all.
+
+        Args:
+            bump: increment ``meta.generation`` (tells readers their derived data is stale).
+        """
+        with self._lock:
+            if self._conn.in_transaction:  # nested: part of the enclosing transaction
+                yield
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                if bump:
+                    self._conn.execute(
+                        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'"
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    # -- meta ------------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        """The value stored under ``key``, ``None`` if absent."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key``."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
+
+    @property
+    def generation(self) -> int:
+        """Counter incremented by every committed write."""
+        return int(self.get_meta("generation") or 0)
+
+    @property
+    def encoder(self) -> str | None:
+        """The encoder spec the library was indexed with (``None`` while empty and new)."""
+        return self.get_meta("encoder")
+
+    @property
+    def clip_len(self) -> float | None:
+        """Seconds per clip of the library's features (``None`` while empty and new)."""
+        value = self.get_meta("clip_len")
+        return None if value is None else float(value)
+
+    def bind(self, spec: str, stream: str, clip_len: float) -> None:
+        """Record the encoder spec, retrieval stream and clip length of a new library; check
+        those of an existing one.
+
+        Raises:
+            LibraryError: the library was indexed with another encoder or clip length.
+        """
+        with self.transaction(bump=False):
+            current = self.get_meta("encoder")
+            if current is None:
+                self.set_meta("encoder", spec)
+                self.set_meta("retrieval_stream", stream)
+                self.set_meta("clip_len", repr(float(clip_len)))
+                return
+            if current != spec:
+                raise LibraryError(
+                    f"{self.path}: the library was indexed with encoder '{current}', not "
+                    f"'{spec}'. Use --encoder {current}, or another --db for '{spec}'"
+                )
+            stored = float(self.get_meta("clip_len") or clip_len)
+            if abs(stored - clip_len) > 1e-9:
+                raise LibraryError(
+                    f"{self.path}: the library was indexed with {stored:g} s clips, not "
+                    f"{clip_len:g} s. Use --clip-len {stored:g}, or another --db"
+                )
+
+    # -- roots -----------------------------------------------------------------------------------
+
+    def add_root(self, root: Path) -> None:
+        """Remember ``root`` as an indexed folder."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO roots(path, added_at) VALUES (?, ?)",
+                (str(root), time.time()),
+            )
+
+    def roots(self) -> list[Path]:
+        """The indexed folders."""
+        with self._lock:
+            rows = self._conn.execute("SELECT path FROM roots ORDER BY path").fetchall()
+        return [Path(r[0]) for r in rows]
+
+    # -- videos ----------------------------------------------------------------------------------
+
+    def videos(self, under: Path | None = None) -> list[VideoRecord]:
+        """Indexed videos (those inside folder ``under`` if given), by path."""
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {_VIDEO_COLUMNS} FROM videos ORDER BY path")
+            videos = [_video(r) for r in rows.fetchall()]
+        if under is not None:
+            videos = [v for v in videos if v.path.is_relative_to(under)]
+        return videos
+
+    def video(self, video_id: int) -> VideoRecord | None:
+        """The video with id ``video_id``, ``None`` if there is none."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE id=?", (int(video_id),)
+            ).fetchone()
+        return None if row is None else _video(row)
+
+    def num_videos(self) -> int:
+        """Number of indexed videos."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM videos").fetchone()[0])
+
+    def num_clips(self) -> int:
+        """Number of indexed clips (vectors)."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM clips").fetchone()[0])
+
+    def add_video(
+        self,
+        stat: FileStat,
+        sha256: str,
+        duration: float,
+        clip_len: float,
+        streams: Mapping[str, np.ndarray],
+        encode_seconds: float,
+        replace: int | None = None,
+    ) -> int:
+        """Insert a video with its clips and feature streams in one transaction.
+
+        Args:
+            stat: the file.
+            sha256: its content digest.
+            duration: seconds.
+            clip_len: seconds per clip.
+            streams: name -> ``(T, D)`` float32 features; every stream has the same ``T``.
+            encode_seconds: time the encoding took.
+            replace: id of a row to delete in the same transaction (a changed file).
+
+        Returns:
+            The new video id.
+        """
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in streams.items()}
+        lengths = {k: a.shape[0] for k, a in arrays.items() if a.ndim == 2}
+        if not arrays or len(lengths) != len(arrays) or len(set(lengths.values())) != 1:
+            shapes = {k: a.shape for k, a in arrays.items()}
+            raise ValueError(f"{stat.path}: streams must be (T, D) with one T, got {shapes}")
+        num = next(iter(lengths.values()))
+        with self.transaction():
+            if replace is not None:
+                self._conn.execute("DELETE FROM videos WHERE id=?", (int(replace),))
+            self._conn.execute("DELETE FROM failures WHERE path=?", (str(stat.path),))
+            cur = self._conn.execute(
+                "INSERT INTO videos(path, size, mtime_ns, sha256, duration, clip_len, num_clips, "
+                "indexed_at, encode_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    str(stat.path),
+                    stat.size,
+                    stat.mtime_ns,
+                    sha256,
+                    float(duration),
+                    float(clip_len),
+                    num,
+                    time.time(),
+                    float(encode_seconds),
+                ),
+            )
+            video_id = int(cur.lastrowid or 0)
+            first = int(self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM clips").fetchone()[0])
+            self._conn.executemany(
+                "INSERT INTO clips(id, video_id, idx, start, end) VALUES (?, ?, ?, ?, ?)",
+                (
+                    (
+                        first + 1 + i,
+                        video_id,
+                        i,
+                        i * clip_len,
+                        max(min((i + 1) * clip_len, duration), i * clip_len),
+                    )
+                    for i in range(num)
+                ),
+            )
+            self._conn.executemany(
+                "INSERT INTO streams(video_id, name, rows, dim, data) VALUES (?, ?, ?, ?, ?)",
+                (
+                    (video_id, name, a.shape[0], a.shape[1], a.tobytes())
+                    for name, a in arrays.items()
+                ),
+            )
+        return video_id
+
+    def remove_video(self, video_id: int) -> None:
+        """Delete a video, its clips and its streams (one transaction)."""
+        with self.transaction():
+            self._conn.execute("DELETE FROM videos WHERE id=?", (int(video_id),))
+
+    def update_file(self, video_id: int, stat: FileStat) -> None:
+        """Point a video at a new path / fingerprint without touching its features."""
+        with self.transaction():
+            self._conn.execute(
+                "UPDATE videos SET path=?, size=?, mtime_ns=? WHERE id=?",
+                (str(stat.path), stat.size, stat.mtime_ns, int(video_id)),
+            )
+
+    # -- features --------------------------------------------------------------------------------
+
+    def streams(self, video_id: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """A video's feature streams: name -> ``(T, D)`` float32 (``names``: only those)."""
+        query = "SELECT name, rows, dim, data FROM streams WHERE video_id=?"
+        params: list[object] = [int(video_id)]
+        if names is not None:
+            query += f" AND name IN ({','.join('?' * len(names))})"
+            params.extend(names)
+        with self._lock:
+            rows = self._conn.execute(query, params).fetchall()
+        return {
+            str(name): np.frombuffer(data, dtype=np.float32).reshape(int(r), int(d))
+            for name, r, d, data in rows
+        }
+
+    def iter_stream(self, name: str) -> Iterator[tuple[int, np.ndarray]]:
+        """``(video_id, (T, D) float32)`` of stream ``name`` for every video, by video id.
+
+        Rows are read one at a time (a large library is never held twice in memory); other
+        threads wait until the iteration ends.
+        """
+        with self._lock:
+            cursor = self._conn.execute(
+                "SELECT video_id, rows, dim, data FROM streams WHERE name=? ORDER BY video_id",
+                (name,),
+            )
+            for video_id, r, d, data in cursor:
+                yield int(video_id), np.frombuffer(data, dtype=np.float32).reshape(int(r), int(d))
+
+    def clip_table(self) -> ClipTable:
+        """Every clip as a :class:`ClipTable`."""
+        with self._lock:
+            rows = self._conn.execute("SELECT id, video_id, idx FROM clips ORDER BY id").fetchall()
+        table = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        return ClipTable(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy())
+
+    # -- failures and runs -----------------------------------------------------------------------
+
+    def record_failure(self, stat: FileStat, error: str) -> None:
+        """Remember that ``stat`` could not be encoded (not retried until the file changes)."""
+        with self.transaction(bump=False):
+            self._conn.execute(
+                "INSERT INTO failures(path, size, mtime_ns, error, at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
+                "error=excluded.error, at=excluded.at",
+                (str(stat.path), stat.size, stat.mtime_ns, error, time.time()),
+            )
+
+    def failures(self) -> dict[Path, tuple[int, int, str]]:
+        """path -> ``(size, mtime_ns, error)`` of every recorded failure."""
+        with self._lock:
+            rows = self._conn.execute("SELECT path, size, mtime_ns, error FROM failures").fetchall()
+        return {Path(p): (int(s), int(m), str(e)) for p, s, m, e in rows}
+
+    def forget_failures(self, paths: Sequence[Path]) -> None:
+        """Drop the failure records of ``paths`` (deleted files)."""
+        if not paths:
+            return
+        with self.transaction(bump=False):
+            self._conn.executemany("DELETE FROM failures WHERE path=?", ((str(p),) for p in paths))
+
+    def record_run(self, root: Path, started_at: float, seconds: float, **counts: int) -> None:
+        """Append one indexing run (timings and counts) to ``runs``."""
+        keys = ("added", "changed", "moved", "touched", "removed", "unchanged", "failed")
+        with self.transaction(bump=False):
+            self._conn.execute(
+                f"INSERT INTO runs(root, started_at, seconds, {', '.join(keys)}) "
+                f"VALUES (?, ?, ?, {', '.join('?' * len(keys))})",
+                (str(root), started_at, seconds, *(int(counts.get(k, 0)) for k in keys)),
+            )
+
+    def runs(self) -> list[dict[str, object]]:
+        """Every recorded indexing run, oldest first, as dicts."""
+        with self._lock:
+            cur = self._conn.execute("SELECT * FROM runs ORDER BY id")
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
