@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "evaluate": "evaluate",
     "train": "train",
     "search": "search",
+    "learn": "learn",
 }
 
 

@@ -1,0 +1,181 @@
+"""``momentkit bench learn``: do the models learn? Variants x seeds on the synthetic benchmark.
+
+Trains every ``--variant`` once per ``--seed`` on a ``momentkit synth`` benchmark, evaluates the
+best epoch on its validation split with the official metrics, adds the per-clip similarity
+baseline, and prints a mean +- std table (markdown, ready for the README). Finished runs are
+reused, so an interrupted benchmark continues where it stopped.
+
+A variant is ``"LABEL=MODEL [key=value ...]"``; the overrides use the ``--set`` syntax of
+``momentkit train``. Example::
+
+    momentkit bench learn --data data/synth --out runs/learn --seeds 0 1 2 \\
+        --variant "Moment-DETR=moment_detr" --variant "QD-DETR=qd_detr" \\
+        --variant "QD-DETR + loop decoder=qd_detr model.decoder_loops=3"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HELP = "train model variants over several seeds on the synthetic benchmark; mean +- std table"
+
+METRICS = (
+    ("MR-full-mAP", "mAP"),
+    ("MR-full-R1@0.5", "R1@0.5"),
+    ("MR-full-R1@0.7", "R1@0.7"),
+    ("HL-min-VeryGood-mAP", "HL mAP"),
+    ("HL-min-VeryGood-Hit1", "HL Hit1"),
+)
+STREAMS = ("slowfast", "clip")
+TEXT_STREAM = "clip_text"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: a model and its config overrides."""
+
+    label: str
+    model: str
+    overrides: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """``"LABEL=MODEL key=value ..."`` -> Variant."""
+        label, sep, rest = text.partition("=")
+        parts = rest.split()
+        if not sep or not label.strip() or not parts:
+            raise ValueError(f"--variant {text!r}: expected 'LABEL=MODEL [key=value ...]'")
+        return cls(label.strip(), parts[0], tuple(parts[1:]))
+
+    @property
+    def slug(self) -> str:
+        """A folder name for the variant's runs."""
+        return "".join(c if c.isalnum() else "_" for c in self.label).strip("_").lower()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data, variants, seeds, epochs."""
+    parser.add_argument("--data", required=True, help="a `momentkit synth` output folder")
+    parser.add_argument(
+        "--make-data",
+        nargs=3,
+        type=int,
+        metavar=("TRAIN", "VAL", "SEED"),
+        help="generate the benchmark into --data first if it is missing",
+    )
+    parser.add_argument("--out", required=True, help="folder for the runs and the table")
+    parser.add_argument(
+        "--variant", action="append", required=True, help="'LABEL=MODEL [key=value ...]'"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, help="override every preset's epoch count")
+    parser.add_argument("--preset", default="synth", help="preset of every variant's model")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides applied to every variant (before the variant's own)",
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the similarity row")
+
+
+def _ensure_data(root: Path, make: list[int] | None) -> None:
+    if (root / "annotations" / "train.jsonl").exists():
+        return
+    if not make:
+        raise FileNotFoundError(f"{root}: no benchmark here; pass --make-data TRAIN VAL SEED")
+    from momentkit.data.synth import SynthConfig, generate
+
+    generate(SynthConfig(num_train=make[0], num_val=make[1], seed=make[2]), root)
+
+
+def _train_one(
+    data: Path, variant: Variant, seed: int, args: argparse.Namespace, run: Path
+) -> dict:
+    """Train one (variant, seed) into ``run`` unless done; returns its ``brief`` metrics."""
+    metrics_file = run / "val_metrics.json"
+    if not metrics_file.exists():
+        from momentkit.training.config import build_config
+        from momentkit.training.pipeline import train
+
+        overrides = [
+            f"data.train_path={data / 'annotations' / 'train.jsonl'}",
+            f"data.val_path={data / 'annotations' / 'val.jsonl'}",
+            f"data.video_features=[{','.join(str(data / 'features' / s) for s in STREAMS)}]",
+            f"data.text_features={data / 'features' / TEXT_STREAM}",
+            f"trainer.seed={seed}",
+            "trainer.progress=false",
+            *([f"trainer.epochs={args.epochs}"] if args.epochs else []),
+            *args.overrides,
+            *variant.overrides,
+        ]
+        cfg = build_config(variant.model, args.preset, overrides)
+        if (run / "last").exists():  # an interrupted run: continue it
+            train(cfg, run, resume=True)
+        else:
+            train(cfg, run)
+    return json.loads(metrics_file.read_text())["brief"]
+
+
+def _baseline(data: Path) -> dict:
+    from momentkit.data.records import load_annotations
+    from momentkit.evaluation.qvhighlights import eval_submission
+    from momentkit.inference.similarity import SimilarityBaseline
+
+    val = load_annotations(data / "annotations" / "val.jsonl")
+    preds = SimilarityBaseline(data / "features").predict_all(val)
+    return eval_submission([p.to_dict() for p in preds], [a.to_dict() for a in val])["brief"]
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def format_table(rows: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown table: one row per variant, mean ± std of each metric over its runs."""
+    header = "| variant | runs | " + " | ".join(short for _, short in METRICS) + " |"
+    lines = [header, "|" + " --- |" * (len(METRICS) + 2)]
+    for label, runs in rows.items():
+        cells = [_cell([float(r[key]) for r in runs]) for key, _ in METRICS]
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train what is missing, then print and write the table."""
+    from momentkit.utils.io import atomic_write_text, write_json
+
+    data, out = Path(args.data), Path(args.out)
+    _ensure_data(data, args.make_data)
+    variants = [Variant.parse(v) for v in args.variant]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if not args.no_baseline:
+        rows["per-clip similarity baseline"] = [_baseline(data)]
+    for variant in variants:
+        rows[variant.label] = []
+        for seed in args.seeds:
+            start = time.perf_counter()
+            run_dir = out / variant.slug / f"seed{seed}"
+            brief = _train_one(data, variant, seed, args, run_dir)
+            rows[variant.label].append(brief)
+            print(
+                f"{variant.label} seed {seed}: mAP {brief['MR-full-mAP']:.2f}, "
+                f"R1@0.5 {brief['MR-full-R1@0.5']:.2f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+    table = format_table(rows)
+    print(table)
+    atomic_write_text(out / "table.md", table + "\n")
+    write_json(out / "results.json", rows)
+    return 0
