@@ -53,7 +53,9 @@ def test_bad_specs_raise_encoder_errors(spec, message):
 
 
 def test_registry_lists_every_family():
-    assert ENCODERS.names() == ["clip", "motion", "offline", "offline-glove", "siglip"]
+    # other test modules may register toy encoders; the package's own are exactly these
+    builtin = [n for n in ENCODERS.names() if ENCODERS.get(n).__module__.startswith("momentkit.")]
+    assert builtin == ["clip", "motion", "offline", "offline-glove", "siglip"]
 
 
 # -- preprocessing ----------------------------------------------------------------------------

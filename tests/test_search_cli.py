@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from momentkit.cli import search
-from momentkit.cli.main import COMMANDS, main
+from momentkit.cli.main import main
 from momentkit.inference import Moment, QueryResult
 from momentkit.utils.errors import MomentkitError
 from momentkit.video import VideoError, probe
@@ -21,13 +21,15 @@ QUERIES = ["a person walks through the doorway", "a person drinks from a cup"]
 pytestmark = pytest.mark.skipif(not DEMO.exists(), reason="../shared/media is not present")
 
 
-def run_search(argv: list[str]) -> int:
-    """``momentkit search ARGV`` (through the CLI once the command is registered)."""
-    if "search" in COMMANDS:
-        return main(["search", *argv])
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     search.add_arguments(parser)
-    return search.run(parser.parse_args(argv))
+    return parser.parse_args(argv)
+
+
+def run_search(argv: list[str]) -> int:
+    """``momentkit search ARGV`` through the CLI."""
+    return main(["search", *argv])
 
 
 def test_zero_shot_json_plot_and_clips(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -88,15 +90,24 @@ def test_checkpoint_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert all(int(b) in (1, int(a) + 1) for a, b in zip(ranks, ranks[1:]))
 
 
-def test_bad_arguments_are_clear_errors(tmp_path: Path):
-    with pytest.raises(MomentkitError, match="--top must be >= 1"):
-        run_search([str(DEMO), "q", "--top", "0"])
-    with pytest.raises(MomentkitError, match="one --encoder"):
-        run_search([str(DEMO), "q", "--encoder", "offline", "--encoder", "motion"])
-    with pytest.raises(MomentkitError, match="image-text space"):
-        run_search([str(DEMO), "q", "--encoder", "motion"])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--top", "0"], "--top must be >= 1"),
+        (["--encoder", "offline", "--encoder", "motion"], "one --encoder"),
+        (["--encoder", "motion"], "image-text space"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(args, message, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(MomentkitError, match=message):
+        search.run(_parse([str(DEMO), "q", *args]))
+    assert main(["search", str(DEMO), "q", *args]) == 2  # the CLI: one line, exit status 2
+    assert "momentkit search: error: " in capsys.readouterr().err
+
+
+def test_missing_video_is_a_clear_error(tmp_path: Path):
     with pytest.raises(VideoError, match="missing.mp4: no such file"):
-        run_search([str(tmp_path / "missing.mp4"), "q"])
+        search.run(_parse([str(tmp_path / "missing.mp4"), "q"]))
 
 
 def test_helpers():
