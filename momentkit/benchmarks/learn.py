@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from momentkit.cli.common import add_set_argument
+
 HELP = "train model variants over several seeds on the synthetic benchmark; mean +- std table"
 
 METRICS = (
@@ -76,15 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="override every preset's epoch count")
     parser.add_argument("--preset", default="synth", help="preset of every variant's model")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="overrides applied to every variant (before the variant's own)",
-    )
+    add_set_argument(parser, "overrides applied to every variant (before the variant's own)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the similarity row")
 
 

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from momentkit.cli.common import add_set_argument
+
 HELP = "training step time and data-loading overhead at the QVHighlights shape"
 
 STREAMS = {"slowfast": 2304, "clip": 512}
@@ -42,15 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--items", type=int, default=320, help="feature files in the epoch test (0 skips it)"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model config overrides, e.g. --set hidden_dim=128",
-    )
+    add_set_argument(parser, "model config overrides, e.g. --set hidden_dim=128")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from momentkit.cli.common import add_set_argument
 from momentkit.utils.errors import MomentkitError
 
 HELP = "write the synthetic benchmark (annotations + features in the standard layout)"
@@ -44,14 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="moments",
         help="query planner (a registered synth mode; default: moments)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any SynthConfig field, e.g. --set min_duration=600 max_duration=3600",
+    add_set_argument(
+        parser, "override any SynthConfig field, e.g. --set min_duration=600 max_duration=3600"
     )
     parser.add_argument("--compress", action="store_true", help="write deflated .npz files")
     parser.add_argument("--force", action="store_true", help="replace a benchmark in OUTDIR")

@@ -25,6 +25,8 @@ import json
 import logging
 import sys
 
+from momentkit.cli.common import add_set_argument
+
 HELP = "train a moment retrieval / highlight detection model on feature files"
 
 
@@ -57,13 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML preset: a dataset name (qvhighlights, charades_sta, tacos, synth), "
         "MODEL/DATASET, or a path to a .yaml file",
     )
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides with dotted keys, e.g. model.hidden_dim=128 optim.lr=2e-4",
+    add_set_argument(
+        parser, "config overrides with dotted keys, e.g. model.hidden_dim=128 optim.lr=2e-4", "set"
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint"
