@@ -7,7 +7,10 @@ Examples::
         --checkpoint runs/qd_detr --plot curve.png --export-clips clips/
     momentkit search talk.mp4 "a chart on the slide" --encoder clip:openai/clip-vit-base-patch32
 
-Without ``--checkpoint`` the zero-shot predictor scores clips by text-clip similarity (the
+A clip-trimming checkpoint (``momentkit.models.trimming``) selects a few clips of a long video
+per query and runs its MR model on those only (``--no-trim``: on every clip, in sliding
+windows); any other checkpoint reads long videos through sliding windows. Without
+``--checkpoint`` the zero-shot predictor scores clips by text-clip similarity (the
 ``offline`` encoder by default). The video is decoded and encoded once for all queries. The
 output is a table of moments per query (or JSON with ``--json``); ``--plot`` draws the
 highlight curves and ``--export-clips`` cuts each listed moment out as its own file (a stream
@@ -63,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds per clip of the zero-shot predictor (default: 2; a checkpoint uses its "
         "training clip length)",
     )
+    parser.add_argument(
+        "--no-trim",
+        action="store_true",
+        help="with a clip-trimming checkpoint, run its MR model on every clip (sliding "
+        "windows) instead of on the clips it selects",
+    )
     parser.add_argument("--plot", metavar="OUT.png", help="write the highlight curves here")
     parser.add_argument(
         "--export-clips", metavar="DIR", help="cut every listed moment into a file in DIR"
@@ -84,7 +93,12 @@ def build_predictor(args: argparse.Namespace) -> Any:
 
     device = str(resolve_device(args.device))
     if args.checkpoint is not None:
-        return Predictor.from_checkpoint(args.checkpoint, device=device, encoder=args.encoder)
+        return Predictor.from_checkpoint(
+            args.checkpoint,
+            device=device,
+            encoder=args.encoder,
+            trim=not getattr(args, "no_trim", False),
+        )
     encoders = args.encoder or ["offline"]
     if len(encoders) > 1:
         raise MomentkitError(

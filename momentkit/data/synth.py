@@ -885,3 +885,7 @@ def load_synth_config(outdir: str | Path) -> SynthConfig:
     if meta.get("format") != "momentkit-synth":
         raise MomentkitError(f"{path}: not written by `momentkit synth` (format field)")
     return SynthConfig.from_dict(meta["config"])
+
+
+# modes defined in their own modules register themselves in SYNTH_MODES when imported
+from momentkit.data import synth_long as _synth_long  # noqa: E402, F401

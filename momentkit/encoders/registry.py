@@ -10,6 +10,8 @@ spec                model                                          streams
 ``clip:ID``         CLIP (hub id or local directory)               clip, clip_text
 ``siglip:ID``       SigLIP (hub id or local directory)             siglip, siglip_text
 ``motion[:K]``      frame differences, K frames per clip (8)       motion
+``bam[:B,A,M]``     cheap Background/Appearance/Motion index       bam
+                    features for clip trimming (long videos)
 ==================  =============================================  ==========================
 
 New families register a factory ``(arg, *, device, batch_size, frames_per_clip) -> Encoder``
@@ -140,3 +142,12 @@ def _motion(arg: str | None, *, device: str, batch_size: int, frames_per_clip: i
     if not arg.isdigit():
         raise EncoderError(f"'motion:{arg}': the argument is frames per clip, e.g. 'motion:8'")
     return MotionEncoder(int(arg), device=device)
+
+
+@ENCODERS.register("bam")
+def _bam(arg: str | None, *, device: str, batch_size: int, frames_per_clip: int) -> Encoder:
+    from momentkit.encoders.bam import build_bam_encoder
+
+    return build_bam_encoder(
+        arg, device=device, batch_size=batch_size, frames_per_clip=frames_per_clip
+    )

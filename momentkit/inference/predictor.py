@@ -15,6 +15,9 @@ that turns those features and queries into :class:`~momentkit.inference.results.
   the text stream the model was trained on, and all queries go through the model in one batch
   (the video repeated). A video longer than the model's training length (``data.max_v_len``
   clips) is cut into overlapping windows whose results are merged (:mod:`.windows`).
+- :class:`~momentkit.inference.trimmed.TrimmedScorer`: a clip-trimming checkpoint
+  (``momentkit.models.trimming``): on long videos, clip selection keeps a few clips per query
+  and the MR model runs on those only, instead of on every clip through sliding windows.
 - :class:`~momentkit.inference.zero_shot.ZeroShotScorer`: text-clip similarity, no training.
 
 A checkpoint records the feature streams it was trained on (the folder names of
@@ -56,12 +59,14 @@ STREAM_ENCODERS: dict[str, str] = {
     "effnet": "offline",
     "imagenet_probs": "offline",
     "motion": "motion",
+    "bam": "bam",
 }
 #: the streams each inferable spec writes
 SPEC_STREAMS: dict[str, frozenset[str]] = {
     "offline": frozenset({"effnet", "imagenet_probs", "minilm_text"}),
     "offline-glove": frozenset({"effnet", "imagenet_probs", "glove_text"}),
     "motion": frozenset({"motion"}),
+    "bam": frozenset({"bam"}),
 }
 
 
@@ -436,8 +441,15 @@ class Predictor:
         nms_iou: float | None = 0.5,
         video_streams: Sequence[str] | None = None,
         text_stream: str | None = None,
+        trim: bool = True,
     ) -> Predictor:
         """A predictor running a trained model.
+
+        A clip-trimming checkpoint (model ``trimming``, :mod:`momentkit.models.trimming`)
+        answers through :class:`~momentkit.inference.trimmed.TrimmedScorer`: clip selection on
+        videos longer than its MR window (or, with ``trim=False``, its MR model on every clip
+        in sliding windows). Any other model reads videos longer than its training length
+        through sliding windows.
 
         Args:
             path: a run directory (``momentkit train --out``; its ``best/`` is used) or a
@@ -450,6 +462,8 @@ class Predictor:
             nms_iou: IoU at or above which a lower-scored moment is dropped; ``None``: none.
             video_streams, text_stream: the stream names, when the training feature folders
                 were named otherwise (default: read from ``experiment.json``).
+            trim: with a trimming checkpoint, select clips (default) rather than run its MR
+                model on every clip; ignored by other models.
 
         Raises:
             CheckpointError: no checkpoint at ``path``.
@@ -473,6 +487,25 @@ class Predictor:
         text_encoder = check_encoders(
             encoders, video_streams, text_stream, model.config, cfg.data.use_tef, ckpt
         )
+        if model.config.name == "trimming":
+            from momentkit.inference.trimmed import TrimmedScorer
+
+            trimmed = TrimmedScorer(
+                model,  # type: ignore[arg-type]
+                text_encoder,
+                video_streams,
+                clip_len=cfg.data.clip_len,
+                trim=trim,
+                overlap=overlap,
+                use_tef=cfg.data.use_tef,
+                normalize_video=cfg.data.normalize_video,
+                normalize_text=cfg.data.normalize_text,
+                max_q_len=cfg.data.max_q_len,
+                nms_iou=nms_iou,
+                device=device,
+                batch_size=min(cfg.data.eval_batch_size, 16),
+            )
+            return cls(trimmed, encoders, cfg.data.clip_len)
         scorer = ModelScorer(
             model,
             text_encoder,
