@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "train": "train",
     "predict": "predict",
+    "cotrain": "cotrain",
     "extract": "extract",
     "search": "search",
     "index": "index",

@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         **parse_overrides(args.overrides),
     )
     summary = generate(config, args.outdir, overwrite=args.force, progress=not args.no_progress)
+    if config.mode == "tad":  # the temporal action detection labels beside the MR annotations
+        from momentkit.data.synth_tad import write_synth_tad
+
+        files = write_synth_tad(args.outdir)
+        print(f"TAD: {files.num_instances} instances in {files.annotations}")
     for split, n in summary.num_queries.items():
         relations = ", ".join(f"{k} {v}" for k, v in summary.relations[split].items())
         print(f"{split}: {n} queries, {summary.num_windows[split]} windows ({relations})")

@@ -889,3 +889,4 @@ def load_synth_config(outdir: str | Path) -> SynthConfig:
 
 # modes defined in their own modules register themselves in SYNTH_MODES when imported
 from momentkit.data import synth_long as _synth_long  # noqa: E402, F401
+from momentkit.data import synth_tad as _synth_tad  # noqa: E402, F401

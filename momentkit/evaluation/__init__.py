@@ -23,6 +23,7 @@ from momentkit.evaluation.detect import detect_dataset
 from momentkit.evaluation.grounding import GroundingEvaluator
 from momentkit.evaluation.highlight import HighlightEvaluator
 from momentkit.evaluation.qvhighlights import QVHighlightsEvaluator, eval_submission
+from momentkit.evaluation.tad import TADEvaluator
 
 __all__ = [
     "EVALUATORS",
@@ -31,6 +32,7 @@ __all__ = [
     "HighlightEvaluator",
     "Metrics",
     "QVHighlightsEvaluator",
+    "TADEvaluator",
     "as_annotations",
     "as_predictions",
     "build_evaluator",

@@ -1,0 +1,407 @@
+"""A convolutional temporal feature pyramid: 1-D ConvNeXt blocks, strided stages, FPN/BiFPN neck.
+
+UniMD's video encoder (Zeng et al., ECCV 2024, Sec. 3.1; official ``convnext_stage`` backbone and
+``bifpn_convnext`` neck) has no attention and never sees the text:
+
+- an embedding of ``num_embed_convs`` masked convolutions (+ LayerNorm + ReLU) maps the input
+  features to ``dim`` channels, followed by ``num_stem_blocks`` ConvNeXt blocks;
+- ``len(depths)`` stages, each ``depths[i]`` ConvNeXt blocks then a strided downsampling
+  (LayerNorm + convolution of kernel 2 and stride 2), giving ``1 + len(depths)`` levels of
+  strides ``1, 2, 4, ...``;
+- a neck that mixes the levels: :class:`BiFPN` (EfficientDet's bidirectional pyramid with fast
+  normalised fusion weights, ConvNeXt blocks as its convolutions) or :class:`FPN` (top-down
+  pyramid, as ActionFormer).
+
+Tensors inside this module are channels-first, ``(B, C, T)``, with a ``(B, T)`` bool mask
+(True = real step). Padded steps are zero after every block, so valid outputs do not depend on
+how much padding a batch has. A level of stride ``s`` keeps the steps ``0, s, 2s, ...`` of the
+input mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Levels = list[Tensor]
+Masks = list[Tensor]
+
+
+class MaskedConv1d(nn.Module):
+    """A 1-D convolution whose output is zero at padded steps.
+
+    Args:
+        in_channels, out_channels: channels.
+        kernel_size: temporal extent.
+        stride: temporal stride; the output mask is ``mask[:, ::stride]`` (nearest
+            downsampling, as ActionFormer's ``MaskedConv1D``).
+        padding: zero padding on each side (default ``kernel_size // 2``).
+        groups: convolution groups (``in_channels`` for a depthwise convolution).
+        bias: learn an additive bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        padding = kernel_size // 2 if padding is None else padding
+        self.stride = stride
+        self.conv = nn.Conv1d(
+            in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias
+        )
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C_in, T)``, ``(B, T)`` -> ``(B, C_out, T // stride)``, ``(B, T // stride)``."""
+        out = self.conv(x)
+        out_mask = mask[:, :: self.stride][:, : out.shape[-1]] if self.stride > 1 else mask
+        return out * out_mask[:, None].to(out.dtype), out_mask
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of a ``(B, C, T)`` tensor."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, T)`` -> ``(B, C, T)``."""
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch of a sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, ...)`` -> ``(B, ...)``: identity in eval mode or with ``p = 0``."""
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+
+class ConvNeXtBlock1d(nn.Module):
+    """A ConvNeXt block on a temporal sequence (Liu et al., 2022, adapted to 1-D).
+
+    ``x + drop_path(gamma * W2 GELU(W1 LN(dwconv(x))))``, then masked. ``gamma`` (layer scale)
+    starts at ``layer_scale_init``.
+
+    Args:
+        dim: channels.
+        kernel_size: extent of the depthwise convolution.
+        drop_path: stochastic-depth probability of the residual branch.
+        layer_scale_init: initial value of ``gamma`` (``<= 0`` disables layer scale).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int = 7,
+        drop_path: float = 0.0,
+        layer_scale_init: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.dwconv = MaskedConv1d(dim, dim, kernel_size, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = (
+            nn.Parameter(torch.full((dim,), layer_scale_init)) if layer_scale_init > 0 else None
+        )
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C, T)``, ``(B, T)`` -> same shapes."""
+        out, _ = self.dwconv(x, mask)
+        out = self.pwconv2(self.act(self.pwconv1(self.norm(out.transpose(1, 2)))))
+        if self.gamma is not None:
+            out = out * self.gamma
+        out = x + self.drop_path(out.transpose(1, 2))
+        return out * mask[:, None].to(out.dtype), mask
+
+
+class Downsample(nn.Module):
+    """LayerNorm then a kernel-2, stride-2 convolution: halves the temporal resolution."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = ChannelLayerNorm(dim, eps=1e-6)
+        self.conv = MaskedConv1d(dim, dim, kernel_size=2, stride=2, padding=0)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C, T)``, ``(B, T)`` with even ``T`` -> ``(B, C, T / 2)``, ``(B, T / 2)``.
+
+        The normalised padding is zeroed again, so the last valid step of an odd-length video
+        sees zeros (not LayerNorm's bias) as its neighbour.
+        """
+        x = self.norm(x) * mask[:, None].to(x.dtype)
+        return self.conv(x, mask)
+
+
+class ConvNeXtPyramid(nn.Module):
+    """Embedding convolutions, stem blocks and strided ConvNeXt stages (UniMD's backbone).
+
+    Args:
+        in_dim: input channels (all video streams).
+        dim: channels of every level.
+        depths: blocks per stage; ``len(depths)`` downsamplings, ``1 + len(depths)`` levels.
+        num_embed_convs: embedding convolutions (each + LayerNorm + ReLU).
+        num_stem_blocks: ConvNeXt blocks at full resolution before the stages.
+        embed_kernel_size: kernel of the embedding convolutions.
+        block_kernel_size: depthwise kernel of the stem and stage blocks.
+        drop_path_rate: stochastic depth rising linearly from 0 to this over the stage blocks.
+        layer_scale_init: initial layer scale of every block.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        depths: Sequence[int] = (1, 1, 1, 1, 1),
+        num_embed_convs: int = 2,
+        num_stem_blocks: int = 2,
+        embed_kernel_size: int = 3,
+        block_kernel_size: int = 3,
+        drop_path_rate: float = 0.0,
+        layer_scale_init: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.ModuleList(
+            MaskedConv1d(in_dim if i == 0 else dim, dim, embed_kernel_size, bias=False)
+            for i in range(num_embed_convs)
+        )
+        self.embed_norm = nn.ModuleList(ChannelLayerNorm(dim) for _ in range(num_embed_convs))
+        self.stem = nn.ModuleList(
+            ConvNeXtBlock1d(dim, block_kernel_size, 0.0, layer_scale_init)
+            for _ in range(num_stem_blocks)
+        )
+        rates = torch.linspace(0.0, drop_path_rate, max(1, sum(depths))).tolist()
+        self.stages = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        start = 0
+        for depth in depths:
+            self.stages.append(
+                nn.ModuleList(
+                    ConvNeXtBlock1d(dim, block_kernel_size, rates[start + j], layer_scale_init)
+                    for j in range(depth)
+                )
+            )
+            self.downsample.append(Downsample(dim))
+            start += depth
+        self.num_levels = 1 + len(depths)
+        for m in self.modules():  # as the official backbone: zero biases
+            if isinstance(m, nn.Linear | nn.Conv1d) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Levels, Masks]:
+        """``(B, C_in, T)``, ``(B, T)`` -> levels ``(B, dim, T / 2^l)`` and their masks.
+
+        ``T`` must be a multiple of ``2^len(depths)`` (pad the input first).
+        """
+        for conv, norm in zip(self.embed, self.embed_norm):
+            x, mask = conv(x, mask)
+            x = F.relu(norm(x)) * mask[:, None].to(x.dtype)
+        for block in self.stem:
+            x, mask = block(x, mask)
+        levels, masks = [x], [mask]
+        for blocks, down in zip(self.stages, self.downsample):
+            for block in blocks:
+                x, mask = block(x, mask)
+            x, mask = down(x, mask)
+            levels.append(x)
+            masks.append(mask)
+        return levels, masks
+
+
+def masked_max_pool(x: Tensor, mask: Tensor, kernel_size: int) -> tuple[Tensor, Tensor]:
+    """Stride-2 max pooling that ignores padded steps: ``(B, C, T)`` -> ``(B, C, T / 2)``."""
+    filled = x.masked_fill(~mask[:, None], float("-inf"))
+    out = F.max_pool1d(filled, kernel_size, stride=2, padding=kernel_size // 2)
+    out_mask = mask[:, ::2][:, : out.shape[-1]]
+    return out.masked_fill(~out_mask[:, None], 0.0), out_mask
+
+
+def upsample(x: Tensor, length: int) -> Tensor:
+    """Nearest-neighbour ``x2`` upsampling of ``(B, C, T)`` to ``(B, C, length)``."""
+    return F.interpolate(x, size=length, mode="nearest")
+
+
+class FusionWeights(nn.Module):
+    """EfficientDet's fast normalised fusion: ``relu(w_i) / (sum_j relu(w_j) + eps)``."""
+
+    def __init__(self, num_inputs: int, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_inputs))
+        self.eps = eps
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        """Weighted sum of same-shaped tensors."""
+        w = F.relu(self.weight)
+        w = w / (w.sum() + self.eps)
+        return sum(wi * x for wi, x in zip(w, inputs))  # type: ignore[return-value]
+
+
+class BiFPNLayer(nn.Module):
+    """One bidirectional pyramid layer (EfficientDet; UniMD's ``BiFPN1D_ConvNeXt``).
+
+    Top-down, from the coarsest level: ``up_l = block(swish(fuse(in_l, upsample(up_{l+1}))))``
+    (``up_top = in_top``; the finest level's result is its output). Bottom-up:
+    ``out_l = block(swish(fuse(in_l, up_l, maxpool(out_{l-1}))))`` and
+    ``out_top = block(swish(fuse(in_top, maxpool(out_{top-1}))))``.
+
+    Args:
+        dim: channels.
+        num_levels: pyramid levels (>= 2).
+        kernel_size: depthwise kernel of the blocks and extent of the max pooling.
+        project_inputs: the first layer of a stack maps each input level with a 1x1 convolution
+            (+ LayerNorm), and the bottom-up inputs of the middle levels with a second one.
+    """
+
+    def __init__(
+        self, dim: int, num_levels: int, kernel_size: int = 7, project_inputs: bool = False
+    ) -> None:
+        super().__init__()
+        if num_levels < 2:
+            raise ValueError(f"a BiFPN needs at least 2 levels, got {num_levels}")
+        self.num_levels = num_levels
+        self.kernel_size = kernel_size
+        n = num_levels
+
+        def proj(count: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                nn.ModuleList([MaskedConv1d(dim, dim, 1), ChannelLayerNorm(dim)])
+                for _ in range(count)
+            )
+
+        # first layer: every level's input, and (separately) the middle levels' bottom-up input
+        self.lateral = proj(n) if project_inputs else None
+        self.lateral_bottom_up = proj(n - 2) if project_inputs else None
+        self.up_blocks = nn.ModuleList(ConvNeXtBlock1d(dim, kernel_size) for _ in range(n - 1))
+        self.down_blocks = nn.ModuleList(ConvNeXtBlock1d(dim, kernel_size) for _ in range(n - 1))
+        self.up_weights = nn.ModuleList(FusionWeights(2) for _ in range(n - 1))
+        self.down_weights = nn.ModuleList(
+            FusionWeights(3 if level < n - 1 else 2) for level in range(1, n)
+        )
+
+    @staticmethod
+    def _project(layers: nn.ModuleList, level: int, x: Tensor, mask: Tensor) -> Tensor:
+        conv, norm = layers[level]
+        out, _ = conv(x, mask)
+        return norm(out) * mask[:, None].to(out.dtype)
+
+    def forward(self, levels: Levels, masks: Masks) -> tuple[Levels, Masks]:
+        """Levels ``(B, C, T_l)`` and masks ``(B, T_l)`` -> the same shapes."""
+        n = self.num_levels
+        inputs = list(levels)
+        if self.lateral is not None:
+            inputs = [
+                self._project(self.lateral, i, x, m) for i, (x, m) in enumerate(zip(levels, masks))
+            ]
+        up: list[Tensor | None] = [None] * n
+        up[n - 1] = inputs[n - 1]
+        for level in range(n - 2, -1, -1):
+            coarse = upsample(up[level + 1], inputs[level].shape[-1])  # type: ignore[arg-type]
+            fused = F.silu(self.up_weights[level]([inputs[level], coarse]))
+            up[level], _ = self.up_blocks[level](fused, masks[level])
+        outs: list[Tensor] = [up[0]]  # type: ignore[list-item]
+        for level in range(1, n):
+            below, _ = masked_max_pool(outs[-1], masks[level - 1], self.kernel_size)
+            below = below[..., : inputs[level].shape[-1]]
+            x_in = inputs[level]
+            if self.lateral_bottom_up is not None and level < n - 1:
+                x_in = self._project(self.lateral_bottom_up, level - 1, levels[level], masks[level])
+            parts = [x_in, up[level], below] if level < n - 1 else [x_in, below]
+            fused = F.silu(self.down_weights[level - 1](parts))
+            out, _ = self.down_blocks[level - 1](fused, masks[level])
+            outs.append(out)
+        return outs, list(masks)
+
+
+class BiFPN(nn.Module):
+    """A stack of :class:`BiFPNLayer` (the first one projects its inputs)."""
+
+    def __init__(
+        self, dim: int, num_levels: int, num_layers: int = 3, kernel_size: int = 7
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"a BiFPN needs at least one layer, got {num_layers}")
+        self.layers = nn.ModuleList(
+            BiFPNLayer(dim, num_levels, kernel_size, project_inputs=i == 0)
+            for i in range(num_layers)
+        )
+
+    def forward(self, levels: Levels, masks: Masks) -> tuple[Levels, Masks]:
+        """Levels ``(B, C, T_l)`` and masks ``(B, T_l)`` -> the same shapes."""
+        for layer in self.layers:
+            levels, masks = layer(levels, masks)
+        return levels, masks
+
+
+class FPN(nn.Module):
+    """A top-down feature pyramid (ActionFormer's ``FPN1D``).
+
+    ``lat_l = conv1x1(x_l) + upsample(lat_{l+1})``; ``out_l = LN(dwconv3(lat_l))``.
+    """
+
+    def __init__(self, dim: int, num_levels: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(
+            MaskedConv1d(dim, dim, 1, bias=False) for _ in range(num_levels)
+        )
+        self.smooth = nn.ModuleList(
+            MaskedConv1d(dim, dim, 3, groups=dim, bias=False) for _ in range(num_levels)
+        )
+        self.norm = nn.ModuleList(ChannelLayerNorm(dim) for _ in range(num_levels))
+
+    def forward(self, levels: Levels, masks: Masks) -> tuple[Levels, Masks]:
+        """Levels ``(B, C, T_l)`` and masks ``(B, T_l)`` -> the same shapes."""
+        lat = [conv(x, m)[0] for conv, x, m in zip(self.lateral, levels, masks)]
+        for level in range(len(lat) - 1, 0, -1):
+            lat[level - 1] = lat[level - 1] + upsample(lat[level], lat[level - 1].shape[-1])
+        outs = []
+        for x, m, conv, norm in zip(lat, masks, self.smooth, self.norm):
+            x, _ = conv(x * m[:, None].to(x.dtype), m)
+            outs.append(norm(x) * m[:, None].to(x.dtype))
+        return outs, list(masks)
+
+
+def build_neck(
+    kind: str, dim: int, num_levels: int, num_layers: int, kernel_size: int
+) -> nn.Module:
+    """``bifpn`` (:class:`BiFPN`) or ``fpn`` (:class:`FPN`)."""
+    if kind == "bifpn":
+        return BiFPN(dim, num_levels, num_layers, kernel_size)
+    if kind == "fpn":
+        return FPN(dim, num_levels)
+    raise ValueError(f"unknown neck '{kind}'; use 'bifpn' or 'fpn'")
+
+
+__all__ = [
+    "BiFPN",
+    "BiFPNLayer",
+    "ChannelLayerNorm",
+    "ConvNeXtBlock1d",
+    "ConvNeXtPyramid",
+    "Downsample",
+    "DropPath",
+    "FPN",
+    "FusionWeights",
+    "MaskedConv1d",
+    "build_neck",
+    "masked_max_pool",
+    "upsample",
+]

@@ -1,0 +1,254 @@
+"""UniMD's query-dependent decoders: one classification and one regression head for any query.
+
+Both heads run a small convolution tower over every pyramid level and let the query's text
+embedding ``G`` decide the last layer (Zeng et al., ECCV 2024, Sec. 3.2, Fig. 4):
+
+- classification: ``conf_t = sigmoid(scale(G . conv(Z)_t))`` -- the embedding acts as the
+  weights of a 1x1 classifier (an inner product per time step), ``scale`` a learned affine
+  ``w x + b`` with scalar ``w`` and ``b``;
+- regression: an MLP turns ``G`` into the weights and bias of a ``K``-wide convolution with
+  ``CH`` input and 2 output channels (a *dynamic kernel*, ``2 x CH x K`` numbers + 2 biases),
+  applied to ``conv(Z)``; ``relu(scale_l(.))`` gives the distances from each time step to the
+  segment's start and end, in units of the level's stride.
+
+The same weights serve action classes (TAD, ``G`` = "a video of [action]") and sentences (MR).
+Tensors are channels-first ``(B, C, T_l)`` per level with ``(B, T_l)`` bool masks; queries are
+``(B, Q, D)`` (several queries per video).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from momentkit.modeling.convnext_pyramid import ChannelLayerNorm, MaskedConv1d
+
+
+class ConvTower(nn.Module):
+    """``num_convs`` masked convolutions shared by all levels, each followed by LN + ReLU.
+
+    Args:
+        in_dim, dim: input and hidden channels.
+        num_convs: convolutions.
+        kernel_size: their temporal extent.
+        with_ln: LayerNorm after each convolution (then the convolutions have no bias).
+        last_activation: apply LN + ReLU after the last convolution too (the regression tower
+            does, the classification tower does not).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        num_convs: int,
+        kernel_size: int = 3,
+        with_ln: bool = True,
+        last_activation: bool = True,
+    ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            MaskedConv1d(in_dim if i == 0 else dim, dim, kernel_size, bias=not with_ln)
+            for i in range(num_convs)
+        )
+        self.norms = nn.ModuleList(
+            ChannelLayerNorm(dim) if with_ln else nn.Identity() for _ in range(num_convs)
+        )
+        self.last_activation = last_activation
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``(B, C_in, T)``, ``(B, T)`` -> ``(B, C, T)`` (zero at padded steps)."""
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x, _ = conv(x, mask)
+            if i < len(self.convs) - 1 or self.last_activation:
+                x = F.relu(norm(x)) * mask[:, None].to(x.dtype)
+        return x
+
+
+class QueryClassificationHead(nn.Module):
+    """Query-dependent classification: ``logit = w * <conv(Z)_t, G_q> + b``.
+
+    ``w`` (init 1) and ``b`` (init 0) are scalars shared by every level and query (the official
+    ``QueryScaleClassifier``); the confidence is ``sigmoid(logit)``.
+
+    Args:
+        in_dim: channels of the pyramid levels.
+        dim: channels of the tower output; must equal the query embedding width.
+        num_layers: tower convolutions + the query classifier (3 in UniMD: 2 convolutions).
+        kernel_size: tower kernel.
+        with_ln: LayerNorm in the tower.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        num_layers: int = 3,
+        kernel_size: int = 3,
+        with_ln: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if num_layers == 1 and in_dim != dim:
+            raise ValueError("without tower convolutions the head width must equal in_dim")
+        self.tower = ConvTower(in_dim, dim, num_layers - 1, kernel_size, with_ln, False)
+        self.scale = nn.Parameter(torch.ones(()))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(
+        self, levels: Sequence[Tensor], masks: Sequence[Tensor], queries: Tensor
+    ) -> list[Tensor]:
+        """Per level ``(B, C, T_l)``, ``(B, T_l)`` and queries ``(B, Q, C)`` -> ``(B, Q, T_l)``."""
+        out = []
+        for x, mask in zip(levels, masks):
+            z = self.tower(x, mask)
+            out.append(self.scale * torch.einsum("bqc,bct->bqt", queries, z) + self.bias)
+        return out
+
+
+def dynamic_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Convolve each video with its own queries' kernels (one grouped convolution).
+
+    Args:
+        x: ``(B, C, T)`` features.
+        weight: ``(B, Q, O, C, K)`` kernels, ``K`` odd (zero padding ``K // 2``: same length).
+        bias: ``(B, Q, O)`` or ``None``.
+
+    Returns:
+        ``(B, Q, O, T)``: ``out[b, q, o, t] = bias[b, q, o] +
+        sum_{c, k} weight[b, q, o, c, k] * x[b, c, t + k - K // 2]``.
+    """
+    b, c, t = x.shape
+    _, q, o, c2, k = weight.shape
+    if c2 != c or weight.shape[0] != b:
+        raise ValueError(f"kernels {tuple(weight.shape)} do not fit features {tuple(x.shape)}")
+    if k % 2 == 0:
+        raise ValueError(f"dynamic kernels need an odd width, got {k}")
+    out = F.conv1d(
+        x.reshape(1, b * c, t),
+        weight.reshape(b * q * o, c, k),
+        bias.reshape(b * q * o) if bias is not None else None,
+        padding=k // 2,
+        groups=b,
+    )
+    return out.view(b, q, o, t)
+
+
+class QueryKernelGenerator(nn.Module):
+    """The MLP that turns a query embedding into a dynamic regression kernel (+ bias).
+
+    ``num_layers`` blocks of dropout -> linear; all but the last are followed by LayerNorm and
+    ReLU, the last by ReLU (as the official ``QueryRegressionLast_NEW``). The output,
+    ``out_channels * (in_channels * K + 1)`` numbers, is resized into ``(O, C, K)`` weights and
+    ``O`` biases.
+
+    Args:
+        query_dim: width of the query embedding.
+        in_channels: ``C``, channels the kernel reads.
+        out_channels: ``O`` (2: distances to start and end).
+        kernel_size: ``K``.
+        hidden_dim: width of the hidden layers.
+        num_layers: linear layers (>= 1).
+        dropout: dropout before each linear layer.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        in_channels: int,
+        out_channels: int = 2,
+        kernel_size: int = 3,
+        hidden_dim: int = 512,
+        num_layers: int = 3,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.shape = (out_channels, in_channels, kernel_size)
+        size = out_channels * (in_channels * kernel_size + 1)
+        dims = [query_dim] + [hidden_dim] * (num_layers - 1) + [size]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims[1:-1])
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, queries: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, Q, D)`` -> weights ``(B, Q, O, C, K)`` and biases ``(B, Q, O)``."""
+        h = queries
+        for i, layer in enumerate(self.layers):
+            h = layer(self.dropout(h))
+            if i < len(self.norms):
+                h = self.norms[i](h)
+            h = F.relu(h)
+        o, c, k = self.shape
+        weight, bias = h.split([o * c * k, o], dim=-1)
+        # the official layout: (C, O, K) per query, read as O kernels of C x K
+        weight = weight.unflatten(-1, (c, o, k)).transpose(-3, -2)
+        return weight, bias
+
+
+class QueryRegressionHead(nn.Module):
+    """Query-dependent regression: ``d = relu(scale_l(dynconv(conv(Z); MLP(G))))``.
+
+    Args:
+        in_dim: channels of the pyramid levels.
+        dim: channels of the tower output (``CH``).
+        query_dim: width of the query embedding.
+        num_levels: pyramid levels (one learned ``scale_l`` each, init 1).
+        num_layers: tower convolutions + the dynamic convolution (3 in UniMD).
+        kernel_size: tower kernel and dynamic-kernel width ``K``.
+        with_ln: LayerNorm in the tower.
+        query_layers, query_hidden_dim, query_dropout: the kernel MLP
+            (:class:`QueryKernelGenerator`).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        query_dim: int,
+        num_levels: int,
+        num_layers: int = 3,
+        kernel_size: int = 3,
+        with_ln: bool = True,
+        query_layers: int = 3,
+        query_hidden_dim: int = 512,
+        query_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if num_layers == 1 and in_dim != dim:
+            raise ValueError("without tower convolutions the head width must equal in_dim")
+        self.tower = ConvTower(in_dim, dim, num_layers - 1, kernel_size, with_ln, True)
+        self.kernels = QueryKernelGenerator(
+            query_dim, dim, 2, kernel_size, query_hidden_dim, query_layers, query_dropout
+        )
+        self.scales = nn.Parameter(torch.ones(num_levels))
+
+    def forward(
+        self, levels: Sequence[Tensor], masks: Sequence[Tensor], queries: Tensor
+    ) -> list[Tensor]:
+        """Per level ``(B, C, T_l)``, ``(B, T_l)`` and queries ``(B, Q, D)`` -> ``(B, Q, T_l, 2)``.
+
+        Distances are non-negative and zero at padded steps.
+        """
+        weight, bias = self.kernels(queries)
+        out = []
+        for level, (x, mask) in enumerate(zip(levels, masks)):
+            z = self.tower(x, mask)
+            d = dynamic_conv1d(z, weight, bias) * mask[:, None, None].to(z.dtype)
+            out.append(F.relu(self.scales[level] * d).transpose(-1, -2))
+        return out
+
+
+__all__ = [
+    "ConvTower",
+    "QueryClassificationHead",
+    "QueryKernelGenerator",
+    "QueryRegressionHead",
+    "dynamic_conv1d",
+]
