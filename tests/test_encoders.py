@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from momentkit.benchmarks.extract import save_word_tokenizer
 from momentkit.encoders import ENCODERS, EncoderError, build_encoder, parse_spec
 from momentkit.encoders.hf import image_transform_from_config
 from momentkit.encoders.offline import (
@@ -94,23 +95,7 @@ def test_image_transform_from_hf_configs():
 
 
 def save_tiny_tokenizer(directory: Path) -> dict[str, int]:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "<bos>": 2, "<eos>": 3}
-    vocab |= {w: i + 4 for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 3)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="<bos>",
-        eos_token="<eos>",
-    )  # fmt: skip
-    fast.save_pretrained(directory)
-    return vocab
+    return save_word_tokenizer(directory, list(WORDS))
 
 
 TOWER = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)

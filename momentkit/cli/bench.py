@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "search": "search",
     "learn": "learn",
     "long-video": "long_video",
+    "extract": "extract",
 }
 
 
