@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "predict": "predict",
     "cotrain": "cotrain",
+    "augment": "augment",
     "extract": "extract",
     "search": "search",
     "index": "index",

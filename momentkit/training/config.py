@@ -61,6 +61,10 @@ class DataConfig:
         num_workers: data-loading worker processes (0: load in the main process).
         eval_batch_size: queries per batch at evaluation/prediction.
         evaluator: ``auto`` (from ``dataset``), ``qvhighlights``, ``grounding`` or ``highlight``.
+        corpus: a generated query corpus (``momentkit augment``) added to training batches
+            (MS-DETR's contrastive learning on an augmented corpus); ``None``: none.
+        corpus_text_features: the feature store of the corpus's generated queries.
+        corpus_per_query: generated queries sampled per training query.
     """
 
     dataset: str = "qvhighlights"
@@ -77,6 +81,9 @@ class DataConfig:
     num_workers: int = 0
     eval_batch_size: int = 100
     evaluator: str = "auto"
+    corpus: str | None = None
+    corpus_text_features: str | None = None
+    corpus_per_query: int = 2
 
     def validate(self, where: _Where) -> None:
         """Raise a ConfigError for out-of-range values."""
@@ -85,6 +92,12 @@ class DataConfig:
         where.check(self.clip_len > 0, "data.clip_len", "must be > 0 seconds")
         where.check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         where.check(self.eval_batch_size > 0, "data.eval_batch_size", "must be > 0")
+        where.check(self.corpus_per_query >= 1, "data.corpus_per_query", "must be >= 1")
+        where.check(
+            self.corpus is None or self.corpus_text_features is not None,
+            "data.corpus_text_features",
+            "is needed with data.corpus (the features of the generated queries)",
+        )
 
 
 @dataclass

@@ -169,6 +169,18 @@ def train(
     configure_determinism(cfg.trainer.deterministic)
     train_anns = load_annotations(cfg.data.train_path)
     train_set = open_dataset(train_anns, cfg, training=True)
+    collate_fn = collate
+    if cfg.data.corpus is not None:  # generated queries beside each training query (MS-DETR)
+        from momentkit.data.augmented import AugmentedDataset, augmented_collate
+
+        train_set = AugmentedDataset(
+            train_set,
+            cfg.data.corpus,
+            cfg.data.corpus_text_features,
+            per_query=cfg.data.corpus_per_query,
+            seed=cfg.trainer.seed,
+        )
+        collate_fn = augmented_collate
     val_set, evaluate, metric = None, None, best_metric_name(cfg, "qvhighlights")
     if cfg.data.val_path is not None:
         val_anns = load_annotations(cfg.data.val_path)
@@ -206,6 +218,7 @@ def train(
         evaluator=evaluate,
         best_metric=metric,
         model_config=model.config.to_dict(),
+        collate_fn=collate_fn,
         dist_info=dist_info,
     )
     if dist_info.is_main:

@@ -1,0 +1,241 @@
+"""MS-DETR's Mutual Task Collaborative Decoder (MTCD), Ma et al., ACM MM 2025, Sec. 3.3.
+
+Highlight detection (HD) and moment retrieval (MR) guide each other:
+
+- **HD -> MR.** The saliency of clip ``x_i`` given the sentence token ``x_s`` is
+  ``S(x_i) = (w_s^T x_s . w_v^T x_i) / sqrt(d)`` (:class:`SentenceSaliency`). The ``K`` most
+  salient valid clips become the content queries ``Q_c = {q_k}`` (:func:`select_topk_clips`);
+  each query's span ``R_k = MLP_span(q_k)`` (an offset, in logit space, to the selected clip's
+  own proposal ``(center of clip, w0)``, as the official release) becomes its positional query
+  through the sinusoidal encoding of equation 4, :func:`span_positional_query`::
+
+      Phi(R_k) = [PE(2 pi c_k); PE(2 pi w_k)],
+      PE(x)_{2i} = sin(x / T^{2i / (d/2)}),  PE(x)_{2i+1} = cos(x / T^{2i / (d/2)}),  T = 10^4
+
+  (each coordinate gets ``d/2`` channels), which the anchor decoder maps to ``d`` channels with
+  an MLP and refines layer by layer (DAB-DETR).
+- **MR -> HD.** The decoded moments refine the saliency (:func:`refine_saliency`): a clip inside
+  a predicted moment gains ``lambda * max_k p_k m_k(i)``, with ``p_k`` the moment's foreground
+  probability (the foreground constraint) and ``m_k(i)`` a soft membership of the clip in its
+  boundaries; ``lambda`` is learned.
+
+With ``query_selection=False`` (the "w/o MTCD" ablation) the decoder uses ``num_queries`` learned
+anchors and zero content queries (QD-DETR's decoder) and the saliency is not refined.
+
+Denoising queries (:mod:`momentkit.modeling.denoising`) share the decoder in training, in front
+of the matching queries, under the group attention mask.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from momentkit.modeling.anchor_decoder import inverse_sigmoid
+from momentkit.modeling.denoising import DenoisingQueries
+from momentkit.modeling.heads import SpanHead
+from momentkit.modeling.masked_anchor_decoder import MaskedAnchorDecoder
+from momentkit.modeling.mlp import MLP
+from momentkit.modeling.position_encoding import span_sine_encoding
+
+#: initial foreground prior of the class logits (the official init, as DINO)
+CLASS_PRIOR = 0.01
+#: width of the proposal of a selected clip (the official ``0.05 * 2``)
+PROPOSAL_WIDTH = 0.1
+
+
+class SentenceSaliency(nn.Module):
+    """``S(x_i) = (w_s^T x_s . w_v^T x_i) / sqrt(d)`` (QD-DETR's saliency, MS-DETR eq. 3)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.clip_proj = nn.Linear(d_model, d_model)  # w_v
+        self.sentence_proj = nn.Linear(d_model, d_model)  # w_s
+
+    def forward(self, clips: Tensor, sentence: Tensor) -> Tensor:
+        """``clips`` ``(B, T, d)``, ``sentence`` ``(B, d)`` -> ``(B, T)`` scores."""
+        d = clips.shape[-1]
+        v, s = self.clip_proj(clips), self.sentence_proj(sentence)
+        return torch.einsum("btd,bd->bt", v, s) / math.sqrt(d)
+
+
+def select_topk_clips(saliency: Tensor, video_mask: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` most salient valid clips of each video, best first.
+
+    Padded clips are never chosen; a video with fewer than ``k`` valid clips repeats its
+    ranking cyclically (the official code repeats the scores likewise).
+
+    Args:
+        saliency: ``(B, T)`` scores.
+        video_mask: ``(B, T)`` bool, True = valid (every video needs one valid clip).
+        k: queries to select.
+
+    Returns:
+        ``(B, k)`` int64 clip indices.
+    """
+    masked = saliency.detach().masked_fill(~video_mask, float("-inf"))
+    order = masked.argsort(dim=1, descending=True, stable=True)  # (B, T)
+    valid = video_mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+    ranks = torch.arange(k, device=saliency.device)[None, :] % valid  # (B, k)
+    return order.gather(1, ranks)
+
+
+def clip_proposals(indices: Tensor, video_mask: Tensor, width: float = PROPOSAL_WIDTH) -> Tensor:
+    """``(B, K, 2)`` cxw proposals of selected clips: their centre ``(i + 0.5) / T_valid``, ``w``.
+
+    Spans are normalised by the valid timeline (``docs/architecture.md``).
+    """
+    valid = video_mask.sum(1, keepdim=True).clamp(min=1).to(torch.float32)
+    centers = (indices.to(torch.float32) + 0.5) / valid
+    return torch.stack([centers, torch.full_like(centers, width)], dim=-1)
+
+
+def span_positional_query(spans: Tensor, d_model: int, temperature: float = 10000.0) -> Tensor:
+    """``Phi(R_k)`` of equation 4: ``(..., 2)`` cxw spans -> ``(..., d_model)`` sinusoids.
+
+    ``[PE(2 pi c); PE(2 pi w)]`` with ``PE(x)_{2i} = sin(x / T^{2i/(d/2)})`` and
+    ``PE(x)_{2i+1} = cos(x / T^{2i/(d/2)})``.
+    """
+    return span_sine_encoding(spans, d_model, temperature)
+
+
+def boundary_membership(spans: Tensor, video_mask: Tensor, sharpness: float = 4.0) -> Tensor:
+    """Soft membership ``m_k(i)`` of each clip in each span, ``(B, K, T)`` in ``(0, 1)``.
+
+    ``sigmoid(sharpness * T_valid * (w_k / 2 - |u_i - c_k|))`` with ``u_i = (i + 0.5) / T_valid``
+    the clip centre: about 0.88 for a clip half a clip inside a boundary, 0.12 half a clip
+    outside. Padded clips get 0.
+    """
+    valid = video_mask.sum(1).clamp(min=1).to(spans.dtype)  # (B,)
+    t = torch.arange(video_mask.shape[1], device=spans.device, dtype=spans.dtype)
+    centers = (t[None, :] + 0.5) / valid[:, None]  # (B, T)
+    inside = spans[..., 1:2] / 2 - (centers[:, None, :] - spans[..., 0:1]).abs()  # (B, K, T)
+    return torch.sigmoid(sharpness * valid[:, None, None] * inside) * video_mask[:, None, :]
+
+
+def refine_saliency(
+    saliency: Tensor, spans: Tensor, logits: Tensor, video_mask: Tensor, weight: Tensor
+) -> Tensor:
+    """MR -> HD: ``S'(x_i) = S(x_i) + lambda * max_k p_k m_k(i)``.
+
+    Args:
+        saliency: ``(B, T)`` scores ``S``.
+        spans: ``(B, K, 2)`` predicted cxw moments; ``logits`` ``(B, K, 2)`` their class logits
+            (class 0 foreground, ``p_k`` its softmax probability).
+        video_mask: ``(B, T)``.
+        weight: ``lambda``, a scalar tensor.
+
+    Returns:
+        ``(B, T)`` refined scores.
+    """
+    fg = logits.softmax(-1)[..., 0]  # (B, K)
+    support = (fg[..., None] * boundary_membership(spans, video_mask)).amax(dim=1)  # (B, T)
+    return saliency + weight * support
+
+
+class MutualTaskCollaborativeDecoder(nn.Module):
+    """MTCD: saliency-driven query selection, anchor decoding (+ denoising), saliency refinement.
+
+    Args:
+        d_model, nhead, num_layers, dim_feedforward, dropout, activation, pre_norm: of the
+            anchor decoder.
+        num_queries: ``K``, matching queries.
+        query_selection: top-K saliency queries (MTCD); ``False``: learned anchors (ablation).
+        refine: refine the saliency with the decoded moments (MTCD's MR -> HD direction).
+        aux: return ``aux_outputs`` for the earlier decoder layers.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        num_layers: int,
+        num_queries: int,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        pre_norm: bool = False,
+        query_selection: bool = True,
+        refine: bool = True,
+        aux: bool = True,
+    ) -> None:
+        super().__init__()
+        self.d_model, self.num_queries, self.aux = d_model, num_queries, aux
+        self.query_selection = query_selection
+        self.decoder = MaskedAnchorDecoder(
+            d_model, nhead, num_layers, dim_feedforward, dropout, activation, pre_norm
+        )
+        if query_selection:
+            # content queries: LN(W x_i) of the selected clips (the official enc_output(+_norm))
+            self.content_proj = nn.Sequential(nn.Linear(d_model, d_model), nn.LayerNorm(d_model))
+            self.span_mlp = MLP(d_model, d_model, 2, 3)  # MLP_span
+            nn.init.zeros_(self.span_mlp.layers[-1].weight)
+            nn.init.zeros_(self.span_mlp.layers[-1].bias)
+        else:
+            self.anchors = nn.Embedding(num_queries, 2)
+        self.refine_weight = nn.Parameter(torch.ones(())) if refine else None
+        self.label_embed = nn.Embedding(2, d_model)  # content of denoising queries
+        self.head = SpanHead(d_model)
+        nn.init.constant_(self.head.class_embed.bias, -math.log((1 - CLASS_PRIOR) / CLASS_PRIOR))
+        nn.init.zeros_(self.head.span_embed.layers[-1].weight)
+        nn.init.zeros_(self.head.span_embed.layers[-1].bias)
+
+    def matching_queries(
+        self, clips: Tensor, saliency: Tensor, video_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Content queries ``(B, K, d)`` and their anchors ``(B, K, 2)`` before the sigmoid."""
+        batch = clips.shape[0]
+        if not self.query_selection:
+            anchors = self.anchors.weight.unsqueeze(0).expand(batch, -1, -1)
+            return clips.new_zeros(batch, self.num_queries, self.d_model), anchors
+        idx = select_topk_clips(saliency, video_mask, self.num_queries)  # (B, K)
+        content = self.content_proj(clips.gather(1, idx[..., None].expand(-1, -1, self.d_model)))
+        proposals = clip_proposals(idx, video_mask).to(clips.dtype)
+        anchors = self.span_mlp(content) + inverse_sigmoid(proposals)  # logit of R_k
+        return content, anchors
+
+    def forward(
+        self,
+        clips: Tensor,
+        video_pos: Tensor,
+        video_mask: Tensor,
+        saliency: Tensor,
+        denoising: DenoisingQueries | None = None,
+    ) -> dict[str, Any]:
+        """Decode moments; returns the DETR output dict (``saliency_scores`` refined).
+
+        Args:
+            clips: ``(B, T, d)`` encoded clips; ``video_pos`` ``(B, T, d)``; ``video_mask``
+                ``(B, T)``.
+            saliency: ``(B, T)`` encoder saliency ``S``.
+            denoising: denoising queries to decode in front of the matching queries
+                (training); their predictions go to ``dn_pred_logits`` / ``dn_pred_spans`` /
+                ``dn_queries`` of the output and of every ``aux_outputs`` entry.
+        """
+        tgt, anchors = self.matching_queries(clips, saliency, video_mask)
+        attn_mask = query_mask = None
+        if denoising is not None and denoising.num_denoising > 0:
+            dn_tgt = self.label_embed(denoising.input_labels)  # (B, D, d)
+            dn_anchors = inverse_sigmoid(denoising.spans.to(anchors.dtype))
+            tgt = torch.cat([dn_tgt, tgt], dim=1)
+            anchors = torch.cat([dn_anchors, anchors], dim=1)
+            attn_mask, query_mask = denoising.attn_mask, denoising.key_mask(self.num_queries)
+        else:
+            denoising = None
+        hs, refs = self.decoder(clips, anchors, video_pos, video_mask, tgt, attn_mask, query_mask)
+        out = self.head(hs, refs, aux=self.aux)
+        if denoising is not None:
+            for layer in [out, *out.get("aux_outputs", [])]:
+                dn_logits, layer["pred_logits"] = denoising.split(layer["pred_logits"])
+                dn_spans, layer["pred_spans"] = denoising.split(layer["pred_spans"])
+                layer.update(dn_pred_logits=dn_logits, dn_pred_spans=dn_spans)
+                layer["dn_queries"] = denoising
+        if self.refine_weight is not None:
+            saliency = refine_saliency(
+                saliency, out["pred_spans"], out["pred_logits"], video_mask, self.refine_weight
+            )
+        out["saliency_scores"] = saliency
+        return out
