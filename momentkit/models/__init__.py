@@ -13,7 +13,10 @@ from momentkit.models.base import (
     config_from_dict,
 )
 from momentkit.models.moment_detr import MomentDETR, MomentDETRConfig
+from momentkit.models.ms_detr import MSDETR, MSDETRConfig
 from momentkit.models.qd_detr import QDDETR, QDDETRConfig
+from momentkit.models.trimming import ClipTrimming, ClipTrimmingConfig
+from momentkit.models.unimd import UniMD, UniMDConfig
 
 __all__ = [
     "MODELS",
@@ -22,8 +25,14 @@ __all__ = [
     "MomentModel",
     "MomentDETR",
     "MomentDETRConfig",
+    "MSDETR",
+    "MSDETRConfig",
     "QDDETR",
     "QDDETRConfig",
+    "ClipTrimming",
+    "ClipTrimmingConfig",
+    "UniMD",
+    "UniMDConfig",
     "build_criterion",
     "build_model",
     "config_from_dict",
