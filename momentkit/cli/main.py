@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "cotrain": "cotrain",
     "augment": "augment",
+    "pseudo-label": "pseudo_label",
     "extract": "extract",
     "search": "search",
     "index": "index",

@@ -137,6 +137,10 @@ class AnchorDecoder(nn.Module):
         keep_query_pos: give every layer (not only the first) the projected query position.
         modulate_width: scale the anchor embedding by a predicted reference width over the anchor
             width (DAB-DETR's width-modulated attention; QD-DETR uses it).
+        loops: LD-DETR's Loop Decoder (Zhao et al. 2025, section 3.4): run the whole stack
+            ``loops`` times from the same learned anchors, the final normalised output of one
+            pass being the query content of the next. No parameters are added; ``1`` is the
+            plain anchor decoder.
     """
 
     def __init__(
@@ -150,9 +154,13 @@ class AnchorDecoder(nn.Module):
         pre_norm: bool = False,
         keep_query_pos: bool = False,
         modulate_width: bool = True,
+        loops: int = 1,
     ) -> None:
         super().__init__()
+        if loops < 1:
+            raise ValueError(f"a decoder runs at least one loop, got loops={loops}")
         self.d_model = d_model
+        self.loops = loops
         self.layers = nn.ModuleList(
             AnchorDecoderLayer(
                 d_model,
@@ -179,23 +187,41 @@ class AnchorDecoder(nn.Module):
         anchors: Tensor,
         memory_pos: Tensor,
         memory_mask: Tensor | None = None,
+        tgt: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Decode ``Q`` anchors against ``memory``.
 
         Args:
             memory: ``(B, S, d)``; ``memory_pos`` ``(B, S, d)``; ``memory_mask`` ``(B, S)``.
             anchors: ``(Q, 2)`` or ``(B, Q, 2)`` anchors before the sigmoid (``center, width``).
+            tgt: ``(B, Q, d)`` initial query content (default zeros).
 
         Returns:
             ``hs`` ``(num_layers, B, Q, d)`` normalised layer outputs and ``references``
             ``(num_layers, B, Q, 2)``: the anchors each layer's output refines (the initial
-            anchors for layer 0, then each layer's refined anchors, not detached).
+            anchors for layer 0, then each layer's refined anchors, not detached). With
+            ``loops > 1``, those of the last loop.
         """
         batch = memory.shape[0]
         if anchors.dim() == 2:
             anchors = anchors.unsqueeze(0).expand(batch, -1, -1)
+        if tgt is None:
+            tgt = memory.new_zeros(batch, anchors.shape[1], self.d_model)
+        for _ in range(self.loops):
+            hs, references = self._decode(memory, anchors, memory_pos, memory_mask, tgt)
+            tgt = hs[-1]
+        return hs, references
+
+    def _decode(
+        self,
+        memory: Tensor,
+        anchors: Tensor,
+        memory_pos: Tensor,
+        memory_mask: Tensor | None,
+        tgt: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """One pass through the stack (see :meth:`forward`); ``anchors`` ``(B, Q, 2)``."""
         ref = anchors.sigmoid()
-        tgt = memory.new_zeros(batch, anchors.shape[1], self.d_model)
         references, outputs = [ref], []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+# registers the "distill_align" loss (term ``loss_align``) that the default weights name
+from momentkit.modeling import distill_align as _distill_align  # noqa: F401
 from momentkit.modeling.losses import LOSSES, LossSpec, span_targets
 from momentkit.modeling.matcher import HungarianMatcher, Indices, MatcherConfig
 
@@ -32,6 +34,7 @@ def _default_weights() -> dict[str, float]:
         "loss_saliency_rank": 1.0,
         "loss_saliency_neg": 1.0,
         "loss_saliency_ce": 1.0,
+        "loss_align": 0.6,
     }
 
 

@@ -268,8 +268,12 @@ class CrossAttentionEncoder(nn.Module):
 class TransformerDecoder(nn.Module):
     """A stack of :class:`TransformerDecoderLayer` returning every layer's normalised output.
 
-    The per-layer outputs feed the auxiliary (deep-supervision) losses. The layer loop lives in
-    :meth:`forward` alone, so variants that re-apply the stack (a looped decoder) change one place.
+    The per-layer outputs feed the auxiliary (deep-supervision) losses.
+
+    Args:
+        loops: LD-DETR's Loop Decoder (Zhao et al. 2025, section 3.4): run the whole stack
+            ``loops`` times, the final normalised output of one pass being the query content
+            ``tgt`` of the next. No parameters are added; ``1`` is the plain DETR decoder.
     """
 
     def __init__(
@@ -281,13 +285,17 @@ class TransformerDecoder(nn.Module):
         dropout: float = 0.1,
         activation: str = "relu",
         pre_norm: bool = False,
+        loops: int = 1,
     ) -> None:
         super().__init__()
+        if loops < 1:
+            raise ValueError(f"a decoder runs at least one loop, got loops={loops}")
         self.layers = nn.ModuleList(
             TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation, pre_norm)
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
+        self.loops = loops
         xavier_init_(self)
 
     def forward(
@@ -298,9 +306,14 @@ class TransformerDecoder(nn.Module):
         memory_pos: Tensor | None = None,
         memory_mask: Tensor | None = None,
     ) -> Tensor:
-        """``tgt`` ``(B, Q, d)``, ``memory`` ``(B, S, d)`` -> ``(num_layers, B, Q, d)``."""
-        outputs = []
-        for layer in self.layers:
-            tgt = layer(tgt, memory, query_pos, memory_pos, memory_mask)
-            outputs.append(self.norm(tgt))
+        """``tgt`` ``(B, Q, d)``, ``memory`` ``(B, S, d)`` -> ``(num_layers, B, Q, d)``.
+
+        With ``loops > 1`` the returned layer outputs are those of the last loop.
+        """
+        for _ in range(self.loops):
+            outputs = []
+            for layer in self.layers:
+                tgt = layer(tgt, memory, query_pos, memory_pos, memory_mask)
+                outputs.append(self.norm(tgt))
+            tgt = outputs[-1]
         return torch.stack(outputs)

@@ -12,15 +12,19 @@ from momentkit.models.base import (
     build_model,
     config_from_dict,
 )
+from momentkit.models.ld_detr import LDDETR, LDDETRConfig
 from momentkit.models.moment_detr import MomentDETR, MomentDETRConfig
 from momentkit.models.ms_detr import MSDETR, MSDETRConfig
 from momentkit.models.qd_detr import QDDETR, QDDETRConfig
-from momentkit.models.trimming import ClipTrimming, ClipTrimmingConfig
+from momentkit.models.sg_detr import SGDETR, SGDETRConfig
+from momentkit.models.trimming import ClipTrimming, ClipTrimmingConfig  # noqa: F401
 from momentkit.models.unimd import UniMD, UniMDConfig
 
 __all__ = [
     "MODELS",
     "DETRConfig",
+    "LDDETR",
+    "LDDETRConfig",
     "ModelConfig",
     "MomentModel",
     "MomentDETR",
@@ -29,8 +33,8 @@ __all__ = [
     "MSDETRConfig",
     "QDDETR",
     "QDDETRConfig",
-    "ClipTrimming",
-    "ClipTrimmingConfig",
+    "SGDETR",
+    "SGDETRConfig",
     "UniMD",
     "UniMDConfig",
     "build_criterion",

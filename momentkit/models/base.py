@@ -29,6 +29,7 @@ from torch import nn
 
 from momentkit import __version__
 from momentkit.modeling.criterion import LossConfig, SetCriterion
+from momentkit.modeling.distill_align import TEMPERATURE_RANGE, DistillAlign
 from momentkit.modeling.matcher import MatcherConfig
 from momentkit.utils.errors import FormatError
 from momentkit.utils.io import atomic_write_bytes, write_json
@@ -189,6 +190,17 @@ class DETRConfig(ModelConfig):
         activation: feed-forward activation (``relu`` or ``gelu``).
         position_embedding: video position encoding, ``sine`` or ``learned``.
         use_text_pos: add a learned position encoding to query tokens (off in the papers).
+        decoder_loops: LD-DETR's Loop Decoder: run the decoder stack this many times, each
+            pass's output being the next pass's queries (no new parameters; 1 = off).
+        distill_align: LD-DETR's Distill Align: momentum-distilled contrastive alignment of the
+            global video and query features of the input projections (adds the loss term
+            ``loss_align``, weight ``loss.weights.loss_align``).
+        align_queue_size: momentum features queued per modality for Distill Align.
+        align_momentum: momentum ``m`` of the momentum encoders.
+        align_alpha: distillation coefficient ``alpha`` (0: plain contrastive target).
+        align_temperature: initial learnable similarity temperature.
+        align_alpha_warmup_steps: ramp ``alpha`` from 0 over this many optimiser steps (the
+            official code ramps over the first epoch; 0 = no ramp).
     """
 
     hidden_dim: int = 256
@@ -204,11 +216,21 @@ class DETRConfig(ModelConfig):
     activation: str = "relu"
     position_embedding: str = "sine"
     use_text_pos: bool = False
+    decoder_loops: int = 1
+    distill_align: bool = False
+    align_queue_size: int = 65536
+    align_momentum: float = 0.995
+    align_alpha: float = 0.4
+    align_temperature: float = 0.07
+    align_alpha_warmup_steps: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range field."""
         super().validate()
-        positive = ("hidden_dim", "num_queries", "nheads", "dec_layers", "dim_feedforward")
+        positive = (
+            "hidden_dim", "num_queries", "nheads", "dec_layers", "dim_feedforward",
+            "decoder_loops", "align_queue_size",
+        )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
@@ -231,6 +253,39 @@ class DETRConfig(ModelConfig):
                 f"model.position_embedding must be 'sine' or 'learned', got "
                 f"'{self.position_embedding}'"
             )
+        for name in ("align_momentum", "align_alpha"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1], got {getattr(self, name)}")
+        low, high = TEMPERATURE_RANGE
+        if not low <= self.align_temperature <= high:
+            raise ValueError(
+                f"model.align_temperature must be in [{low}, {high}], got {self.align_temperature}"
+            )
+        if self.align_alpha_warmup_steps < 0:
+            raise ValueError(
+                f"model.align_alpha_warmup_steps must be >= 0, got {self.align_alpha_warmup_steps}"
+            )
+
+
+def build_distill_align(
+    config: DETRConfig, video_encoder: nn.Module, text_encoder: nn.Module
+) -> DistillAlign | None:
+    """Distill Align over a model's unimodal encoders, or ``None`` when ``distill_align`` is off.
+
+    Call it at the end of the model's ``__init__`` (the momentum encoders start as copies).
+    """
+    if not config.distill_align:
+        return None
+    return DistillAlign(
+        video_encoder,
+        text_encoder,
+        config.hidden_dim,
+        queue_size=config.align_queue_size,
+        momentum=config.align_momentum,
+        alpha=config.align_alpha,
+        temperature=config.align_temperature,
+        alpha_warmup_steps=config.align_alpha_warmup_steps,
+    )
 
 
 class MomentModel(nn.Module):
@@ -341,5 +396,11 @@ def build_model(config: ModelConfig | Mapping[str, Any]) -> MomentModel:
 
 
 def build_criterion(config: ModelConfig) -> SetCriterion:
-    """The training criterion (matching + weighted losses) described by a model config."""
-    return SetCriterion(config.loss, config.matcher)
+    """The training criterion (matching + weighted losses) described by a model config.
+
+    With ``distill_align`` on, the ``distill_align`` loss is added to ``loss.losses`` if missing.
+    """
+    loss = config.loss
+    if getattr(config, "distill_align", False) and "distill_align" not in loss.losses:
+        loss = dataclasses.replace(loss, losses=[*loss.losses, "distill_align"])
+    return SetCriterion(loss, config.matcher)

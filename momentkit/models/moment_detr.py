@@ -5,6 +5,9 @@ together (sine positions on clips, none on words); ``num_queries`` learned queri
 joint memory into spans; a linear layer on the encoded clips gives per-clip saliency.
 Defaults follow the paper and jayleicn/moment_detr: width 256, 10 queries, 8 heads, 2 encoder
 and 2 decoder layers, FFN 1024, dropout 0.1, input dropout 0.5, post-norm.
+
+LD-DETR's plug-and-play modules apply by config: ``decoder_loops`` (Loop Decoder) and
+``distill_align`` (Distill Align on the input projections' outputs).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from momentkit.modeling.heads import SpanHead
 from momentkit.modeling.mlp import InputProjection
 from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
 from momentkit.modeling.transformer import TransformerDecoder, TransformerEncoder
-from momentkit.models.base import MODELS, DETRConfig, MomentModel
+from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align
 
 
 @dataclass
@@ -43,10 +46,13 @@ class MomentDETR(MomentModel):
         self.text_pos = PositionEmbeddingLearned(c.max_text_len, d) if c.use_text_pos else None
         layer_args = (c.dim_feedforward, c.dropout, c.activation, c.pre_norm)
         self.encoder = TransformerEncoder(d, c.nheads, c.enc_layers, *layer_args)
-        self.decoder = TransformerDecoder(d, c.nheads, c.dec_layers, *layer_args)
+        self.decoder = TransformerDecoder(
+            d, c.nheads, c.dec_layers, *layer_args, loops=c.decoder_loops
+        )
         self.query_embed = torch.nn.Embedding(c.num_queries, d)
         self.head = SpanHead(d)
         self.saliency_proj = torch.nn.Linear(d, 1)
+        self.distill_align = build_distill_align(c, self.video_proj, self.text_proj)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Batch dict -> output dict (``pred_logits``, ``pred_spans``, ``saliency_scores``, ...)."""
@@ -63,4 +69,7 @@ class MomentDETR(MomentModel):
         out = self.head(hs, aux=self.config.loss.aux_loss)
         out["saliency_scores"] = self.saliency_proj(memory[:, : video.shape[1]]).squeeze(-1)
         out["video_mask"] = video_mask
+        if self.distill_align is not None and self.training:
+            encoders = (self.video_proj, self.text_proj)
+            out["loss_align"] = self.distill_align(video, text, batch, encoders)
         return out

@@ -12,6 +12,9 @@ Differences from Moment-DETR, following the paper and wjun0830/QD-DETR:
 - the decoder is an anchor (DAB-DETR style) decoder whose queries are learned
   ``(center, width)`` anchors refined layer by layer;
 - losses add the rank-aware contrastive and negative-pair saliency losses.
+
+LD-DETR's plug-and-play modules apply by config: ``decoder_loops`` (Loop Decoder) and
+``distill_align`` (Distill Align on the input projections' outputs, before the negative pairs).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from momentkit.modeling.heads import SpanHead
 from momentkit.modeling.mlp import InputProjection
 from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
 from momentkit.modeling.transformer import CrossAttentionEncoder, TransformerEncoder
-from momentkit.models.base import MODELS, DETRConfig, MomentModel
+from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align
 
 
 def _qd_detr_loss() -> LossConfig:
@@ -81,13 +84,14 @@ class QDDETR(MomentModel):
             d, c.nheads, c.t2v_layers, *layer_args, ffn_skip_norm=not c.pre_norm
         )
         self.encoder = TransformerEncoder(d, c.nheads, c.enc_layers, *layer_args)
-        self.decoder = AnchorDecoder(d, c.nheads, c.dec_layers, *layer_args)
+        self.decoder = AnchorDecoder(d, c.nheads, c.dec_layers, *layer_args, loops=c.decoder_loops)
         self.anchors = nn.Embedding(c.num_queries, 2)
         self.global_token = nn.Parameter(torch.randn(d))
         self.global_pos = nn.Parameter(torch.randn(d))
         self.head = SpanHead(d)
         self.saliency_proj1 = nn.Linear(d, d)
         self.saliency_proj2 = nn.Linear(d, d)
+        self.distill_align = build_distill_align(c, self.video_proj, self.text_proj)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Batch dict -> output dict; adds ``saliency_scores_neg`` in training mode."""
@@ -96,6 +100,10 @@ class QDDETR(MomentModel):
         text = self.text_proj(batch["text_feats"], text_mask)  # (B, N, d)
         video_pos = self.video_pos(video_mask)
         batch_size, d = len(video), self.config.hidden_dim
+        loss_align = None
+        if self.distill_align is not None and self.training:
+            encoders = (self.video_proj, self.text_proj)
+            loss_align = self.distill_align(video, text, batch, encoders)
         if self.training:  # pair every video with its own and with the next video's query
             video, video_mask, video_pos = (
                 torch.cat([x, x]) for x in (video, video_mask, video_pos)
@@ -124,4 +132,6 @@ class QDDETR(MomentModel):
         if self.training:
             out["saliency_scores_neg"] = saliency[batch_size:]
         out["video_mask"] = own_mask
+        if loss_align is not None:
+            out["loss_align"] = loss_align
         return out

@@ -1,0 +1,287 @@
+"""Distill Align (LD-DETR, Zhao et al. 2025, section 3.2): momentum-distilled video-text alignment.
+
+Contrastive alignment of the global video and query features, ALBEF style, with the one-hot
+target softened by a momentum model so that semantically overlapping samples are not pushed
+apart as hard negatives:
+
+- momentum copies of both unimodal encoders, ``theta_m <- m * theta_m + (1 - m) * theta``
+  (:func:`momentum_update_`), updated once per training forward, i.e. once per optimiser step;
+- FIFO queues of the last ``l`` momentum global features of each modality
+  (:class:`FeatureQueue`): ``Q_t = [G_mt; queue_t]``, ``Q_v = [G_mv; queue_v]`` ``(B + l, d)``;
+- similarities ``S_v2t = s(G_v, Q_t)`` and ``S_v2tm = s(G_mv, Q_t)``: cosine similarity over a
+  learnable temperature (0.07, clamped to ``[0.001, 0.5]``, as the official code);
+- the distilled target ``S'_v2t = alpha * softmax(S_v2tm) + (1 - alpha) * I``
+  (:func:`distillation_targets`, ``I`` the ``(B, B + l)`` identity: each video's own query);
+- ``L_v2t = CE(S_v2t, S'_v2t)`` (soft-target cross-entropy over each row), the same for
+  text-to-video, ``L_align = (L_v2t + L_t2v) / 2`` (:func:`distill_align_loss`).
+
+:class:`DistillAlign` holds the momentum encoders, the queues and the temperature; a model puts
+its output under ``outputs["loss_align"]`` and the ``distill_align`` loss registered here hands it
+to the criterion (weight ``loss_align``, 0.6 in the official code).
+
+Defaults are the official code's (qingchen239/ld-detr): queue 65536, momentum 0.995, alpha 0.4,
+temperature 0.07. Global features are the L2-normalised means over the *valid* clips / tokens
+(the official code averages padding too).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from momentkit.modeling.losses import register_loss
+from momentkit.modeling.matcher import Indices
+
+if TYPE_CHECKING:
+    from momentkit.modeling.criterion import LossConfig
+
+#: the official code clamps its learnable temperature to this range before every use
+TEMPERATURE_RANGE = (0.001, 0.5)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the valid rows: ``x`` ``(B, L, d)``, ``mask`` ``(B, L)`` bool -> ``(B, d)``."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def global_feature(x: Tensor, mask: Tensor) -> Tensor:
+    """The L2-normalised global feature ``G``: the mean over valid clips / tokens, ``(B, d)``."""
+    return F.normalize(masked_mean(x, mask), dim=-1)
+
+
+@torch.no_grad()
+def momentum_update_(online: nn.Module, momentum: nn.Module, m: float) -> None:
+    """``theta_m <- m * theta_m + (1 - m) * theta`` for every parameter, in place.
+
+    Args:
+        online: the trained encoder (``theta``).
+        momentum: its momentum copy (``theta_m``), same architecture.
+        m: momentum coefficient in ``[0, 1]`` (``1`` freezes the copy, ``0`` copies ``theta``).
+    """
+    for p_m, p in zip(momentum.parameters(), online.parameters(), strict=True):
+        p_m.mul_(m).add_(p.detach().to(p_m.dtype), alpha=1.0 - m)
+
+
+class FeatureQueue(nn.Module):
+    """A FIFO ring buffer of ``length`` feature vectors (buffers: saved, never trained).
+
+    ``features`` ``(length, dim)`` starts as random unit vectors (as the official code);
+    :meth:`enqueue` overwrites the oldest rows. ``ptr`` is the row the next feature goes to, so
+    :meth:`ordered` (oldest first) is ``features`` rolled by ``-ptr``.
+    """
+
+    features: Tensor
+    ptr: Tensor
+
+    def __init__(self, length: int, dim: int) -> None:
+        super().__init__()
+        if length < 1:
+            raise ValueError(f"a feature queue needs length >= 1, got {length}")
+        self.register_buffer("features", F.normalize(torch.randn(length, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @torch.no_grad()
+    def enqueue(self, x: Tensor) -> None:
+        """Append ``x`` ``(n, dim)`` (the last ``length`` rows if ``n > length``), in place.
+
+        A backward pass through similarities computed from the queue needs its old contents:
+        compute them from a copy (``features.clone()``).
+        """
+        length = len(self)
+        x = x.detach()[-length:].to(self.features.dtype)
+        idx = (self.ptr + torch.arange(len(x), device=self.ptr.device)) % length
+        self.features.index_copy_(0, idx, x)
+        self.ptr.copy_((self.ptr + len(x)) % length)
+
+    def ordered(self) -> Tensor:
+        """``(length, dim)`` queue contents, oldest first."""
+        return self.features.roll(-int(self.ptr), dims=0)
+
+
+def distillation_targets(momentum_sim: Tensor, alpha: float | Tensor) -> Tensor:
+    """``S' = alpha * softmax(S_m) + (1 - alpha) * I``, row-wise over ``(B, B + l)``.
+
+    Args:
+        momentum_sim: ``(B, B + l)`` momentum similarities (logits); column ``i < B`` of row
+            ``i`` is the sample's own pair.
+        alpha: distillation coefficient: ``0`` gives the identity (one-hot) target, ``1`` the
+            softmaxed momentum similarities.
+
+    Returns:
+        ``(B, B + l)`` targets; every row sums to 1.
+    """
+    identity = torch.zeros_like(momentum_sim)
+    identity.diagonal().fill_(1.0)
+    return alpha * momentum_sim.softmax(dim=1) + (1.0 - alpha) * identity
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """``mean_i -sum_j targets[i, j] * log_softmax(logits)[i, j]``; ``(B, K)`` inputs."""
+    return -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
+
+
+def similarities(x: Tensor, momentum: Tensor, queue: Tensor, temperature: float | Tensor) -> Tensor:
+    """``s(x, [momentum; queue]) = x [momentum; queue]^T / temperature``, ``(B, B + l)``.
+
+    Args:
+        x: ``(B, d)`` unit features; ``momentum`` ``(B, d)`` the batch's momentum features of the
+            other modality and ``queue`` ``(l, d)`` the queued ones (never concatenated: the
+            queue is large).
+    """
+    own = x @ momentum.T.to(x.dtype)  # (B, B)
+    queued = x @ queue.T.to(x.dtype)  # (B, l)
+    return torch.cat([own, queued], dim=1) / temperature
+
+
+def distill_align_loss(
+    video: Tensor,
+    text: Tensor,
+    momentum_video: Tensor,
+    momentum_text: Tensor,
+    video_queue: Tensor,
+    text_queue: Tensor,
+    alpha: float | Tensor,
+    temperature: float | Tensor,
+) -> Tensor:
+    """``L_align = (CE(S_v2t, S'_v2t) + CE(S_t2v, S'_t2v)) / 2`` (section 3.2).
+
+    Args:
+        video, text: ``(B, d)`` unit global features ``G_v``, ``G_t`` of the online encoders.
+        momentum_video, momentum_text: ``(B, d)`` unit momentum global features ``G_mv``,
+            ``G_mt``.
+        video_queue, text_queue: ``(l, d)`` queued momentum features (any order).
+        alpha: distillation coefficient.
+        temperature: similarities are cosines divided by it.
+
+    Returns:
+        The scalar loss; gradients reach ``video``, ``text`` and a tensor ``temperature``.
+    """
+    with torch.no_grad():
+        temp = temperature.detach() if isinstance(temperature, Tensor) else temperature
+        sim_v2t_m = similarities(momentum_video, momentum_text, text_queue, temp)  # S_v2tm
+        sim_t2v_m = similarities(momentum_text, momentum_video, video_queue, temp)  # S_t2vm
+        target_v2t = distillation_targets(sim_v2t_m, alpha)
+        target_t2v = distillation_targets(sim_t2v_m, alpha)
+    sim_v2t = similarities(video, momentum_text, text_queue, temperature)  # S_v2t
+    sim_t2v = similarities(text, momentum_video, video_queue, temperature)  # S_t2v
+    loss_v2t = soft_cross_entropy(sim_v2t, target_v2t)
+    loss_t2v = soft_cross_entropy(sim_t2v, target_t2v)
+    return (loss_v2t + loss_t2v) / 2
+
+
+class DistillAlign(nn.Module):
+    """Momentum encoders, feature queues and temperature of Distill Align (section 3.2).
+
+    Args:
+        video_encoder, text_encoder: the model's unimodal encoders, called as
+            ``encoder(feats (B, L, D), mask (B, L)) -> (B, L, d)``; they are copied (not kept)
+            into momentum encoders whose parameters take no gradient.
+        dim: width ``d`` of the encoders' outputs.
+        queue_size: ``l``, momentum features kept per modality.
+        momentum: ``m`` of the momentum update.
+        alpha: distillation coefficient.
+        temperature: initial learnable temperature.
+        alpha_warmup_steps: ramp ``alpha`` linearly from 0 over this many training steps (the
+            official code ramps it over the first epoch); 0 disables the ramp.
+    """
+
+    steps: Tensor
+
+    def __init__(
+        self,
+        video_encoder: nn.Module,
+        text_encoder: nn.Module,
+        dim: int,
+        queue_size: int = 65536,
+        momentum: float = 0.995,
+        alpha: float = 0.4,
+        temperature: float = 0.07,
+        alpha_warmup_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.momentum_video_encoder = copy.deepcopy(video_encoder).requires_grad_(False)
+        self.momentum_text_encoder = copy.deepcopy(text_encoder).requires_grad_(False)
+        self.video_queue = FeatureQueue(queue_size, dim)
+        self.text_queue = FeatureQueue(queue_size, dim)
+        self.temperature = nn.Parameter(torch.tensor(float(temperature)))
+        self.register_buffer("steps", torch.zeros(1, dtype=torch.long))
+        self.momentum = momentum
+        self.alpha = alpha
+        self.alpha_warmup_steps = alpha_warmup_steps
+
+    def current_alpha(self) -> Tensor:
+        """The distillation coefficient of the next step (after the warm-up ramp), ``(1,)``."""
+        if self.alpha_warmup_steps <= 0:
+            return torch.full_like(self.steps, self.alpha, dtype=torch.float32)
+        return self.alpha * (self.steps.float() / self.alpha_warmup_steps).clamp(max=1.0)
+
+    def forward(
+        self,
+        video: Tensor,
+        text: Tensor,
+        batch: dict[str, Any],
+        encoders: Sequence[nn.Module],
+    ) -> Tensor:
+        """One training step of Distill Align: momentum update, loss, enqueue.
+
+        Call it once per optimiser step (every training forward of a model is one step for the
+        trainer), after the online encoders have run and before the optimiser updates them.
+
+        Args:
+            video: ``(B, T, d)`` online video encoder output ``V'``.
+            text: ``(B, N, d)`` online text encoder output ``T'``.
+            batch: the batch dict (``video_feats``/``video_mask``/``text_feats``/``text_mask``:
+                the momentum encoders' inputs).
+            encoders: the online ``(video_encoder, text_encoder)`` the momentum copies follow.
+
+        Returns:
+            ``L_align``, a scalar.
+        """
+        if not self.training:
+            raise RuntimeError("Distill Align updates its momentum encoders: call it in training")
+        video_mask, text_mask = batch["video_mask"].bool(), batch["text_mask"].bool()
+        alpha = self.current_alpha()
+        self.steps += 1
+        with torch.no_grad():
+            momentum_update_(encoders[0], self.momentum_video_encoder, self.momentum)
+            momentum_update_(encoders[1], self.momentum_text_encoder, self.momentum)
+            momentum_video = self.momentum_video_encoder(batch["video_feats"], video_mask)
+            momentum_text = self.momentum_text_encoder(batch["text_feats"], text_mask)
+            g_mv = global_feature(momentum_video, video_mask)  # G_mv (B, d)
+            g_mt = global_feature(momentum_text, text_mask)  # G_mt (B, d)
+            self.temperature.clamp_(*TEMPERATURE_RANGE)
+        # copies: the backward pass needs the queues as they are before this step's enqueue
+        video_queue = self.video_queue.features.clone()
+        text_queue = self.text_queue.features.clone()
+        loss = distill_align_loss(
+            global_feature(video, video_mask),
+            global_feature(text, text_mask),
+            g_mv,
+            g_mt,
+            video_queue,
+            text_queue,
+            alpha,
+            self.temperature,
+        )
+        self.video_queue.enqueue(g_mv)
+        self.text_queue.enqueue(g_mt)
+        return loss
+
+
+@register_loss("distill_align", ("loss_align",))
+def loss_distill_align(
+    outputs: dict[str, Any], batch: dict[str, Any], indices: Indices, config: LossConfig
+) -> dict[str, Tensor]:
+    """The model's ``L_align`` (``outputs["loss_align"]``, present in training mode only)."""
+    if "loss_align" not in outputs:
+        return {}
+    return {"loss_align": outputs["loss_align"]}

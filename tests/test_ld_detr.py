@@ -1,0 +1,521 @@
+"""LD-DETR: every component against its equation, the plug-and-play switches, presets, learning."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from momentkit.cli.main import main
+from momentkit.data.synth import SynthConfig, generate
+from momentkit.modeling.anchor_decoder import AnchorDecoder
+from momentkit.modeling.conv_fuser import (
+    ConvolutionalFuser,
+    ConvResidualBlock,
+    MaskedBatchNorm1d,
+    V2TExtractor,
+    stage_order,
+)
+from momentkit.modeling.distill_align import (
+    DistillAlign,
+    FeatureQueue,
+    distill_align_loss,
+    distillation_targets,
+    momentum_update_,
+)
+from momentkit.modeling.moment_gru_head import MomentGRUHead, top_moment_clips
+from momentkit.modeling.transformer import TransformerDecoder
+from momentkit.models import (
+    LDDETR,
+    LDDETRConfig,
+    MomentModel,
+    build_criterion,
+    build_model,
+)
+from momentkit.training.config import build_config
+
+TINY = dict(
+    video_dim=10,
+    text_dim=8,
+    hidden_dim=16,
+    nheads=2,
+    dim_feedforward=32,
+    num_queries=5,
+    max_video_len=12,
+    max_text_len=6,
+    align_queue_size=16,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP overhead (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(seed: int = 0, video_lens=(12, 9, 7), text_lens=(6, 4, 3)) -> dict:
+    """A batch dict as documented in docs/architecture.md, built by hand."""
+    gen = torch.Generator().manual_seed(seed)
+    b, t, n = len(video_lens), max(video_lens), max(text_lens)
+    video_mask = torch.arange(t)[None] < torch.tensor(video_lens)[:, None]
+    text_mask = torch.arange(n)[None] < torch.tensor(text_lens)[:, None]
+    saliency = torch.randint(0, 5, (b, t), generator=gen).float() * video_mask / 3
+    return {
+        "video_feats": torch.randn(b, t, 10, generator=gen) * video_mask[..., None],
+        "video_mask": video_mask,
+        "text_feats": torch.randn(b, n, 8, generator=gen) * text_mask[..., None],
+        "text_mask": text_mask,
+        "duration": torch.tensor([2.0 * x for x in video_lens]),
+        "clip_len": 2.0,
+        "span_targets": [
+            {"spans": torch.tensor([[0.3, 0.2]])},
+            {"spans": torch.tensor([[0.5, 0.4], [0.8, 0.1]])},
+            {"spans": torch.tensor([[0.6, 0.3]])},
+        ][:b],
+        "saliency_all_labels": saliency,
+        "saliency_pos_labels": torch.tensor([[0, 1], [2, 3], [1, 4]])[:b],
+        "saliency_neg_labels": torch.tensor([[5, 6], [7, 8], [5, 6]])[:b],
+    }
+
+
+def tiny(name: str = "ld_detr", **changes) -> MomentModel:
+    torch.manual_seed(0)
+    return build_model({"name": name, **TINY, **changes})
+
+
+# ------------------------------------------------------------------------------- Distill Align
+def test_distillation_target_extremes_and_mix() -> None:
+    sim = torch.tensor([[2.0, 0.0, 1.0], [0.5, 1.5, -1.0]])  # (B=2, B + l = 3)
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert torch.equal(distillation_targets(sim, 0.0), identity)
+    assert torch.allclose(distillation_targets(sim, 1.0), sim.softmax(1))
+    e = [math.exp(2.0), 1.0, math.exp(1.0)]
+    mixed = distillation_targets(sim, 0.4)[0]
+    expected = [0.4 * x / sum(e) + 0.6 * (i == 0) for i, x in enumerate(e)]
+    assert mixed.tolist() == pytest.approx(expected)
+    assert torch.allclose(distillation_targets(sim, 0.4).sum(1), torch.ones(2))
+
+
+def test_distill_align_loss_hand_value() -> None:
+    """B = 2 orthogonal pairs, a queue of one vector, temperature 1, alpha 0 and 1."""
+    video = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
+    queue_t = torch.tensor([[1.0, 0.0]])
+    queue_v = torch.tensor([[0.0, 1.0]])
+    # alpha = 0: one-hot targets; S_v2t rows: [v.t0, v.t1, v.q]
+    loss = distill_align_loss(video, text, video, text, queue_v, queue_t, 0.0, 1.0)
+
+    def ce(row: list[float], target: int) -> float:
+        return -(row[target] - math.log(sum(math.exp(x) for x in row)))
+
+    v2t = (ce([0.6, 0.0, 1.0], 0) + ce([0.8, 1.0, 0.0], 1)) / 2
+    t2v = (ce([0.6, 0.8, 0.8], 0) + ce([0.0, 1.0, 1.0], 1)) / 2
+    assert loss.item() == pytest.approx((v2t + t2v) / 2, abs=1e-6)
+    # alpha = 1 with the momentum features equal to the online ones: the target is the model's
+    # own softmax, so the loss is the mean entropy of the similarity rows
+    full = distill_align_loss(video, text, video, text, queue_v, queue_t, 1.0, 1.0)
+    rows = [[0.6, 0.0, 1.0], [0.8, 1.0, 0.0], [0.6, 0.8, 0.8], [0.0, 1.0, 1.0]]
+    entropy = [-(torch.tensor(r).softmax(0) * torch.tensor(r).log_softmax(0)).sum() for r in rows]
+    assert full.item() == pytest.approx(sum(float(h) for h in entropy) / 4, abs=1e-6)
+
+
+def test_momentum_update_formula() -> None:
+    online, momentum = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        online.weight.fill_(1.0)
+        online.bias.fill_(-2.0)
+        momentum.weight.fill_(0.0)
+        momentum.bias.fill_(4.0)
+    momentum_update_(online, momentum, 0.995)
+    assert momentum.weight[0].tolist() == pytest.approx([0.005, 0.005])
+    assert momentum.bias.item() == pytest.approx(0.995 * 4.0 + 0.005 * -2.0)
+    momentum_update_(online, momentum, 0.995)
+    assert momentum.weight[0, 0].item() == pytest.approx(0.995 * 0.005 + 0.005)
+    momentum_update_(online, momentum, 0.0)
+    assert torch.equal(momentum.weight, online.weight)
+
+
+def test_feature_queue_is_fifo() -> None:
+    queue = FeatureQueue(5, 2)
+    rows = torch.arange(12.0).view(6, 2)  # features 0..5
+    for i in range(3):
+        queue.enqueue(rows[2 * i : 2 * i + 2])
+    # slots 0-4 got 0,1 | 2,3 | 4 then 5 wrapped into slot 0: oldest first is 1..5
+    assert torch.equal(queue.features[0], rows[5])
+    assert int(queue.ptr) == 1
+    assert torch.equal(queue.ordered(), rows[1:6])
+    queue.enqueue(torch.arange(14.0).view(7, 2) + 100)  # longer than the queue: keeps the last 5
+    assert torch.equal(queue.ordered(), torch.arange(14.0).view(7, 2)[2:] + 100)
+    assert not any(True for _ in queue.parameters())
+    assert {n for n, _ in queue.named_buffers()} == {"features", "ptr"}
+
+
+def test_distill_align_updates_once_per_training_step() -> None:
+    model = tiny("ld_detr", align_momentum=0.9).train()
+    align = model.distill_align
+    assert isinstance(align, DistillAlign)
+    online = model.video_encoder.layers[0].linear.weight
+    momentum = align.momentum_video_encoder.layers[0].linear.weight
+    assert torch.equal(online, momentum)  # momentum encoders start as copies
+    assert not momentum.requires_grad
+    with torch.no_grad():  # as after an optimiser step
+        online.add_(1.0)
+    before, ptr = momentum.clone(), int(align.video_queue.ptr)
+    queue = align.video_queue.features
+    out = model(make_batch())
+    assert align.video_queue.features is queue  # updated in place (DDP syncs these tensors)
+    assert torch.allclose(momentum, 0.9 * before + 0.1 * online)
+    assert int(align.steps) == 1 and int(align.video_queue.ptr) == (ptr + 3) % 16
+    out["loss_align"].backward()
+    assert momentum.grad is None and align.temperature.grad is not None
+    assert not align.video_queue.features.requires_grad
+    # evaluation neither updates the momentum encoders nor the queues, nor returns the loss
+    model.eval()
+    snapshot = {k: v.clone() for k, v in align.state_dict().items()}
+    with torch.no_grad():
+        evaluated = model(make_batch())
+    assert "loss_align" not in evaluated
+    assert all(torch.equal(v, align.state_dict()[k]) for k, v in snapshot.items())
+
+
+def test_alpha_warmup_ramps_over_steps() -> None:
+    align = DistillAlign(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), 2, 4, 0.9, 0.4, 0.07, 4)
+    values = []
+    for _ in range(6):
+        values.append(float(align.current_alpha()))
+        align.steps += 1
+    assert values == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
+
+
+def test_queues_and_momentum_encoders_are_saved(tmp_path: Path) -> None:
+    model = tiny().train()
+    model(make_batch())  # moves the queue pointer, fills 3 rows
+    model.save_pretrained(tmp_path / "m")
+    saved = load_file(str(tmp_path / "m" / "model.safetensors"))
+    for key in (
+        "distill_align.video_queue.features",
+        "distill_align.text_queue.ptr",
+        "distill_align.steps",
+        "distill_align.momentum_text_encoder.layers.1.linear.weight",
+    ):
+        assert torch.equal(saved[key], model.state_dict()[key])
+    names = {n for n, _ in model.named_parameters()}
+    assert "distill_align.video_queue.features" not in names
+    loaded = MomentModel.from_pretrained(tmp_path / "m")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_distill_align_switch_on_baselines() -> None:
+    batch = make_batch()
+    for name in ("moment_detr", "qd_detr"):
+        plain = tiny(name)
+        assert plain.distill_align is None
+        assert not any(k.startswith("distill_align") for k in plain.state_dict())
+        assert "loss_align" not in plain.train()(batch)
+        assert "distill_align" not in build_criterion(plain.config).config.losses
+        model = tiny(name, distill_align=True).train()
+        out = model(batch)
+        losses = build_criterion(model.config)(out, batch)
+        assert losses["loss_align"].item() == pytest.approx(0.6 * out["loss_align"].item())
+        losses["loss"].backward()
+        assert model.video_proj.layers[0].linear.weight.grad is not None
+
+
+# -------------------------------------------------------------------------------- Loop Decoder
+def test_loop_decoder_adds_no_parameters() -> None:
+    for name in ("moment_detr", "qd_detr", "ld_detr"):
+        one, three = tiny(name, decoder_loops=1), tiny(name, decoder_loops=3)
+        assert one.num_parameters() == three.num_parameters()
+        assert one.state_dict().keys() == three.state_dict().keys()
+    assert LDDETRConfig().decoder_loops == 3
+
+
+def test_each_loop_output_is_the_next_loop_input() -> None:
+    torch.manual_seed(0)
+    memory, pos = torch.randn(2, 7, 16), torch.randn(2, 7, 16)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    tgt, query_pos = torch.zeros(2, 4, 16), torch.randn(1, 4, 16)
+    once = TransformerDecoder(16, 2, 2, 32, dropout=0.0).eval()
+    thrice = TransformerDecoder(16, 2, 2, 32, dropout=0.0, loops=3).eval()
+    thrice.load_state_dict(once.state_dict())
+    x = tgt
+    for _ in range(3):
+        x = once(x, memory, query_pos, pos, mask)[-1]
+    assert torch.allclose(thrice(tgt, memory, query_pos, pos, mask)[-1], x, atol=1e-6)
+
+    anchors = torch.randn(4, 2)
+    once = AnchorDecoder(16, 2, 2, 32, dropout=0.0).eval()
+    twice = AnchorDecoder(16, 2, 2, 32, dropout=0.0, loops=2).eval()
+    twice.load_state_dict(once.state_dict())
+    first_hs, _ = once(memory, anchors, pos, mask)
+    second_hs, second_refs = once(memory, anchors, pos, mask, tgt=first_hs[-1])
+    hs, refs = twice(memory, anchors, pos, mask)
+    assert hs.shape == (2, 2, 4, 16) and refs.shape == (2, 2, 4, 2)
+    assert torch.allclose(hs, second_hs, atol=1e-6)
+    assert torch.allclose(refs, second_refs, atol=1e-6)
+    assert not torch.allclose(hs, first_hs, atol=1e-3)
+    with pytest.raises(ValueError, match="at least one loop"):
+        AnchorDecoder(16, 2, 2, loops=0)
+
+
+# --------------------------------------------------------------------------- Convolutional Fuser
+def test_v2t_extractor_equations_and_softmax_axes() -> None:
+    torch.manual_seed(0)
+    v2t = V2TExtractor(4, dropout=0.0).eval()
+    video, text = torch.randn(2, 5, 4), torch.randn(2, 3, 4)
+    video_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    text_mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    a = v2t.correlation(video, text)
+    i, j = 1, 2
+    by_hand = (
+        v2t.video_score.weight[0] @ video[0, i]
+        + v2t.text_score.weight[0] @ text[0, j]
+        + (video[0, i] * v2t.joint_score * text[0, j]).sum()
+    )
+    assert a[0, i, j].item() == pytest.approx(by_hand.item(), abs=1e-6)
+    rows, cols = v2t.attention_maps(a, video_mask, text_mask)
+    # A_r: each clip's distribution over the valid words; A_c: each word's over the valid clips
+    assert torch.allclose(rows.sum(2), torch.ones(2, 5))
+    assert torch.allclose(cols.sum(1), torch.ones(2, 3))
+    assert (rows[1, :, 2] == 0).all() and (cols[1, 3:] == 0).all()
+    assert torch.allclose(rows[0, 0], a[0, 0].softmax(0))
+    assert torch.allclose(cols[0, :, 0], a[0, :, 0].softmax(0))
+
+    out = v2t(video, text, video_mask, text_mask)
+    t_v = rows @ text
+    v_t = rows @ cols.transpose(1, 2) @ video
+    fused = v2t.fuse(torch.cat([video, t_v, video * t_v, video * v_t], -1))
+    pool = v2t.text_pool(text).squeeze(-1).masked_fill(~text_mask, -1e9).softmax(1)
+    t_p = (text * pool[..., None]).sum(1, keepdim=True).expand(-1, 5, -1)
+    assert torch.allclose(out, F.relu(v2t.output(torch.cat([fused, t_p], -1))), atol=1e-6)
+
+
+def test_conv_residual_block_equation() -> None:
+    torch.manual_seed(0)
+    block = ConvResidualBlock(4).eval()
+    for bn in (block.bn1, block.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 4, 6)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+
+    def bn(m: MaskedBatchNorm1d, h: torch.Tensor) -> torch.Tensor:
+        scale = m.weight / torch.sqrt(m.running_var + m.eps)
+        return (h - m.running_mean[:, None]) * scale[:, None] + m.bias[:, None]
+
+    inner = F.relu(bn(block.bn1, F.conv1d(x, block.conv1.weight, block.conv1.bias, padding=1)))
+    inner = bn(block.bn2, F.conv1d(inner, block.conv2.weight, block.conv2.bias, padding=1))
+    assert torch.allclose(block(x, mask), F.relu(x + inner), atol=1e-5)
+
+
+def test_masked_batchnorm_skips_padding() -> None:
+    torch.manual_seed(0)
+    masked, plain = MaskedBatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    x = torch.randn(2, 3, 5)
+    full = torch.ones(2, 5, dtype=torch.bool)
+    assert torch.allclose(masked(x, full), plain(x), atol=1e-5)
+    assert torch.allclose(masked.running_var, plain.running_var, atol=1e-5)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    noisy = x.clone()
+    noisy[1, :, 2:] = 1e3
+    bn_a = MaskedBatchNorm1d(3)
+    a, b = bn_a(x, mask), MaskedBatchNorm1d(3)(noisy, mask)
+    assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1, :, :2], b[1, :, :2])
+    valid = torch.cat([x[0], x[1, :, :2]], dim=1)  # (3, 7): normalised over valid steps only
+    std = torch.sqrt(valid.var(1, unbiased=False, keepdim=True) + 1e-5)
+    expected = (valid - valid.mean(1, keepdim=True)) / std
+    assert torch.allclose(a[0], expected[:, :5], atol=1e-4)
+    assert torch.allclose(bn_a.running_mean, 0.1 * valid.mean(1), atol=1e-6)
+    assert torch.allclose(bn_a.running_var, 0.9 + 0.1 * valid.var(1), atol=1e-5)  # unbiased
+
+
+@pytest.mark.parametrize("position", range(5))
+def test_fuser_stage_shapes_and_order(position: int) -> None:
+    torch.manual_seed(0)
+    fuser = ConvolutionalFuser(16, 2, 32, conv_blocks=2, conv_position=position)
+    batch = make_batch()
+    video, text = torch.randn(3, 12, 16), torch.randn(3, 6, 16)
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    for name in ("v2t", "t2v", "encoder1", "conv", "encoder2"):
+        module = getattr(fuser, name)
+        module.register_forward_hook(lambda m, i, o, name=name: calls.append((name, o.shape)))
+    memory = fuser(video, text, batch["video_mask"], batch["text_mask"], torch.randn(3, 12, 16))
+    assert memory.shape == (3, 12, 16)
+    assert [name for name, _ in calls] == list(stage_order(position))
+    assert all(shape == (3, 12, 16) for _, shape in calls)
+    assert stage_order(3) == ("v2t", "t2v", "encoder1", "conv", "encoder2")
+
+
+def test_fuser_parts_switch_off() -> None:
+    batch = make_batch()
+    video, text = torch.randn(3, 12, 16), torch.randn(3, 6, 16)
+    masks = (batch["video_mask"], batch["text_mask"])
+    off = ConvolutionalFuser(16, 2, 32, use_v2t=False, t2v_layers=0, encoder1_layers=0,
+                             conv_blocks=0, encoder2_layers=0)  # fmt: skip
+    assert sum(p.numel() for p in off.parameters()) == 0
+    assert torch.equal(off(video, text, *masks), video)
+    for field in ("use_v2t", "t2v_layers", "enc_layers", "conv_blocks", "enc2_layers"):
+        model = tiny(**{field: False if field == "use_v2t" else 0})
+        stage = {"use_v2t": "v2t", "t2v_layers": "t2v", "enc_layers": "encoder1",
+                 "conv_blocks": "conv", "enc2_layers": "encoder2"}[field]  # fmt: skip
+        assert getattr(model.convolutional_fuser, stage) is None
+        assert model.train()(batch)["pred_spans"].shape == (3, 5, 2)
+    with pytest.raises(ValueError, match="conv_position"):
+        LDDETRConfig(conv_position=5).validate()
+
+
+# ------------------------------------------------------------------------------ highlight head
+def test_top_moment_clips() -> None:
+    logits = torch.tensor([[[0.0, 1.0], [3.0, 0.0]], [[2.0, 0.0], [0.0, 0.0]]])
+    spans = torch.tensor([[[0.1, 0.1], [0.5, 0.2]], [[0.05, 0.3], [0.5, 0.1]]])
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 8:] = False
+    start, end = top_moment_clips(logits, spans, mask)
+    # video 0: query 1, [0.4, 0.6] of 10 clips -> clips 4..6; video 1: query 0, [-0.1, 0.2] of
+    # 8 valid clips -> clamped start 0, end floor(1.6) = 1
+    assert start.tolist() == [4, 0] and end.tolist() == [6, 1]
+    start, end = top_moment_clips(logits, torch.tensor([0.99, 0.01]).expand_as(spans), mask)
+    assert start.tolist() == [9, 7] and end.tolist() == [9, 7]  # past the end: the last clip
+
+
+def test_moment_gru_head_equation() -> None:
+    torch.manual_seed(0)
+    head = MomentGRUHead(4)
+    logits = torch.tensor([[[3.0, 0.0], [0.0, 0.0]]])
+    spans = torch.tensor([[[0.375, 0.25], [0.9, 0.1]]])  # [0.25, 0.5] of 10 clips: 2..5
+    memory, video = torch.randn(1, 10, 4), torch.randn(1, 10, 4)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    scores = head(logits, spans, memory, video, mask)
+    _, hidden = head.gru(video[:, 2:6])  # G'_v: the state after the moment's last clip
+    g = hidden[-1]  # (1, d)
+    s = (g[:, None, :] * video).sum(-1)  # S = G'_v V'^T
+    m = head.saliency_proj(memory * s[..., None] + memory)
+    assert torch.allclose(scores, m.sum(-1) / 2.0, atol=1e-5)  # sqrt(d) = 2
+    scores.sum().backward()
+    assert head.gru.weight_ih_l0.grad is not None
+
+
+# ----------------------------------------------------------------------------------- the model
+def test_defaults_follow_the_paper() -> None:
+    c = LDDETRConfig()
+    paper = dict(hidden_dim=256, num_queries=10, nheads=8, enc_layers=2, enc2_layers=2)
+    paper.update(t2v_layers=2, dec_layers=2, decoder_loops=3, conv_blocks=5, conv_position=3)
+    paper.update(distill_align=True, align_queue_size=65536, align_momentum=0.995)
+    paper.update(align_alpha=0.4, align_temperature=0.07, use_v2t=True)
+    assert {k: getattr(c, k) for k in paper} == paper
+    w = c.loss.weights
+    assert (w["loss_span"], w["loss_giou"], w["loss_label"], w["loss_align"]) == (10, 1, 4, 0.6)
+    assert (w["loss_saliency_margin"], w["loss_saliency_rank"]) == (1, 1)
+    assert c.loss.saliency_margin == 0.2 and c.loss.eos_coef == 0.1
+    assert "saliency_neg_pair" not in c.loss.losses and "distill_align" in c.loss.losses
+
+
+def test_forward_shapes_gradients_and_padding() -> None:
+    model = tiny().train()
+    batch = make_batch()
+    out = model(batch)
+    assert out["pred_logits"].shape == (3, 5, 2) and out["pred_spans"].shape == (3, 5, 2)
+    assert out["saliency_scores"].shape == (3, 12) and len(out["aux_outputs"]) == 1
+    assert out["loss_align"].dim() == 0
+    build_criterion(model.config)(out, batch)["loss"].backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert [n for n, p in trainable if p.grad is None] == []
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "momentum_" in n)
+
+    model.eval()
+    noisy = dict(batch)
+    noisy["video_feats"] = batch["video_feats"] + 50.0 * ~batch["video_mask"][..., None]
+    noisy["text_feats"] = batch["text_feats"] - 30.0 * ~batch["text_mask"][..., None]
+    with torch.no_grad():
+        a, b = model(batch), model(noisy)
+    for key in ("pred_logits", "pred_spans"):
+        assert torch.allclose(a[key], b[key], atol=1e-5)
+    mask = batch["video_mask"]
+    assert torch.allclose(a["saliency_scores"][mask], b["saliency_scores"][mask], atol=1e-4)
+
+
+def test_config_round_trip_and_errors(tmp_path: Path) -> None:
+    model = tiny(conv_blocks=1, conv_position=0, decoder_loops=2)
+    model.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["name"] == "ld_detr" and config["conv_position"] == 0
+    assert isinstance(MomentModel.from_pretrained(tmp_path / "m"), LDDETR)
+    for bad, match in (
+        (dict(decoder_loops=0), "decoder_loops"),
+        (dict(align_alpha=1.5), "align_alpha"),
+        (dict(conv_kernel_size=2), "conv_kernel_size"),
+        (dict(align_temperature=0.9), "align_temperature"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            LDDETRConfig(**bad).validate()
+
+
+def test_presets_and_plug_and_play_flags() -> None:
+    qv = build_config("ld_detr", "qvhighlights")
+    assert qv.optim.scheduler == "cosine" and qv.trainer.epochs == 200 and qv.optim.lr == 1e-4
+    assert qv.model.decoder_loops == 3 and qv.model.align_alpha_warmup_steps == 226
+    ch = build_config("ld_detr", "charades_sta")
+    assert (ch.model.conv_blocks, ch.model.align_alpha, ch.trainer.epochs) == (4, 0.3, 100)
+    assert ch.data.clip_len == 1.0 and ch.model.loss.weights["loss_saliency_rank"] == 1.5
+    ta = build_config("ld_detr", "tacos")
+    assert (ta.model.align_alpha, ta.trainer.epochs) == (0.7, 250)
+    assert ta.model.loss.weights["loss_saliency_margin"] == 4.0
+    qd = build_config(
+        "qd_detr", "synth", ["model.distill_align=true", "model.decoder_loops=3"]
+    ).model
+    assert qd.distill_align and qd.decoder_loops == 3
+    assert "distill_align" in build_criterion(qd).config.losses
+
+
+def test_short_training_run_lowers_every_loss_term() -> None:
+    model = tiny(dropout=0.0, input_dropout=0.0, align_queue_size=6).train()
+    criterion = build_criterion(model.config)
+    batch = make_batch()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    history: list[dict[str, float]] = []
+    for _ in range(80):
+        losses = criterion(model(batch), batch)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+    terms = ("loss_span", "loss_giou", "loss_label", "loss_saliency_margin",
+             "loss_saliency_rank", "loss_align")  # fmt: skip
+    for term in terms:
+        first = sum(h[term] for h in history[:5]) / 5
+        last = sum(h[term] for h in history[-5:]) / 5
+        # the label and rank terms have floors (background weight, several positives a video)
+        assert last < (0.3 if term in ("loss_span", "loss_giou") else 0.9) * first, term
+
+
+def test_cli_trains_ld_detr_on_synth(tmp_path: Path) -> None:
+    root = tmp_path / "synth"
+    generate(SynthConfig(num_train=12, num_val=4, seed=1, min_duration=30, max_duration=40), root,
+             progress=False)  # fmt: skip
+    feats = root / "features"
+    rc = main([
+        "train", "--model", "ld_detr", "--preset", "synth",
+        "--train", str(root / "annotations" / "train.jsonl"),
+        "--val", str(root / "annotations" / "val.jsonl"),
+        "--video-features", str(feats / "slowfast"), str(feats / "clip"),
+        "--text-features", str(feats / "clip_text"), "--out", str(tmp_path / "run"),
+        "--epochs", "2", "--batch-size", "4", "--set", "model.hidden_dim=16",
+        "model.dim_feedforward=32", "model.nheads=2", "model.num_queries=4",
+        "model.align_queue_size=8", "model.conv_blocks=1", "trainer.progress=false",
+        "data.eval_batch_size=4",
+    ])  # fmt: skip
+    assert rc == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "loss_align" in log[-1]["train"]
+    saved = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+    assert int(saved["distill_align.steps"]) == 6  # 12 queries / 4 per step x 2 epochs
