@@ -606,3 +606,13 @@ def test_short_training_run_overfits() -> None:
         spans.append(losses["loss_span"].item())
     assert history[-1] < 0.6 * history[0]
     assert sum(spans[-5:]) < 0.6 * sum(spans[:5])
+
+
+def test_train_pipeline_builds_the_iou_aware_criterion() -> None:
+    """``models.build_criterion`` (what ``momentkit train`` calls) defers to SG-DETR's own."""
+    from momentkit.models import build_criterion
+    from momentkit.models.qd_detr import QDDETRConfig
+    from momentkit.models.sg_detr import SGDETRConfig, SGDETRCriterion
+
+    assert isinstance(build_criterion(SGDETRConfig()), SGDETRCriterion)
+    assert not isinstance(build_criterion(QDDETRConfig()), SGDETRCriterion)

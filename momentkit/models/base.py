@@ -398,8 +398,14 @@ def build_model(config: ModelConfig | Mapping[str, Any]) -> MomentModel:
 def build_criterion(config: ModelConfig) -> SetCriterion:
     """The training criterion (matching + weighted losses) described by a model config.
 
-    With ``distill_align`` on, the ``distill_align`` loss is added to ``loss.losses`` if missing.
+    A model class may define ``build_criterion(config)`` for its own criterion (SG-DETR's
+    IoU-aware matching). With ``distill_align`` on, the ``distill_align`` loss is added to
+    ``loss.losses`` if missing.
     """
+    model_cls = MODELS.get(config.name) if config.name in MODELS else None
+    custom = getattr(model_cls, "build_criterion", None)
+    if custom is not None:
+        return custom(config)
     loss = config.loss
     if getattr(config, "distill_align", False) and "distill_align" not in loss.losses:
         loss = dataclasses.replace(loss, losses=[*loss.losses, "distill_align"])
