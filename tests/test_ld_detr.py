@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,38 +54,13 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_batch(seed: int = 0, video_lens=(12, 9, 7), text_lens=(6, 4, 3)) -> dict:
-    """A batch dict as documented in docs/architecture.md, built by hand."""
-    gen = torch.Generator().manual_seed(seed)
-    b, t, n = len(video_lens), max(video_lens), max(text_lens)
-    video_mask = torch.arange(t)[None] < torch.tensor(video_lens)[:, None]
-    text_mask = torch.arange(n)[None] < torch.tensor(text_lens)[:, None]
-    saliency = torch.randint(0, 5, (b, t), generator=gen).float() * video_mask / 3
-    return {
-        "video_feats": torch.randn(b, t, 10, generator=gen) * video_mask[..., None],
-        "video_mask": video_mask,
-        "text_feats": torch.randn(b, n, 8, generator=gen) * text_mask[..., None],
-        "text_mask": text_mask,
-        "duration": torch.tensor([2.0 * x for x in video_lens]),
-        "clip_len": 2.0,
-        "span_targets": [
-            {"spans": torch.tensor([[0.3, 0.2]])},
-            {"spans": torch.tensor([[0.5, 0.4], [0.8, 0.1]])},
-            {"spans": torch.tensor([[0.6, 0.3]])},
-        ][:b],
-        "saliency_all_labels": saliency,
-        "saliency_pos_labels": torch.tensor([[0, 1], [2, 3], [1, 4]])[:b],
-        "saliency_neg_labels": torch.tensor([[5, 6], [7, 8], [5, 6]])[:b],
-    }
+@pytest.fixture
+def make_batch(make_batch: Callable[..., dict]) -> Callable[..., dict]:
+    """The shared batch builder with saliency labels scaled to ``[0, 4/3]``."""
+    return functools.partial(make_batch, saliency_divisor=3.0)
 
 
 def tiny(name: str = "ld_detr", **changes) -> MomentModel:
@@ -158,7 +135,7 @@ def test_feature_queue_is_fifo() -> None:
     assert {n for n, _ in queue.named_buffers()} == {"features", "ptr"}
 
 
-def test_distill_align_updates_once_per_training_step() -> None:
+def test_distill_align_updates_once_per_training_step(make_batch: Callable[..., dict]) -> None:
     model = tiny("ld_detr", align_momentum=0.9).train()
     align = model.distill_align
     assert isinstance(align, DistillAlign)
@@ -195,7 +172,9 @@ def test_alpha_warmup_ramps_over_steps() -> None:
     assert values == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4])
 
 
-def test_queues_and_momentum_encoders_are_saved(tmp_path: Path) -> None:
+def test_queues_and_momentum_encoders_are_saved(
+    tmp_path: Path, make_batch: Callable[..., dict]
+) -> None:
     model = tiny().train()
     model(make_batch())  # moves the queue pointer, fills 3 rows
     model.save_pretrained(tmp_path / "m")
@@ -214,7 +193,7 @@ def test_queues_and_momentum_encoders_are_saved(tmp_path: Path) -> None:
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
-def test_distill_align_switch_on_baselines() -> None:
+def test_distill_align_switch_on_baselines(make_batch: Callable[..., dict]) -> None:
     batch = make_batch()
     for name in ("moment_detr", "qd_detr"):
         plain = tiny(name)
@@ -340,7 +319,7 @@ def test_masked_batchnorm_skips_padding() -> None:
 
 
 @pytest.mark.parametrize("position", range(5))
-def test_fuser_stage_shapes_and_order(position: int) -> None:
+def test_fuser_stage_shapes_and_order(position: int, make_batch: Callable[..., dict]) -> None:
     torch.manual_seed(0)
     fuser = ConvolutionalFuser(16, 2, 32, conv_blocks=2, conv_position=position)
     batch = make_batch()
@@ -356,7 +335,7 @@ def test_fuser_stage_shapes_and_order(position: int) -> None:
     assert stage_order(3) == ("v2t", "t2v", "encoder1", "conv", "encoder2")
 
 
-def test_fuser_parts_switch_off() -> None:
+def test_fuser_parts_switch_off(make_batch: Callable[..., dict]) -> None:
     batch = make_batch()
     video, text = torch.randn(3, 12, 16), torch.randn(3, 6, 16)
     masks = (batch["video_mask"], batch["text_mask"])
@@ -420,7 +399,7 @@ def test_defaults_follow_the_paper() -> None:
     assert "saliency_neg_pair" not in c.loss.losses and "distill_align" in c.loss.losses
 
 
-def test_forward_shapes_gradients_and_padding() -> None:
+def test_forward_shapes_gradients_and_padding(make_batch: Callable[..., dict]) -> None:
     model = tiny().train()
     batch = make_batch()
     out = model(batch)
@@ -477,7 +456,7 @@ def test_presets_and_plug_and_play_flags() -> None:
     assert "distill_align" in build_criterion(qd).config.losses
 
 
-def test_short_training_run_lowers_every_loss_term() -> None:
+def test_short_training_run_lowers_every_loss_term(make_batch: Callable[..., dict]) -> None:
     model = tiny(dropout=0.0, input_dropout=0.0, align_queue_size=6).train()
     criterion = build_criterion(model.config)
     batch = make_batch()

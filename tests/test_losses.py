@@ -25,13 +25,7 @@ from momentkit.modeling.matcher import HungarianMatcher
 CFG = LossConfig()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ONE_MATCH = [(torch.tensor([1]), torch.tensor([0]))]  # query 1 <-> target 0

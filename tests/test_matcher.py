@@ -10,14 +10,7 @@ import torch
 from momentkit.modeling.matcher import HungarianMatcher, MatcherConfig, matching_cost, pad_targets
 from momentkit.structures.spans import generalized_temporal_iou, span_cxw_to_xx
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_cost(

@@ -41,13 +41,7 @@ from momentkit.modeling.transformer import (
 D, H = 16, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lengths_mask(lengths: list[int], total: int) -> torch.Tensor:

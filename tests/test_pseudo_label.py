@@ -30,13 +30,7 @@ from momentkit.pretraining.pseudo_label import (
 from momentkit.utils.errors import FeatureError, FormatError
 from momentkit.utils.io import write_jsonl
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------- hand-made numbers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,10 @@ from momentkit.modeling.atss_head import (
     positive_anchor_queries,
     temporal_pyramid,
 )
-from momentkit.modeling.attention import MultiheadAttention
+from momentkit.modeling.attention import MultiheadAttention, scaled_dot_attention
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.denoising import DenoisingConfig, build_denoising_queries
-from momentkit.modeling.dino_decoder import DINODecoder, masked_attention
+from momentkit.modeling.dino_decoder import DINODecoder
 from momentkit.modeling.iou_head import (
     iou_aware_logits,
     localization_score,
@@ -38,7 +39,6 @@ from momentkit.modeling.saliency_guided import (
     LocalSaliency,
     PoolingEncoder,
     SaliencyAmplifier,
-    SaliencyGuidedAttention,
 )
 from momentkit.modeling.wbf import weighted_boxes_fusion_1d
 from momentkit.models import MomentModel, build_model
@@ -74,41 +74,7 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_batch(seed: int = 0, video_lens=(12, 9, 7), text_lens=(6, 4, 3)) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    b, t, n = len(video_lens), max(video_lens), max(text_lens)
-    video_mask = torch.arange(t)[None] < torch.tensor(video_lens)[:, None]
-    text_mask = torch.arange(n)[None] < torch.tensor(text_lens)[:, None]
-    saliency = torch.randint(0, 5, (b, t), generator=gen).float() * video_mask
-    spans = [
-        torch.tensor([[0.3, 0.2]]),
-        torch.tensor([[0.5, 0.4], [0.8, 0.1]]),
-        torch.tensor([[0.6, 0.3]]),
-        torch.tensor([[0.2, 0.1]]),
-    ]
-    return {
-        "video_feats": torch.randn(b, t, 10, generator=gen) * video_mask[..., None],
-        "video_mask": video_mask,
-        "text_feats": torch.randn(b, n, 8, generator=gen) * text_mask[..., None],
-        "text_mask": text_mask,
-        "duration": torch.tensor([2.0 * x for x in video_lens]),
-        "clip_len": 2.0,
-        "qids": list(range(b)),
-        "vids": [f"v{i}" for i in range(b)],
-        "annotations": [None] * b,
-        "span_targets": [{"spans": s} for s in spans[:b]],
-        "saliency_all_labels": saliency,
-        "saliency_pos_labels": torch.tensor([[0, 1], [2, 3], [1, 4], [2, 2]])[:b],
-        "saliency_neg_labels": torch.tensor([[5, 6], [7, 8], [5, 6], [6, 5]])[:b],
-    }
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------ 3.2 local saliency
@@ -138,16 +104,15 @@ def test_pooling_encoder_ignores_masked_tokens() -> None:
 # ------------------------------------------------------------------------------ 3.3 SGCA
 def test_sgca_scales_each_clips_attention_weights() -> None:
     torch.manual_seed(0)
-    sgca = SaliencyGuidedAttention(8, 2).eval()
-    plain = MultiheadAttention(8, 2).eval()
-    plain.load_state_dict(sgca.state_dict())
+    sgca = MultiheadAttention(8, 2).eval()  # SGCA: the shared attention with a gate
     q, kv = torch.randn(2, 3, 8), torch.randn(2, 4, 8)
     key_mask = torch.tensor([[True] * 4, [True, True, True, False]])
     gate = torch.tensor([[1.0, 0.5, 0.0], [0.25, 1.0, 0.1]])
     bias = sgca.out_proj.bias
-    expected = bias + gate[..., None] * (plain(q, kv, kv, key_mask) - bias)
+    plain = sgca(q, kv, kv, key_mask)
+    expected = bias + gate[..., None] * (plain - bias)
     assert torch.allclose(sgca(q, kv, kv, key_mask, gate), expected, atol=1e-6)
-    assert torch.allclose(sgca(q, kv, kv, key_mask), plain(q, kv, kv, key_mask))
+    assert torch.allclose(sgca(q, kv, kv, key_mask, torch.ones(2, 3)), plain)
     # a clip with saliency 0 takes nothing from the words: only the output bias
     assert torch.allclose(sgca(q, kv, kv, key_mask, gate)[0, 2], bias)
 
@@ -430,9 +395,9 @@ def test_masked_attention_matches_manual_softmax() -> None:
     allowed = torch.tensor([[True, False, True], [False, True, False], [True, True, True]])
     scores = (q @ k.transpose(-1, -2) / 2.0).masked_fill(~allowed, float("-inf"))
     expected = scores.softmax(-1) @ v
-    assert torch.allclose(masked_attention(q, k, v, allowed), expected, atol=1e-6)
+    assert torch.allclose(scaled_dot_attention(q, k, v, allowed=allowed), expected, atol=1e-6)
     torch.manual_seed(0)
-    dropped = masked_attention(q, k, v, allowed[None], dropout=0.5, training=True)
+    dropped = scaled_dot_attention(q, k, v, dropout=0.5, training=True, allowed=allowed[None])
     assert dropped.shape == expected.shape and not torch.allclose(dropped, expected)
 
 
@@ -466,7 +431,7 @@ def test_defaults_follow_the_paper() -> None:
         SGDETRConfig(wbf_weights=[1.0]).validate()
 
 
-def test_forward_train_outputs_and_gradients() -> None:
+def test_forward_train_outputs_and_gradients(make_batch: Callable[..., dict]) -> None:
     torch.manual_seed(0)
     cfg = SGDETRConfig(**TINY)
     model = build_model(cfg).train()
@@ -496,7 +461,7 @@ def _terms(name: str) -> tuple[str, ...]:
     return LOSSES.get(name).terms
 
 
-def test_eval_outputs_are_fused_and_padding_invariant() -> None:
+def test_eval_outputs_are_fused_and_padding_invariant(make_batch: Callable[..., dict]) -> None:
     torch.manual_seed(0)
     model = build_model(SGDETRConfig(**TINY)).eval()
     batch = make_batch()
@@ -535,7 +500,9 @@ def test_eval_outputs_are_fused_and_padding_invariant() -> None:
         ("hybrid_head", ["atss_head"], ["query_selection"]),
     ],
 )
-def test_ablation_switches(switch: str, absent: list[str], present: list[str]) -> None:
+def test_ablation_switches(
+    switch: str, absent: list[str], present: list[str], make_batch: Callable[..., dict]
+) -> None:
     torch.manual_seed(0)
     cfg = SGDETRConfig(**{**TINY, switch: False})
     model = build_model(cfg)
@@ -562,7 +529,7 @@ def test_ablation_switches(switch: str, absent: list[str], present: list[str]) -
     assert torch.allclose(evaluated["pred_logits"].softmax(-1)[..., 0], score, atol=1e-6)
 
 
-def test_sgca_switch_changes_how_the_saliency_is_used() -> None:
+def test_sgca_switch_changes_how_the_saliency_is_used(make_batch: Callable[..., dict]) -> None:
     torch.manual_seed(0)
     with_gate = build_model(SGDETRConfig(**TINY)).eval()
     without = build_model(SGDETRConfig(**{**TINY, "sgca": False})).eval()
@@ -574,7 +541,7 @@ def test_sgca_switch_changes_how_the_saliency_is_used() -> None:
     assert not torch.allclose(a["detr_pred_spans"], b["detr_pred_spans"])
 
 
-def test_save_and_load_round_trip(tmp_path: Path) -> None:
+def test_save_and_load_round_trip(tmp_path: Path, make_batch: Callable[..., dict]) -> None:
     torch.manual_seed(0)
     model = build_model(SGDETRConfig(**TINY)).eval()
     model.save_pretrained(tmp_path / "m")
@@ -589,7 +556,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         assert torch.equal(a[key], b[key])
 
 
-def test_short_training_run_overfits() -> None:
+def test_short_training_run_overfits(make_batch: Callable[..., dict]) -> None:
     torch.manual_seed(0)
     cfg = SGDETRConfig(**{**TINY, "dropout": 0.0, "input_dropout": 0.0})
     model = build_model(cfg).train()

@@ -6,7 +6,8 @@ One implementation each, reused by every model in :mod:`momentkit.models`:
 - :mod:`~momentkit.modeling.attention`: multi-head attention (one attention kernel);
 - :mod:`~momentkit.modeling.transformer`: encoder / cross-attention / decoder layers and stacks
   (pre- or post-norm);
-- :mod:`~momentkit.modeling.anchor_decoder`: DAB-style anchor decoder (QD-DETR);
+- :mod:`~momentkit.modeling.anchor_decoder`: DAB-style anchor decoder (QD-DETR, LD-DETR; with
+  given content queries and a query self-attention mask: MS-DETR, SG-DETR);
 - :mod:`~momentkit.modeling.position_encoding`: sine and learned position encodings;
 - :mod:`~momentkit.modeling.mlp`: MLP heads and input projections;
 - :mod:`~momentkit.modeling.heads`: the span/class prediction head;

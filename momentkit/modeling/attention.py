@@ -30,6 +30,24 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(batch, length, nhead * head_dim)
 
 
+def attention_mask(key_mask: Tensor | None, allowed: Tensor | None) -> Tensor | None:
+    """The boolean mask :func:`scaled_dot_attention` applies (True = may attend), or ``None``.
+
+    Args:
+        key_mask: ``(B, S)``, True for keys that may be attended to.
+        allowed: ``(B or 1, 1, L, S)``, ``(B, L, S)`` or ``(L, S)``, True where query ``l`` may
+            attend to key ``s`` (e.g. a decoder's denoising groups).
+
+    Returns:
+        A mask broadcastable to ``(B, H, L, S)``: both masks combined.
+    """
+    mask = key_mask[:, None, None, :] if key_mask is not None else None
+    if allowed is not None:
+        pairs = allowed if allowed.dim() == 4 else allowed.unsqueeze(-3)
+        mask = pairs if mask is None else mask & pairs
+    return mask
+
+
 def scaled_dot_attention(
     q: Tensor,
     k: Tensor,
@@ -37,6 +55,7 @@ def scaled_dot_attention(
     key_mask: Tensor | None = None,
     dropout: float = 0.0,
     training: bool = False,
+    allowed: Tensor | None = None,
 ) -> Tensor:
     """``softmax(q k^T / sqrt(Dk) + mask) v`` with dropout on the attention weights.
 
@@ -44,14 +63,15 @@ def scaled_dot_attention(
         q: ``(B, H, L, Dk)`` queries.
         k: ``(B, H, S, Dk)`` keys.
         v: ``(B, H, S, Dv)`` values.
-        key_mask: ``(B, S)`` bool, True for keys that may be attended to. Every row needs at
-            least one valid key.
+        key_mask: ``(B, S)`` bool, True for keys that may be attended to.
         dropout: drop probability of the attention weights (only when ``training``).
+        allowed: query-by-key bool mask, True where query ``l`` may attend to key ``s``
+            (shapes in :func:`attention_mask`). Every row needs at least one valid key.
 
     Returns:
         ``(B, H, L, Dv)``.
     """
-    mask = key_mask[:, None, None, :] if key_mask is not None else None
+    mask = attention_mask(key_mask, allowed)
     if not training or dropout == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0
@@ -70,6 +90,10 @@ class MultiheadAttention(nn.Module):
     ``(3d, d)``, ``in_proj_bias``, ``out_proj``) so published checkpoints map one to one. When
     ``query is key`` (self-attention with positions added to both) the query and key projections
     run as one matmul.
+
+    A ``gate`` scales each query's attention weights (SG-DETR's saliency-guided cross-attention,
+    :mod:`momentkit.modeling.saliency_guided`): ``out_l = W_o sum_heads(g_l softmax(q_l K^T /
+    sqrt(d_h)) V)``, the weights of query ``l`` summing to ``g_l`` instead of 1.
     """
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0) -> None:
@@ -86,11 +110,17 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None = None
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_mask: Tensor | None = None,
+        gate: Tensor | None = None,
     ) -> Tensor:
         """Attend from ``query`` ``(B, L, d)`` to ``key``/``value`` ``(B, S, d)``.
 
-        ``key_mask`` ``(B, S)`` bool (True = valid). Returns ``(B, L, d)``.
+        ``key_mask`` ``(B, S)`` bool (True = valid); ``gate`` ``(B, L)`` scale of each query's
+        attention weights (``None``: 1). Returns ``(B, L, d)``.
         """
         d = self.d_model
         w, b = self.in_proj_weight, self.in_proj_bias
@@ -107,7 +137,9 @@ class MultiheadAttention(nn.Module):
             key_mask,
             self.dropout,
             self.training,
-        )
+        )  # (B, H, L, Dh)
+        if gate is not None:
+            out = out * gate[:, None, :, None].to(out.dtype)
         return self.out_proj(merge_heads(out))
 
 
@@ -128,11 +160,19 @@ class ProjectedAttention(nn.Module):
         self.out_proj = nn.Linear(value_dim, value_dim)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_mask: Tensor | None = None,
+        allowed: Tensor | None = None,
+    ) -> Tensor:
         """Attend: ``q`` ``(B, H, L, Dk)``, ``k`` ``(B, H, S, Dk)``, ``v`` ``(B, H, S, Dv)``.
 
-        ``key_mask`` ``(B, S)`` bool, True = valid. Returns ``(B, L, H * Dv)`` after the output
+        ``key_mask`` ``(B, S)`` bool, True = valid; ``allowed`` a query-by-key bool mask, True =
+        may attend (see :func:`attention_mask`). Returns ``(B, L, H * Dv)`` after the output
         projection.
         """
-        out = scaled_dot_attention(q, k, v, key_mask, self.dropout, self.training)
+        out = scaled_dot_attention(q, k, v, key_mask, self.dropout, self.training, allowed)
         return self.out_proj(merge_heads(out))

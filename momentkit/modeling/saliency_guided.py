@@ -6,10 +6,9 @@ Highlight Detection", 2024, sections 3.2-3.4).
   giving one vector: the *sentence token* of a query, or a (non-)moment token of a video.
 - :class:`LocalSaliency` (3.2): ``s_t = scale * cos(sentence, clip_t) + shift``, scale and
   shift learnable (initialised to 20 and 0).
-- :class:`SaliencyGuidedAttention` / :class:`SaliencyGuidedCrossAttentionLayer` /
-  :class:`CrossModalEncoder` (3.3): video-to-text cross-attention whose attention weights of clip
-  ``t`` are multiplied by ``g_t = sigmoid(s_t)``, so a clip the query does not describe draws
-  (almost) nothing from the text.
+- :class:`CrossModalEncoder` (3.3, SGCA): video-to-text cross-attention whose attention weights
+  of clip ``t`` are multiplied by ``g_t = sigmoid(s_t)``, so a clip the query does not describe
+  draws (almost) nothing from the text: the shared cross-attention layers with their ``gate``.
 - :class:`SaliencyAmplifier` (3.4): ``x_t <- x_t * (1 + sigmoid(s_t))``: clips are amplified by
   their saliency before the saliency offsets and again, with the global scores, before the
   detection heads.
@@ -28,19 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from momentkit.modeling.attention import (
-    MultiheadAttention,
-    merge_heads,
-    scaled_dot_attention,
-    split_heads,
-)
-from momentkit.modeling.dropout import Dropout
-from momentkit.modeling.transformer import (
-    CrossAttentionEncoder,
-    FeedForward,
-    with_pos,
-    xavier_init_,
-)
+from momentkit.modeling.transformer import CrossAttentionEncoder
 
 
 class PoolingEncoder(nn.Module):
@@ -93,129 +80,20 @@ class LocalSaliency(nn.Module):
         return self.scale * cos + self.shift
 
 
-class SaliencyGuidedAttention(MultiheadAttention):
-    """Multi-head attention whose attention weights of query ``l`` are scaled by ``g_l`` (3.3).
-
-    ``out_l = W_o sum_heads(g_l * softmax(q_l K^T / sqrt(d_h)) V)``: the weights of each query row
-    sum to ``g_l`` instead of 1. Same parameters as
-    :class:`~momentkit.modeling.attention.MultiheadAttention`; with ``gate=None`` it is exactly it.
-    """
-
-    def forward(  # type: ignore[override]
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_mask: Tensor | None = None,
-        gate: Tensor | None = None,
-    ) -> Tensor:
-        """``query`` ``(B, L, d)``, ``key``/``value`` ``(B, S, d)``, ``key_mask`` ``(B, S)``,
-        ``gate`` ``(B, L)`` in ``[0, 1]`` -> ``(B, L, d)``."""
-        if gate is None:
-            return super().forward(query, key, value, key_mask)
-        d = self.d_model
-        w, b = self.in_proj_weight, self.in_proj_bias
-        q = F.linear(query, w[:d], b[:d])
-        k = F.linear(key, w[d : 2 * d], b[d : 2 * d])
-        v = F.linear(value, w[2 * d :], b[2 * d :])
-        out = scaled_dot_attention(
-            split_heads(q, self.nhead),
-            split_heads(k, self.nhead),
-            split_heads(v, self.nhead),
-            key_mask,
-            self.dropout,
-            self.training,
-        )  # (B, H, L, Dh)
-        out = out * gate[:, None, :, None].to(out.dtype)
-        return self.out_proj(merge_heads(out))
-
-
-class SaliencyGuidedCrossAttentionLayer(nn.Module):
-    """Clips attend to words with :class:`SaliencyGuidedAttention`, then a feed-forward block.
-
-    Post-norm (default) or pre-norm, like
-    :class:`~momentkit.modeling.transformer.CrossAttentionLayer`.
-    """
-
-    def __init__(
-        self,
-        d_model: int,
-        nhead: int,
-        dim_feedforward: int = 1024,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        pre_norm: bool = False,
-    ) -> None:
-        super().__init__()
-        self.cross_attn = SaliencyGuidedAttention(d_model, nhead, dropout)
-        self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
-        self.pre_norm = pre_norm
-
-    def forward(
-        self,
-        x: Tensor,
-        context: Tensor,
-        pos: Tensor | None = None,
-        context_pos: Tensor | None = None,
-        context_mask: Tensor | None = None,
-        gate: Tensor | None = None,
-    ) -> Tensor:
-        """``x`` ``(B, T, d)`` attends to ``context`` ``(B, N, d)`` with gate ``(B, T)``."""
-        key = with_pos(context, context_pos)
-        if self.pre_norm:
-            h = self.norm1(x)
-            attn = self.cross_attn(with_pos(h, pos), key, context, context_mask, gate)
-            x = x + self.dropout1(attn)
-            return x + self.dropout2(self.ffn(self.norm2(x)))
-        attn = self.cross_attn(with_pos(x, pos), key, context, context_mask, gate)
-        x = self.norm1(x + self.dropout1(attn))
-        return self.norm2(x + self.dropout2(self.ffn(x)))
-
-
-class CrossModalEncoder(nn.Module):
+class CrossModalEncoder(CrossAttentionEncoder):
     """The Cross-Modal Transformer Encoder (3.3): a stack of SGCA layers (clips attend to words).
 
-    With ``gate=None`` the layers are plain video-to-text cross-attention (the "w/o SGCA"
-    ablation of table 2).
+    Each layer is a :class:`~momentkit.modeling.transformer.CrossAttentionLayer` (post-norm by
+    default, or pre-norm) whose attention weights of clip ``t`` are multiplied by the ``gate``
+    ``g_t = sigmoid(s_t)`` (:class:`~momentkit.modeling.attention.MultiheadAttention`'s
+    ``gate``): ``out_t = W_o sum_heads(g_t * softmax(q_t K^T / sqrt(d_h)) V)``, so the weights of
+    each clip sum to ``g_t`` instead of 1.
+
+    ``forward(clips, words, clip_pos, word_pos, word_mask, gate)``: ``clips`` ``(B, T, d)``,
+    ``words`` ``(B, N, d)``, ``gate`` ``(B, T)`` in ``[0, 1]`` -> ``(B, T, d)``. With
+    ``gate=None`` the layers are plain video-to-text cross-attention (the "w/o SGCA" ablation of
+    table 2). Constructor arguments as :class:`CrossAttentionEncoder`.
     """
-
-    def __init__(
-        self,
-        d_model: int,
-        nhead: int,
-        num_layers: int,
-        dim_feedforward: int = 1024,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        pre_norm: bool = False,
-    ) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            SaliencyGuidedCrossAttentionLayer(
-                d_model, nhead, dim_feedforward, dropout, activation, pre_norm
-            )
-            for _ in range(num_layers)
-        )
-        self.norm = nn.LayerNorm(d_model) if pre_norm else None
-        xavier_init_(self)
-
-    def forward(
-        self,
-        clips: Tensor,
-        words: Tensor,
-        clip_pos: Tensor | None = None,
-        word_pos: Tensor | None = None,
-        word_mask: Tensor | None = None,
-        gate: Tensor | None = None,
-    ) -> Tensor:
-        """``clips`` ``(B, T, d)``, ``words`` ``(B, N, d)``, ``gate`` ``(B, T)``: ``(B, T, d)``."""
-        for layer in self.layers:
-            clips = layer(clips, words, clip_pos, word_pos, word_mask, gate)
-        return self.norm(clips) if self.norm is not None else clips
 
 
 class SaliencyAmplifier(nn.Module):

@@ -2,8 +2,9 @@
 
 Every layer takes ``pre_norm``: ``False`` is the original post-norm transformer
 (``x = norm(x + sublayer(x))``, the Moment-DETR/QD-DETR default), ``True`` the pre-norm variant
-(``x = x + sublayer(norm(x))``). Positions are added to queries and keys, never to values.
-Masks are bool, True = valid. Shapes: ``B`` batch, ``L``/``S`` sequence lengths, ``d`` width.
+(``x = x + sublayer(norm(x))``); :func:`residual` applies either. Positions are added to queries
+and keys, never to values. Masks are bool, True = valid. Shapes: ``B`` batch, ``L``/``S``
+sequence lengths, ``d`` width.
 """
 
 from __future__ import annotations
@@ -23,6 +24,22 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F
 def with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
     """``x + pos``, or ``x`` when there is no position encoding."""
     return x if pos is None else x + pos
+
+
+def residual(
+    x: Tensor,
+    sublayer: Callable[[Tensor], Tensor],
+    norm: nn.Module,
+    dropout: nn.Module,
+    pre_norm: bool,
+) -> Tensor:
+    """One residual sub-layer of a transformer layer: ``(..., d)`` -> ``(..., d)``.
+
+    Pre-norm: ``x + dropout(sublayer(norm(x)))``; post-norm: ``norm(x + dropout(sublayer(x)))``.
+    """
+    if pre_norm:
+        return x + dropout(sublayer(norm(x)))
+    return norm(x + dropout(sublayer(x)))
 
 
 def xavier_init_(module: nn.Module) -> None:
@@ -77,14 +94,13 @@ class TransformerEncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """``x`` ``(B, L, d)``, ``pos`` ``(B, L, d)``, ``mask`` ``(B, L)`` -> ``(B, L, d)``."""
-        if self.pre_norm:
-            h = self.norm1(x)
+
+        def attend(h: Tensor) -> Tensor:
             qk = with_pos(h, pos)
-            x = x + self.dropout1(self.self_attn(qk, qk, h, mask))
-            return x + self.dropout2(self.ffn(self.norm2(x)))
-        qk = with_pos(x, pos)
-        x = self.norm1(x + self.dropout1(self.self_attn(qk, qk, x, mask)))
-        return self.norm2(x + self.dropout2(self.ffn(x)))
+            return self.self_attn(qk, qk, h, mask)
+
+        x = residual(x, attend, self.norm1, self.dropout1, self.pre_norm)
+        return residual(x, self.ffn, self.norm2, self.dropout2, self.pre_norm)
 
 
 class CrossAttentionLayer(nn.Module):
@@ -93,7 +109,8 @@ class CrossAttentionLayer(nn.Module):
     Only the query sequence is updated; the context is read-only. With ``ffn_skip_norm`` (QD-DETR's
     text-to-video layer, post-norm only) the first LayerNorm feeds the feed-forward network but the
     feed-forward residual is added to the un-normalised attention sum:
-    ``s = x + attn; x = norm2(s + ffn(norm1(s)))``.
+    ``s = x + attn; x = norm2(s + ffn(norm1(s)))``. A ``gate`` scales each query's attention
+    weights (see :class:`~momentkit.modeling.attention.MultiheadAttention`; SG-DETR's SGCA).
     """
 
     def __init__(
@@ -127,22 +144,24 @@ class CrossAttentionLayer(nn.Module):
         pos: Tensor | None = None,
         context_pos: Tensor | None = None,
         context_mask: Tensor | None = None,
+        gate: Tensor | None = None,
     ) -> Tensor:
         """``x`` ``(B, L, d)`` attends to ``context`` ``(B, S, d)``; returns ``(B, L, d)``.
 
         ``pos`` ``(B, L, d)`` and ``context_pos`` ``(B, S, d)`` are added to queries and keys;
-        ``context_mask`` ``(B, S)`` marks valid context tokens.
+        ``context_mask`` ``(B, S)`` marks valid context tokens; ``gate`` ``(B, L)`` scales each
+        query's attention weights (``None``: 1).
         """
         key = with_pos(context, context_pos)
-        if self.pre_norm:
-            h = self.norm1(x)
-            x = x + self.dropout1(self.cross_attn(with_pos(h, pos), key, context, context_mask))
-            return x + self.dropout2(self.ffn(self.norm2(x)))
-        s = x + self.dropout1(self.cross_attn(with_pos(x, pos), key, context, context_mask))
+
+        def attend(h: Tensor) -> Tensor:
+            return self.cross_attn(with_pos(h, pos), key, context, context_mask, gate)
+
         if self.ffn_skip_norm:
+            s = x + self.dropout1(attend(x))
             return self.norm2(s + self.dropout2(self.ffn(self.norm1(s))))
-        x = self.norm1(s)
-        return self.norm2(x + self.dropout2(self.ffn(x)))
+        x = residual(x, attend, self.norm1, self.dropout1, self.pre_norm)
+        return residual(x, self.ffn, self.norm2, self.dropout2, self.pre_norm)
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -182,21 +201,17 @@ class TransformerDecoderLayer(nn.Module):
         ``query_pos`` ``(B or 1, Q, d)``, ``memory_pos`` ``(B, S, d)``, ``memory_mask`` ``(B, S)``.
         """
         key = with_pos(memory, memory_pos)
-        if self.pre_norm:
-            h = self.norm1(tgt)
+
+        def self_attend(h: Tensor) -> Tensor:
             qk = with_pos(h, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(qk, qk, h))
-            h = self.norm2(tgt)
-            tgt = tgt + self.dropout2(
-                self.cross_attn(with_pos(h, query_pos), key, memory, memory_mask)
-            )
-            return tgt + self.dropout3(self.ffn(self.norm3(tgt)))
-        qk = with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(qk, qk, tgt)))
-        tgt = self.norm2(
-            tgt + self.dropout2(self.cross_attn(with_pos(tgt, query_pos), key, memory, memory_mask))
-        )
-        return self.norm3(tgt + self.dropout3(self.ffn(tgt)))
+            return self.self_attn(qk, qk, h)
+
+        def cross_attend(h: Tensor) -> Tensor:
+            return self.cross_attn(with_pos(h, query_pos), key, memory, memory_mask)
+
+        tgt = residual(tgt, self_attend, self.norm1, self.dropout1, self.pre_norm)
+        tgt = residual(tgt, cross_attend, self.norm2, self.dropout2, self.pre_norm)
+        return residual(tgt, self.ffn, self.norm3, self.dropout3, self.pre_norm)
 
 
 class TransformerEncoder(nn.Module):
@@ -258,10 +273,14 @@ class CrossAttentionEncoder(nn.Module):
         pos: Tensor | None = None,
         context_pos: Tensor | None = None,
         context_mask: Tensor | None = None,
+        gate: Tensor | None = None,
     ) -> Tensor:
-        """``x`` ``(B, L, d)`` attends to ``context`` ``(B, S, d)`` in each layer; ``(B, L, d)``."""
+        """``x`` ``(B, L, d)`` attends to ``context`` ``(B, S, d)`` in each layer; ``(B, L, d)``.
+
+        ``gate`` ``(B, L)``: the scale of each query's attention weights in every layer.
+        """
         for layer in self.layers:
-            x = layer(x, context, pos, context_pos, context_mask)
+            x = layer(x, context, pos, context_pos, context_mask, gate)
         return self.norm(x) if self.norm is not None else x
 
 

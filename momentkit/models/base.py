@@ -31,6 +31,8 @@ from momentkit import __version__
 from momentkit.modeling.criterion import LossConfig, SetCriterion
 from momentkit.modeling.distill_align import TEMPERATURE_RANGE, DistillAlign
 from momentkit.modeling.matcher import MatcherConfig
+from momentkit.modeling.mlp import InputProjection
+from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
 from momentkit.utils.errors import FormatError
 from momentkit.utils.io import atomic_write_bytes, write_json
 from momentkit.utils.registry import Registry
@@ -265,6 +267,24 @@ class DETRConfig(ModelConfig):
             raise ValueError(
                 f"model.align_alpha_warmup_steps must be >= 0, got {self.align_alpha_warmup_steps}"
             )
+
+
+def build_inputs(
+    config: DETRConfig,
+) -> tuple[InputProjection, InputProjection, nn.Module, PositionEmbeddingLearned | None]:
+    """A DETR model's input layers ``(video_proj, text_proj, video_pos, text_pos)``.
+
+    The video and query input projections to ``hidden_dim``, the video position encoding
+    (``position_embedding``) and the learned query position encoding (``None`` unless
+    ``use_text_pos``), built in this order.
+    """
+    c, d = config, config.hidden_dim
+    return (
+        InputProjection(c.video_dim, d, c.n_input_proj, c.input_dropout),
+        InputProjection(c.text_dim, d, c.n_input_proj, c.input_dropout),
+        build_position_encoding(c.position_embedding, d, c.max_video_len),
+        PositionEmbeddingLearned(c.max_text_len, d) if c.use_text_pos else None,
+    )
 
 
 def build_distill_align(

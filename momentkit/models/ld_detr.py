@@ -34,10 +34,8 @@ from momentkit.modeling.anchor_decoder import AnchorDecoder
 from momentkit.modeling.conv_fuser import STAGES, ConvolutionalFuser
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.heads import SpanHead
-from momentkit.modeling.mlp import InputProjection
 from momentkit.modeling.moment_gru_head import MomentGRUHead
-from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
-from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align
+from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align, build_inputs
 
 
 def _ld_detr_loss() -> LossConfig:
@@ -99,10 +97,7 @@ class LDDETR(MomentModel):
     def __init__(self, config: LDDETRConfig) -> None:
         super().__init__(config)
         c, d = config, config.hidden_dim
-        self.video_encoder = InputProjection(c.video_dim, d, c.n_input_proj, c.input_dropout)
-        self.text_encoder = InputProjection(c.text_dim, d, c.n_input_proj, c.input_dropout)
-        self.video_pos = build_position_encoding(c.position_embedding, d, c.max_video_len)
-        self.text_pos = PositionEmbeddingLearned(c.max_text_len, d) if c.use_text_pos else None
+        self.video_encoder, self.text_encoder, self.video_pos, self.text_pos = build_inputs(c)
         self.convolutional_fuser = ConvolutionalFuser(
             d,
             c.nheads,

@@ -18,10 +18,8 @@ from typing import Any
 import torch
 
 from momentkit.modeling.heads import SpanHead
-from momentkit.modeling.mlp import InputProjection
-from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
 from momentkit.modeling.transformer import TransformerDecoder, TransformerEncoder
-from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align
+from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align, build_inputs
 
 
 @dataclass
@@ -40,10 +38,7 @@ class MomentDETR(MomentModel):
     def __init__(self, config: MomentDETRConfig) -> None:
         super().__init__(config)
         c, d = config, config.hidden_dim
-        self.video_proj = InputProjection(c.video_dim, d, c.n_input_proj, c.input_dropout)
-        self.text_proj = InputProjection(c.text_dim, d, c.n_input_proj, c.input_dropout)
-        self.video_pos = build_position_encoding(c.position_embedding, d, c.max_video_len)
-        self.text_pos = PositionEmbeddingLearned(c.max_text_len, d) if c.use_text_pos else None
+        self.video_proj, self.text_proj, self.video_pos, self.text_pos = build_inputs(c)
         layer_args = (c.dim_feedforward, c.dropout, c.activation, c.pre_norm)
         self.encoder = TransformerEncoder(d, c.nheads, c.enc_layers, *layer_args)
         self.decoder = TransformerDecoder(

@@ -29,10 +29,8 @@ from torch import nn
 from momentkit.modeling.anchor_decoder import AnchorDecoder
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.heads import SpanHead
-from momentkit.modeling.mlp import InputProjection
-from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
 from momentkit.modeling.transformer import CrossAttentionEncoder, TransformerEncoder
-from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align
+from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align, build_inputs
 
 
 def _qd_detr_loss() -> LossConfig:
@@ -75,10 +73,7 @@ class QDDETR(MomentModel):
     def __init__(self, config: QDDETRConfig) -> None:
         super().__init__(config)
         c, d = config, config.hidden_dim
-        self.video_proj = InputProjection(c.video_dim, d, c.n_input_proj, c.input_dropout)
-        self.text_proj = InputProjection(c.text_dim, d, c.n_input_proj, c.input_dropout)
-        self.video_pos = build_position_encoding(c.position_embedding, d, c.max_video_len)
-        self.text_pos = PositionEmbeddingLearned(c.max_text_len, d) if c.use_text_pos else None
+        self.video_proj, self.text_proj, self.video_pos, self.text_pos = build_inputs(c)
         layer_args = (c.dim_feedforward, c.dropout, c.activation, c.pre_norm)
         self.t2v = CrossAttentionEncoder(
             d, c.nheads, c.t2v_layers, *layer_args, ffn_skip_norm=not c.pre_norm

@@ -100,8 +100,6 @@ from momentkit.modeling.losses import (
     register_loss,
 )
 from momentkit.modeling.matcher import Indices, MatcherConfig, pad_targets
-from momentkit.modeling.mlp import InputProjection
-from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
 from momentkit.modeling.query_selection import QuerySelection
 from momentkit.modeling.saliency_guided import (
     CrossModalEncoder,
@@ -111,7 +109,7 @@ from momentkit.modeling.saliency_guided import (
 )
 from momentkit.modeling.transformer import TransformerEncoder
 from momentkit.modeling.wbf import weighted_boxes_fusion_1d
-from momentkit.models.base import MODELS, DETRConfig, MomentModel
+from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_inputs
 from momentkit.structures.spans import (
     paired_generalized_temporal_iou,
     paired_temporal_iou,
@@ -365,10 +363,7 @@ class SGDETR(MomentModel):
         super().__init__(config)
         c, d = config, config.hidden_dim
         layer_args = (c.dim_feedforward, c.dropout, c.activation, c.pre_norm)
-        self.video_proj = InputProjection(c.video_dim, d, c.n_input_proj, c.input_dropout)
-        self.text_proj = InputProjection(c.text_dim, d, c.n_input_proj, c.input_dropout)
-        self.video_pos = build_position_encoding(c.position_embedding, d, c.max_video_len)
-        self.text_pos = PositionEmbeddingLearned(c.max_text_len, d) if c.use_text_pos else None
+        self.video_proj, self.text_proj, self.video_pos, self.text_pos = build_inputs(c)
         # 3.2 local saliency
         self.sentence_pooling = PoolingEncoder(d, c.nheads, c.pooling_layers, *layer_args)
         self.moment_pooling = PoolingEncoder(d, c.nheads, c.pooling_layers, *layer_args)
