@@ -92,6 +92,14 @@ def _ensure_data(root: Path, make: list[int] | None) -> None:
     generate(SynthConfig(num_train=make[0], num_val=make[1], seed=make[2]), root)
 
 
+def _feature_root(data: Path) -> Path:
+    """``data/packed`` when every stream is packed there (``momentkit pack``), else ``features``."""
+    packed = data / "packed"
+    if all((packed / s).is_dir() for s in (*STREAMS, TEXT_STREAM)):
+        return packed
+    return data / "features"
+
+
 def _train_one(
     data: Path, variant: Variant, seed: int, args: argparse.Namespace, run: Path
 ) -> dict:
@@ -101,11 +109,12 @@ def _train_one(
         from momentkit.training.config import build_config
         from momentkit.training.pipeline import train
 
+        feats = _feature_root(data)
         overrides = [
             f"data.train_path={data / 'annotations' / 'train.jsonl'}",
             f"data.val_path={data / 'annotations' / 'val.jsonl'}",
-            f"data.video_features=[{','.join(str(data / 'features' / s) for s in STREAMS)}]",
-            f"data.text_features={data / 'features' / TEXT_STREAM}",
+            f"data.video_features=[{','.join(str(feats / s) for s in STREAMS)}]",
+            f"data.text_features={feats / TEXT_STREAM}",
             f"trainer.seed={seed}",
             "trainer.progress=false",
             *([f"trainer.epochs={args.epochs}"] if args.epochs else []),
