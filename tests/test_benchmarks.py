@@ -54,3 +54,26 @@ def test_variant_parsing_and_table() -> None:
     lines = table.splitlines()
     assert lines[2] == "| a | 1 | 10.00 | 20.00 | 5.00 | 30.00 | 40.00 |"
     assert lines[3].startswith("| b | 2 | 11.00 ± 1.41 | 21.00 ± 1.41 |")
+
+
+def test_bench_learn_end_to_end_and_resumes_unfinished_runs(tmp_path: Path) -> None:
+    data, out = tmp_path / "synth", tmp_path / "learn"
+    tiny = [f"model.{kv}" for kv in TINY] + ["trainer.batch_size=4", "data.eval_batch_size=8"]
+    argv = ["bench", "learn", "--data", str(data), "--make-data", "12", "8", "0", "--out", str(out)]
+    argv += ["--seeds", "0", "--epochs", "1", "--variant", "MD=moment_detr", "--set", *tiny]
+    assert main(argv) == 0
+    run = out / "md" / "seed0"
+    assert (run / "bench_learn_done").exists() and (run / "best" / "config.json").exists()
+    rows = json.loads((out / "results.json").read_text())
+    assert set(rows) == {"per-clip similarity baseline", "MD"} and len(rows["MD"]) == 1
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0].startswith("| variant | runs | mAP") and len(table) == 4
+    # a finished run is reused, not retrained
+    mtime = (run / "val_metrics.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert (run / "val_metrics.json").stat().st_mtime_ns == mtime
+    # a run without the marker (interrupted) is resumed from its last checkpoint and finished
+    (run / "bench_learn_done").unlink()
+    assert main([*argv[: -len(tiny)], *tiny, "trainer.epochs=2"]) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2]

@@ -489,3 +489,19 @@ def test_keep_mask_resolves_top_byte_ties_with_more_bits(monkeypatch: pytest.Mon
         lambda n, device, generator: torch.full((n,), top + 1, dtype=torch.uint8),
     )
     assert bool((keep_mask((1000,), p) > 0).all())  # bytes above the threshold byte always keep
+
+
+def test_feed_forward_prelu_is_learnable_and_matches_formula():
+    import torch
+
+    from momentkit.modeling.transformer import FeedForward
+
+    ffn = FeedForward(4, 8, dropout=0.0, activation="prelu").eval()
+    slope = ffn.activation.weight
+    assert slope.requires_grad and "activation.weight" in dict(ffn.named_parameters())
+    x = torch.randn(3, 4)
+    h = ffn.linear1(x)
+    expected = ffn.linear2(torch.where(h > 0, h, slope * h))
+    torch.testing.assert_close(ffn(x), expected)
+    relu = FeedForward(4, 8, dropout=0.0, activation="relu")
+    assert "activation.weight" not in dict(relu.named_parameters())

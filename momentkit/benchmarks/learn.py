@@ -36,6 +36,7 @@ METRICS = (
 )
 STREAMS = ("slowfast", "clip")
 TEXT_STREAM = "clip_text"
+DONE_MARKER = "bench_learn_done"
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,13 @@ def _feature_root(data: Path) -> Path:
 def _train_one(
     data: Path, variant: Variant, seed: int, args: argparse.Namespace, run: Path
 ) -> dict:
-    """Train one (variant, seed) into ``run`` unless done; returns its ``brief`` metrics."""
-    metrics_file = run / "val_metrics.json"
-    if not metrics_file.exists():
+    """Train one (variant, seed) into ``run`` unless done; returns its ``brief`` metrics.
+
+    ``val_metrics.json`` is rewritten at every new best epoch, so a run counts as finished only
+    once ``DONE_MARKER`` exists (written after training returns); otherwise it is resumed.
+    """
+    metrics_file, done = run / "val_metrics.json", run / DONE_MARKER
+    if not done.exists():
         from momentkit.training.config import build_config
         from momentkit.training.pipeline import train
 
@@ -126,6 +131,7 @@ def _train_one(
             train(cfg, run, resume=True)
         else:
             train(cfg, run)
+        done.write_text("finished\n")
     return json.loads(metrics_file.read_text())["brief"]
 
 

@@ -18,7 +18,12 @@ from torch import Tensor, nn
 from momentkit.modeling.attention import MultiheadAttention
 from momentkit.modeling.dropout import Dropout
 
-_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+_ACTIVATIONS: dict[str, Callable[[], Callable[[Tensor], Tensor]]] = {
+    "relu": lambda: F.relu,
+    "gelu": lambda: F.gelu,
+    "prelu": nn.PReLU,  # one learnable slope (LD-DETR's official feed-forward activation)
+}
+ACTIVATIONS = tuple(_ACTIVATIONS)
 
 
 def with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
@@ -53,7 +58,10 @@ def xavier_init_(module: nn.Module) -> None:
 
 
 class FeedForward(nn.Module):
-    """``linear2(dropout(act(linear1(x))))``: ``(..., d)`` -> ``(..., d)``."""
+    """``linear2(dropout(act(linear1(x))))``: ``(..., d)`` -> ``(..., d)``.
+
+    ``act`` is ``relu``, ``gelu`` or ``prelu`` (a module with one learnable slope, initial 0.25).
+    """
 
     def __init__(
         self, d_model: int, dim_feedforward: int, dropout: float = 0.1, activation: str = "relu"
@@ -64,7 +72,7 @@ class FeedForward(nn.Module):
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.activation = _ACTIVATIONS[activation]
+        self.activation = _ACTIVATIONS[activation]()
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., d)`` -> ``(..., d)``."""

@@ -33,6 +33,7 @@ from momentkit.modeling.distill_align import TEMPERATURE_RANGE, DistillAlign
 from momentkit.modeling.matcher import MatcherConfig
 from momentkit.modeling.mlp import InputProjection
 from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
+from momentkit.modeling.transformer import ACTIVATIONS
 from momentkit.utils.errors import FormatError
 from momentkit.utils.io import atomic_write_bytes, write_json
 from momentkit.utils.registry import Registry
@@ -189,7 +190,7 @@ class DETRConfig(ModelConfig):
         input_dropout: dropout of the input projections.
         pre_norm: pre-norm instead of post-norm transformer layers.
         n_input_proj: layers of each input projection.
-        activation: feed-forward activation (``relu`` or ``gelu``).
+        activation: feed-forward activation (``relu``, ``gelu`` or ``prelu``).
         position_embedding: video position encoding, ``sine`` or ``learned``.
         use_text_pos: add a learned position encoding to query tokens (off in the papers).
         decoder_loops: LD-DETR's Loop Decoder: run the decoder stack this many times, each
@@ -248,8 +249,10 @@ class DETRConfig(ModelConfig):
                 raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 1 <= self.n_input_proj <= 3:
             raise ValueError(f"model.n_input_proj must be 1, 2 or 3, got {self.n_input_proj}")
-        if self.activation not in ("relu", "gelu"):
-            raise ValueError(f"model.activation must be 'relu' or 'gelu', got '{self.activation}'")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"model.activation must be one of {', '.join(ACTIVATIONS)}, got '{self.activation}'"
+            )
         if self.position_embedding not in ("sine", "learned"):
             raise ValueError(
                 f"model.position_embedding must be 'sine' or 'learned', got "

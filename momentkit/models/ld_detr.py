@@ -58,6 +58,8 @@ class LDDETRConfig(DETRConfig):
         conv_position: where the blocks sit among V2T, T2V, Encoder 1 and Encoder 2 (0-4; the
             paper's 3: between the two encoders).
         conv_kernel_size: temporal kernel of the convolutions.
+        activation: the feed-forward activation of every transformer layer (the official
+            code's PReLU).
     """
 
     name: str = "ld_detr"
@@ -69,6 +71,7 @@ class LDDETRConfig(DETRConfig):
     conv_kernel_size: int = 3
     decoder_loops: int = 3
     distill_align: bool = True
+    activation: str = "prelu"
     loss: LossConfig = field(default_factory=_ld_detr_loss)
 
     def validate(self) -> None:
