@@ -543,13 +543,14 @@ def _layout(
     return events
 
 
-@SYNTH_MODES.register("moments")
-def plan_moment_query(rng: np.random.Generator, config: SynthConfig, world: World) -> QueryPlan:
-    """The default mode: conjunction and temporal-relation queries with hard negatives.
+def draw_query(
+    rng: np.random.Generator, config: SynthConfig
+) -> tuple[int, QuerySpec, list[list[Pair]]]:
+    """The video length, the query and its positive chains (shared by the query planners).
 
-    A video holds 1 to ``max_targets_*`` target events (each with its context for a relation;
-    the first always fits), ``negatives`` hard-negative chains (as many as fit) and random
-    filler events that are neither the target nor the context; the rest is background.
+    Returns:
+        ``(num_clips, spec, positives)``: ``positives`` repeats the target (``conj``) or the
+        target with its context in the relation's order, 1 to ``max_targets_*`` times.
     """
     num_clips = int(rng.integers(config.min_clips, config.max_clips + 1))
     relation = RELATIONS[int(rng.choice(len(RELATIONS), p=config.relation_probs))]
@@ -561,6 +562,18 @@ def plan_moment_query(rng: np.random.Generator, config: SynthConfig, world: Worl
         spec = QuerySpec(relation, target, _random_pair(rng, config, [target]))
         chain = [spec.context, target] if relation == "after" else [target, spec.context]
         positives = [chain] * int(rng.integers(1, config.max_targets_relation + 1))
+    return num_clips, spec, positives
+
+
+@SYNTH_MODES.register("moments")
+def plan_moment_query(rng: np.random.Generator, config: SynthConfig, world: World) -> QueryPlan:
+    """The default mode: conjunction and temporal-relation queries with hard negatives.
+
+    A video holds 1 to ``max_targets_*`` target events (each with its context for a relation;
+    the first always fits), ``negatives`` hard-negative chains (as many as fit) and random
+    filler events that are neither the target nor the context; the rest is background.
+    """
+    num_clips, spec, positives = draw_query(rng, config)
     # the first positive always fits; then the hardest negative; then the rest in random order
     negatives = _negative_chains(rng, config, spec)
     rest = positives[1:] + negatives[1:]

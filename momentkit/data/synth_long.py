@@ -41,7 +41,6 @@ from momentkit.data.synth import (
     SYNTH_MODES,
     TEXT_DIM,
     QueryPlan,
-    QuerySpec,
     SynthConfig,
     SynthSummary,
     World,
@@ -49,9 +48,9 @@ from momentkit.data.synth import (
     _layout,
     _negative_chains,
     _orthonormal_rows,
-    _random_pair,
     annotate,
     build_world,
+    draw_query,
     encode_text,
     latent_row,
     npz_bytes,
@@ -84,16 +83,7 @@ def plan_long_query(rng: np.random.Generator, config: SynthConfig, world: World)
             f"{LONG_MIN_DURATION:g} s, got {config.min_duration:g}; pass e.g. --set "
             "min_duration=600 max_duration=7200"
         )
-    num_clips = int(rng.integers(config.min_clips, config.max_clips + 1))
-    relation = RELATIONS[int(rng.choice(len(RELATIONS), p=config.relation_probs))]
-    target = _random_pair(rng, config, [])
-    if relation == "conj":
-        spec = QuerySpec(relation, target)
-        positives = [[target]] * int(rng.integers(1, config.max_targets_conj + 1))
-    else:
-        spec = QuerySpec(relation, target, _random_pair(rng, config, [target]))
-        chain = [spec.context, target] if relation == "after" else [target, spec.context]
-        positives = [chain] * int(rng.integers(1, config.max_targets_relation + 1))
+    num_clips, spec, positives = draw_query(rng, config)
     rounds = math.ceil(num_clips / REFERENCE_CLIPS)
     negatives = [c for _ in range(rounds) for c in _negative_chains(rng, config, spec)]
     rest = positives[1:] + negatives[1:]
