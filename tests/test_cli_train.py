@@ -174,7 +174,7 @@ def test_cli_errors(synth, tmp_path, capsys):
     assert main(train_args(synth, out, "trainer.epochs=1", "optim.lr=1")) == 2
     assert main([*train_args(synth, out, "trainer.epochs=1", "optim.lr=1"), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "--resume with a different config (optim.lr: saved 0.0001, given 1.0)" in err
+    assert "--resume with a different config (optim.lr: saved 0.0003, given 1.0)" in err
 
     rc = main(["train", "--model", "moment_detr", "--out", str(tmp_path / "x")])
     assert rc == 2 and "--train" in capsys.readouterr().err
