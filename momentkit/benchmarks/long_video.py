@@ -110,9 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--selection-lr",
         type=float,
-        default=1e-3,
-        help="learning rate of the selection network (default: 1e-3; the MR model uses the "
-        "preset's optim.lr)",
+        help="learning rate of the selection network (default: the preset's optim.lr, 2e-4; "
+        "measured: at 1e-3 the selection logits collapse to a constant within 150 steps)",
     )
     parser.add_argument(
         "--slowfast-dim",

@@ -17,7 +17,9 @@ retrieval then runs on the kept clips only. This module holds the reusable piece
 - :func:`compact_to_video_spans`, :func:`video_spans_to_compact`: spans on the kept clips'
   sequence <-> spans on the original timeline, through the kept clips' original timestamps;
 - :func:`cut_channels`: where the kept sequence jumps over trimmed clips;
-- :class:`TemporalContext`: dilated depthwise temporal convolutions over a (kept) sequence.
+- :class:`TemporalContext`: dilated depthwise temporal convolutions over a (kept) sequence;
+- :func:`timeline_scores`, :func:`best_window`: every clip's latest selection probability on
+  the original timeline, and the contiguous window of a given size that scores highest.
 
 Masks are bool, True = valid. ``B`` batch, ``T`` clips of the video, ``L`` visited clips,
 ``K`` kept clips.
@@ -289,3 +291,49 @@ def step_budget(candidates: Tensor, keep_ratio: float, max_clips: int, final: bo
         return torch.full_like(visited, max_clips)
     ratio = torch.ceil(visited.to(torch.float64) * keep_ratio).long()
     return torch.clamp(ratio, min=max_clips)
+
+
+def timeline_scores(
+    probs: Sequence[Tensor], indices: Sequence[Tensor], masks: Sequence[Tensor], num_clips: int
+) -> Tensor:
+    """Each clip's latest selection probability on the original timeline, ``(B, T)``.
+
+    Steps are applied in order, so a clip visited by a later step takes that step's
+    probability; a clip never visited scores 0.
+
+    Args:
+        probs: per step, ``(B, L_b)`` selection probabilities of the visited clips.
+        indices: per step, ``(B, L_b)`` their original clip indices.
+        masks: per step, ``(B, L_b)`` bool validity.
+        num_clips: ``T``.
+    """
+    out: Tensor | None = None
+    for p, index, mask in zip(probs, indices, masks):
+        step = scatter_clips(p, index, mask, num_clips, -1.0)
+        out = step if out is None else torch.where(step >= 0, step, out)
+    if out is None:
+        raise ValueError("timeline_scores needs at least one step")
+    return out.clamp(min=0.0)
+
+
+def best_window(scores: Tensor, valid: Tensor, size: int) -> Tensor:
+    """The contiguous window of ``size`` clips with the highest summed score, per video.
+
+    Args:
+        scores: ``(B, T)`` non-negative clip scores.
+        valid: ``(B, T)`` bool, the video's clips (a prefix of the row).
+        size: window length; a video of at most ``size`` clips keeps all of them.
+
+    Returns:
+        ``(B, T)`` bool keep mask (ties: the earliest window).
+    """
+    lengths = valid.sum(1)
+    t = scores.shape[1]
+    cum = F.pad((scores * valid).cumsum(1), (1, 0))  # (B, T + 1)
+    starts = torch.arange(t, device=scores.device)
+    ends = (starts + size).clamp(max=t)
+    sums = cum[:, ends] - cum[:, starts]  # (B, T): window starting at each clip
+    possible = starts[None, :] <= (lengths - size).clamp(min=0)[:, None]
+    first = sums.masked_fill(~possible, float("-inf")).argmax(1)  # earliest maximum
+    offset = starts[None, :] - first[:, None]
+    return (offset >= 0) & (offset < size) & valid

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from momentkit.modeling.attention import MultiheadAttention
 from momentkit.modeling.clip_selection import (
     ClipSelection,
+    best_window,
     TemporalContext,
     compact,
     compact_to_video_spans,
@@ -58,6 +59,7 @@ from momentkit.modeling.clip_selection import (
     selection_counts,
     step_budget,
     straight_through,
+    timeline_scores,
     video_spans_to_compact,
 )
 from momentkit.modeling.criterion import LossConfig, SetCriterion
@@ -70,6 +72,7 @@ from momentkit.models.base import MODELS, DETRConfig, ModelConfig, MomentModel, 
 from momentkit.utils.errors import FormatError
 
 SELECTIONS = ("straight_through", "gumbel")
+FINAL_SELECTIONS = ("clips", "window")
 CUT_DIM = 2
 
 
@@ -107,6 +110,10 @@ class ClipTrimmingConfig(ModelConfig):
         selection: ``straight_through`` (rank by logit) or ``gumbel`` (rank by logit + logistic
             noise in training).
         gumbel_tau: temperature of the Gumbel relaxation whose gradient is passed through.
+        final_selection: what reaches the MR model at inference: ``clips`` (the paper: the
+            best-scored clips, wherever they lie) or ``window`` (the contiguous window of
+            ``max_clips`` clips whose latest selection probabilities sum highest: the MR model
+            sees an ordinary, gap-free video, which a model trained on short videos needs).
         keep_gt_prob: probability, per training video, that its target clips are forced into
             the selection (teacher forcing of the MR model).
         window_prob: probability, per training video, that the MR model sees a contiguous
@@ -138,6 +145,7 @@ class ClipTrimmingConfig(ModelConfig):
     threshold: float = 0.5
     selection: str = "straight_through"
     gumbel_tau: float = 1.0
+    final_selection: str = "clips"
     keep_gt_prob: float = 0.5
     window_prob: float = 0.25
     positive_dilation: int = 1
@@ -212,6 +220,11 @@ class ClipTrimmingConfig(ModelConfig):
                 raise ValueError(f"model.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"model.selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.final_selection not in FINAL_SELECTIONS:
+            raise ValueError(
+                f"model.final_selection must be one of {FINAL_SELECTIONS}, "
+                f"got {self.final_selection!r}"
+            )
         if self.gumbel_tau <= 0:
             raise ValueError(f"model.gumbel_tau must be > 0, got {self.gumbel_tau}")
         if self.positive_dilation < 0 or any(d < 1 for d in self.context_dilations):
@@ -407,6 +420,15 @@ class ClipTrimming(MomentModel):
             state = gather_clips(fused * gate.unsqueeze(-1), sub)
             weight = (weight * gate).gather(1, sub) * sub_mask
             index, mask = index.gather(1, sub), sub_mask
+        if steps and c.final_selection == "window" and not self.training:
+            scores = timeline_scores(
+                [s.logits.masked_fill(~s.visited, 0.0).sigmoid() for s in steps],
+                [s.index for s in steps],
+                [s.visited for s in steps],
+                num_clips,
+            )
+            index, mask = compact(best_window(scores, video_mask, c.max_clips))
+            weight = mask.to(clips.dtype)
         return Selection(index, mask, weight, steps)
 
     def _keep(
