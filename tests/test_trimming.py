@@ -17,6 +17,7 @@ from momentkit.inference.trimmed import TrimmedScorer
 from momentkit.modeling.clip_selection import (
     ClipSelection,
     TemporalContext,
+    best_window,
     compact,
     compact_to_video_spans,
     cut_channels,
@@ -27,6 +28,7 @@ from momentkit.modeling.clip_selection import (
     selection_counts,
     step_budget,
     straight_through,
+    timeline_scores,
     video_spans_to_compact,
 )
 from momentkit.models import MomentModel, build_criterion, build_model
@@ -188,6 +190,30 @@ def test_cut_channels_mark_jumps_over_trimmed_clips():
     assert not cuts[1].any()  # a contiguous window
     tef = local_tef(mask)
     assert tef[0, :, 0].tolist() == [0.0, 0.25, 0.5, 0.75, 0.0]
+
+
+def test_best_window_by_hand():
+    scores = torch.tensor([[0, 0, 1, 1, 0, 0, 0, 0.0], [1, 0, 0, 0, 0, 0, 0.9, 0.9]])
+    full = torch.ones(2, 8, dtype=torch.bool)
+    # row 0: [1, 3] and [2, 4] both sum to 2, the earlier wins; row 1: 1.8 at the end beats 1
+    assert best_window(scores, full, 3).int().tolist() == [
+        [0, 1, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 1, 1],
+    ]
+    short = full.clone()
+    short[1, 6:] = False  # padding never enters a window, however it is scored
+    assert best_window(scores, short, 3)[1].int().tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert best_window(scores, short, 10).tolist() == short.tolist()  # short videos: all
+
+
+def test_timeline_scores_take_each_clips_latest_probability():
+    first = (torch.tensor([[0.1, 0.8, 0.7, 0.2]]), torch.tensor([[0, 1, 2, 3]]))
+    second = (torch.tensor([[0.3, 0.9]]), torch.tensor([[1, 2]]))
+    masks = [torch.ones(1, 4, dtype=torch.bool), torch.tensor([[True, True]])]
+    out = timeline_scores([first[0], second[0]], [first[1], second[1]], masks, 5)
+    assert out[0].tolist() == pytest.approx([0.1, 0.3, 0.9, 0.2, 0.0])  # clip 4: never visited
+    padded = timeline_scores([second[0]], [second[1]], [torch.tensor([[True, False]])], 4)
+    assert padded[0].tolist() == pytest.approx([0.0, 0.3, 0.0, 0.0])
 
 
 def test_timestamps_of_kept_clips_map_back():
@@ -441,6 +467,8 @@ def test_config_errors_name_the_field():
         tiny_model(keep_ratio=0.0)
     with pytest.raises(ValueError, match="leave clip features"):
         tiny_model(index_dim=14)
+    with pytest.raises(ValueError, match="final_selection.*'windows'"):
+        tiny_model(final_selection="windows")
     config = ClipTrimmingConfig(video_dim=16, text_dim=6, index_dim=4, mr=TINY_MR)
     assert config.feature_dim == 10 and config.mr_config().video_dim == 16 + 2
     plain = config.replace(mr_reads_index=False, use_cut_channels=False)
@@ -467,6 +495,13 @@ def test_a_few_steps_learn_to_select_the_moment():
     model.eval()
     keep = model.select(batch).keep_mask(60)
     assert keep[:, 10:14].all()
+    # the window alternative: one gap-free run of max_clips clips holding the moment
+    model.config.final_selection = "window"
+    selection = model.select(batch)
+    keep = selection.keep_mask(60)
+    assert selection.mask.sum(1).tolist() == [8, 8] and keep[:, 10:14].all()
+    assert (selection.index[:, 1:] == selection.index[:, :-1] + 1).all()
+    assert (selection.weight == 1.0).all()
 
 
 # ----------------------------------------------------------------------------- integration

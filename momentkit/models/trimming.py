@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from momentkit.modeling.attention import MultiheadAttention
 from momentkit.modeling.clip_selection import (
     ClipSelection,
-    best_window,
     TemporalContext,
+    best_window,
     compact,
     compact_to_video_spans,
     cut_channels,
