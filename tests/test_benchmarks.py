@@ -54,6 +54,9 @@ def test_variant_parsing_and_table() -> None:
     lines = table.splitlines()
     assert lines[2] == "| a | 1 | 10.00 | 20.00 | 5.00 | 30.00 | 40.00 |"
     assert lines[3].startswith("| b | 2 | 11.00 ± 1.41 | 21.00 ± 1.41 |")
+    partial = {k: v for k, v in brief.items() if not k.startswith("HL")}
+    only = format_table({"c": [partial]}).splitlines()[2]
+    assert only == "| c | 1 | 10.00 | 20.00 | 5.00 | - | - |"  # a metric no run reports
 
 
 def test_bench_learn_end_to_end_and_resumes_unfinished_runs(tmp_path: Path) -> None:

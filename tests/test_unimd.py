@@ -599,3 +599,25 @@ def test_cotrain_resume_ends_like_an_uninterrupted_run(synth_tad, tmp_path, monk
     a = load_file(str(full / "last" / "model.safetensors"))
     b = load_file(str(part / "last" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bench_cotrain_table_and_reuse(synth_tad, tmp_path):
+    """`momentkit bench cotrain`: one run per row and seed, both tasks' metrics of every run
+    (an MR-only model still answers the class queries), finished runs reused."""
+    from momentkit.cli.main import main
+
+    out = tmp_path / "bench"
+    tiny = cotrain_args(synth_tad, out)[cotrain_args(synth_tad, out).index("--set") + 1 :]
+    argv = ["bench", "cotrain", "--data", str(synth_tad), "--out", str(out), "--seeds", "0"]
+    argv += ["--rows", "mr", "sequential", "--epochs", "1", "--set", *tiny, "trainer.batch_size=4"]
+    assert main(argv) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert list(rows) == ["MR only", "sequential: TAD, then MR"]
+    assert {"TAD-mAP", "MR-R1@0.5"} <= set(rows["MR only"][0])
+    assert (out / "sequential" / "seed0" / "finetune_mr" / "val_metrics.json").exists()
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0] == "| variant | runs | R1@0.5 | R1@0.7 | R5@0.5 | R5@0.7 | TAD mAP |"
+    assert table[2].startswith("| MR only | 1 |") and len(table) == 4
+    done = out / "mr" / "seed0" / "bench_cotrain_done"
+    mtime = done.stat().st_mtime_ns
+    assert main(argv) == 0 and done.stat().st_mtime_ns == mtime

@@ -146,17 +146,22 @@ def _baseline(data: Path) -> dict:
 
 
 def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def format_table(rows: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown table: one row per variant, mean ± std of each metric over its runs."""
-    header = "| variant | runs | " + " | ".join(short for _, short in METRICS) + " |"
-    lines = [header, "|" + " --- |" * (len(METRICS) + 2)]
+def format_table(
+    rows: dict[str, list[dict[str, Any]]], metrics: tuple[tuple[str, str], ...] = METRICS
+) -> str:
+    """Markdown table: one row per variant, mean ± std of each metric over its runs (``-``
+    where no run reports the metric). ``metrics``: (key in a run's dict, column title)."""
+    header = "| variant | runs | " + " | ".join(short for _, short in metrics) + " |"
+    lines = [header, "|" + " --- |" * (len(metrics) + 2)]
     for label, runs in rows.items():
-        cells = [_cell([float(r[key]) for r in runs]) for key, _ in METRICS]
+        cells = [_cell([float(r[key]) for r in runs if key in r]) for key, _ in metrics]
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

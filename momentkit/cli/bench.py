@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "train": "train",
     "search": "search",
     "learn": "learn",
+    "cotrain": "cotrain",
     "long-video": "long_video",
     "extract": "extract",
 }
