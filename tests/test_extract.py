@@ -165,7 +165,9 @@ def test_ray_local_extracts_and_reports(videos, tmp_path):
     assert NpzFeatureStore(out / "motion").get("a").shape == (2, 48)
     report = json.loads((out / "extract_report.json").read_text())
     assert report["done"] == 2 and report["failed"][0]["path"].endswith("broken.mp4")
-    assert time.perf_counter() - start < 60
+    # a guard against a hang (Ray startup/shutdown), not a speed test: 69 s was measured on a
+    # 2-core machine running two training jobs beside the suite
+    assert time.perf_counter() - start < 240
 
 
 def test_ray_extraction_matches_local_extraction(videos, tmp_path):
