@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tiny_configs import TINY_DETR
 
 from momentkit.cli.main import main
 from momentkit.data.synth import SynthConfig, generate
@@ -42,14 +43,7 @@ from momentkit.models import (
 from momentkit.training.config import build_config
 
 TINY = dict(
-    video_dim=10,
-    text_dim=8,
-    hidden_dim=16,
-    nheads=2,
-    dim_feedforward=32,
-    num_queries=5,
-    max_video_len=12,
-    max_text_len=6,
+    **TINY_DETR,
     align_queue_size=16,
 )
 

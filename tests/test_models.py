@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_configs import TINY_DETR
 
 from momentkit.models import (
     MODELS,
@@ -22,16 +23,7 @@ from momentkit.models import (
 )
 from momentkit.utils.errors import FormatError
 
-TINY = dict(
-    video_dim=10,
-    text_dim=8,
-    hidden_dim=16,
-    nheads=2,
-    dim_feedforward=32,
-    num_queries=5,
-    max_video_len=12,
-    max_text_len=6,
-)
+TINY = dict(TINY_DETR)
 CONFIGS = {"moment_detr": MomentDETRConfig(**TINY), "qd_detr": QDDETRConfig(**TINY)}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_configs import TINY_DETR
 
 from momentkit.modeling.atss_head import (
     ATSSHead,
@@ -54,14 +55,7 @@ from momentkit.structures.spans import span_cxw_to_xx, span_xx_to_cxw
 from momentkit.training.config import build_config
 
 TINY = dict(
-    video_dim=10,
-    text_dim=8,
-    hidden_dim=16,
-    nheads=2,
-    dim_feedforward=32,
-    num_queries=5,
-    max_video_len=12,
-    max_text_len=6,
+    **TINY_DETR,
     enc_layers=1,
     dec_layers=2,
     t2v_layers=1,
