@@ -20,7 +20,8 @@ vocabulary:
   contrastive) + ``lambda_align * L_align``.
 
 Every component is switchable for ablation (``use_v2t``, ``t2v_layers``, ``enc_layers``,
-``conv_blocks``, ``enc2_layers``, ``conv_position``, ``decoder_loops``, ``distill_align``).
+``conv_blocks``, ``enc2_layers``, ``conv_position``, ``decoder_loops``, ``distill_align``,
+``hd_similarity``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from momentkit.modeling.anchor_decoder import AnchorDecoder
 from momentkit.modeling.conv_fuser import STAGES, ConvolutionalFuser
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.heads import SpanHead
-from momentkit.modeling.moment_gru_head import MomentGRUHead
+from momentkit.modeling.moment_gru_head import SIMILARITIES, MomentGRUHead
 from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align, build_inputs
 
 
@@ -60,6 +61,9 @@ class LDDETRConfig(DETRConfig):
         conv_kernel_size: temporal kernel of the convolutions.
         activation: the feed-forward activation of every transformer layer (the official
             code's PReLU).
+        hd_similarity: how the HD head compares the top moment's GRU summary with the clips:
+            ``dot`` (the paper) or ``cosine`` (bounded; the synth preset's, see
+            :mod:`~momentkit.modeling.moment_gru_head`).
     """
 
     name: str = "ld_detr"
@@ -72,6 +76,7 @@ class LDDETRConfig(DETRConfig):
     decoder_loops: int = 3
     distill_align: bool = True
     activation: str = "prelu"
+    hd_similarity: str = "dot"
     loss: LossConfig = field(default_factory=_ld_detr_loss)
 
     def validate(self) -> None:
@@ -84,6 +89,11 @@ class LDDETRConfig(DETRConfig):
             raise ValueError(
                 f"model.conv_position must be in [0, {len(STAGES)}] (before V2T, after V2T, "
                 f"after T2V, after Encoder 1, after Encoder 2), got {self.conv_position}"
+            )
+        if self.hd_similarity not in SIMILARITIES:
+            raise ValueError(
+                f"model.hd_similarity must be one of {', '.join(SIMILARITIES)}, "
+                f"got '{self.hd_similarity}'"
             )
         if self.conv_kernel_size < 1 or self.conv_kernel_size % 2 == 0:
             raise ValueError(
@@ -128,7 +138,7 @@ class LDDETR(MomentModel):
         )
         self.anchors = nn.Embedding(c.num_queries, 2)
         self.moment_head = SpanHead(d)
-        self.highlight_head = MomentGRUHead(d)
+        self.highlight_head = MomentGRUHead(d, c.hd_similarity)
         self.distill_align = build_distill_align(c, self.video_encoder, self.text_encoder)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
