@@ -378,6 +378,27 @@ def test_moment_gru_head_equation() -> None:
     assert head.gru.weight_ih_l0.grad is not None
 
 
+def test_moment_gru_head_cosine_similarity_weights_clips_in_0_2() -> None:
+    torch.manual_seed(0)
+    dot, cosine = MomentGRUHead(4), MomentGRUHead(4, similarity="cosine")
+    cosine.load_state_dict(dot.state_dict())
+    logits = torch.tensor([[[3.0, 0.0], [0.0, 0.0]]])
+    spans = torch.tensor([[[0.375, 0.25], [0.9, 0.1]]])  # clips 2..5
+    memory, video = torch.randn(1, 10, 4), 5.0 * torch.randn(1, 10, 4)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    g = cosine.moment_feature(video, torch.tensor([2]), torch.tensor([5]))
+    s = torch.nn.functional.cosine_similarity(g[:, None, :], video, dim=-1)  # (1, T)
+    assert bool(((1 + s) >= 0).all() and ((1 + s) <= 2).all())
+    m = cosine.saliency_proj(memory * s[..., None] + memory)
+    assert torch.allclose(cosine(logits, spans, memory, video, mask), m.sum(-1) / 2.0, atol=1e-5)
+    # the paper's dot product of the same vectors is unbounded: here some 1 + S are negative
+    raw = (g[:, None, :] * video).sum(-1)
+    assert bool((1 + raw < 0).any())
+    assert not torch.allclose(dot(logits, spans, memory, video, mask), m.sum(-1) / 2.0)
+    with pytest.raises(ValueError, match="similarity"):
+        MomentGRUHead(4, similarity="l2")
+
+
 # ----------------------------------------------------------------------------------- the model
 def test_defaults_follow_the_paper() -> None:
     c = LDDETRConfig()
@@ -428,6 +449,7 @@ def test_config_round_trip_and_errors(tmp_path: Path) -> None:
         (dict(align_alpha=1.5), "align_alpha"),
         (dict(conv_kernel_size=2), "conv_kernel_size"),
         (dict(align_temperature=0.9), "align_temperature"),
+        (dict(hd_similarity="l2"), "hd_similarity"),
     ):
         with pytest.raises(ValueError, match=match):
             LDDETRConfig(**bad).validate()
@@ -443,6 +465,8 @@ def test_presets_and_plug_and_play_flags() -> None:
     ta = build_config("ld_detr", "tacos")
     assert (ta.model.align_alpha, ta.trainer.epochs) == (0.7, 250)
     assert ta.model.loss.weights["loss_saliency_margin"] == 4.0
+    assert qv.model.hd_similarity == "dot"  # the paper's; synth measures the bounded one
+    assert build_config("ld_detr", "synth").model.hd_similarity == "cosine"
     qd = build_config(
         "qd_detr", "synth", ["model.distill_align=true", "model.decoder_loops=3"]
     ).model

@@ -13,12 +13,12 @@ to it are highlighted:
 - saliency ``= sum_d M / sqrt(d)`` ``(B, T)`` (the official code's scale).
 
 ``similarity="cosine"`` takes ``S`` between the L2-normalised ``G'_v`` and clips instead, so
-``1 + S`` is a weight in ``[0, 2]``. The paper's raw dot product is unbounded (``|S|`` ~2-3 at
-initialisation on the synthetic benchmark, growing with training): ``1 + S`` changes sign from
-clip to clip, and the sign, set by the GRU state of a moment the decoder has not learned to
-find yet, scrambles the clips' order. Measured on ``momentkit synth`` (docs/ld_detr.md): with
-the dot product HL-min-VeryGood mAP stayed at chance (13-14) for 16 epochs and moment retrieval
-never took off; with the cosine it reached 35.7 at epoch 2.
+``1 + S`` is a weight in ``[0, 2]``. The paper's raw dot product is unbounded (``|S|`` 1-2 on
+average, std 1.5-3, in training on the synthetic benchmark): ``1 + S`` changes sign from clip to
+clip, and the sign, set by the GRU summary of a moment the decoder has not learned to find yet,
+scrambles the clips' order. Measured on ``momentkit synth`` (docs/ld_detr.md): with the dot
+product HL-min-VeryGood mAP stayed at 13-18 for 16 epochs and moment retrieval never took off;
+with the cosine it reached 35.7 at epoch 2.
 """
 
 from __future__ import annotations
