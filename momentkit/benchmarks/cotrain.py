@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from momentkit.benchmarks.learn import format_table
+from momentkit.benchmarks.learn import add_data_arguments, format_table
 from momentkit.cli.common import add_set_argument
 
 HELP = "UniMD: MR only, TAD only and the co-training strategies over seeds; mean +- std table"
@@ -45,15 +45,7 @@ DONE_MARKER = "bench_cotrain_done"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Data, rows, seeds."""
-    parser.add_argument("--data", required=True, help="a `momentkit synth --mode tad` folder")
-    parser.add_argument(
-        "--make-data",
-        nargs=3,
-        type=int,
-        metavar=("TRAIN", "VAL", "SEED"),
-        help="generate the benchmark into --data first if it is missing",
-    )
-    parser.add_argument("--out", required=True, help="folder for the runs and the table")
+    add_data_arguments(parser, "a `momentkit synth --mode tad` folder")
     parser.add_argument(
         "--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows of the table"
     )

@@ -62,9 +62,10 @@ class Variant:
         return "".join(c if c.isalnum() else "_" for c in self.label).strip("_").lower()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Data, variants, seeds, epochs."""
-    parser.add_argument("--data", required=True, help="a `momentkit synth` output folder")
+def add_data_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
+    """``--data`` (described by ``data_help``), ``--make-data`` and ``--out``: the benchmark
+    folder, how to generate it when missing, and where the runs go."""
+    parser.add_argument("--data", required=True, help=data_help)
     parser.add_argument(
         "--make-data",
         nargs=3,
@@ -73,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="generate the benchmark into --data first if it is missing",
     )
     parser.add_argument("--out", required=True, help="folder for the runs and the table")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data, variants, seeds, epochs."""
+    add_data_arguments(parser, "a `momentkit synth` output folder")
     parser.add_argument(
         "--variant", action="append", required=True, help="'LABEL=MODEL [key=value ...]'"
     )
