@@ -80,3 +80,36 @@ def test_bench_learn_end_to_end_and_resumes_unfinished_runs(tmp_path: Path) -> N
     assert main([*argv[: -len(tiny)], *tiny, "trainer.epochs=2"]) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2]
+
+
+def test_bench_learn_parallel_jobs_give_the_sequential_results(tmp_path: Path) -> None:
+    # two runs at once, each in its own process, train exactly what one-after-another trains
+    data = tmp_path / "synth"
+    tiny = [f"model.{kv}" for kv in TINY] + ["trainer.batch_size=4", "data.eval_batch_size=8"]
+    argv = ["bench", "learn", "--data", str(data), "--make-data", "12", "8", "0", "--no-baseline"]
+    argv += ["--seeds", "0", "1", "--epochs", "1", "--variant", "MD=moment_detr"]
+    assert main([*argv, "--out", str(tmp_path / "seq"), "--threads", "1", "--set", *tiny]) == 0
+    par = ["--out", str(tmp_path / "par"), "--jobs", "2", "--threads", "1", "--set", *tiny]
+    assert main([*argv, *par]) == 0
+    seq = json.loads((tmp_path / "seq" / "results.json").read_text())["MD"]
+    par_rows = json.loads((tmp_path / "par" / "results.json").read_text())["MD"]
+    assert par_rows == seq and len(seq) == 2 and seq[0] != seq[1]  # seed order kept
+    for seed in (0, 1):
+        assert (tmp_path / "par" / "md" / f"seed{seed}" / "bench_learn_done").exists()
+
+
+def test_run_parallel_runs_jobs_in_other_processes_and_checks_jobs() -> None:
+    import os
+
+    from momentkit.benchmarks.parallel import run_parallel
+
+    done = list(run_parallel(pow, [(2, 3), (3, 2), (2, 5)], workers=2, threads=1))
+    assert sorted((job, result) for job, result, _ in done) == [
+        ((2, 3), 8), ((2, 5), 32), ((3, 2), 9)
+    ]  # fmt: skip
+    assert all(seconds >= 0 for _, _, seconds in done)
+    pids = [pid for _, pid, _ in run_parallel(os.getpid, [(), ()], workers=2)]
+    assert os.getpid() not in pids
+    assert [r for _, r, _ in run_parallel(pow, [(2, 2)])] == [4]  # workers=1: here, in order
+    with pytest.raises(ValueError, match="--jobs must be >= 1"):
+        list(run_parallel(pow, [(2, 2)], workers=0))

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from momentkit.benchmarks.learn import add_data_arguments, format_table
+from momentkit.benchmarks.parallel import add_parallel_arguments, run_parallel
 from momentkit.cli.common import add_set_argument
 
 HELP = "UniMD: MR only, TAD only and the co-training strategies over seeds; mean +- std table"
@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="override the preset's epoch count")
     parser.add_argument("--preset", default="synth", help="UniMD preset")
     add_set_argument(parser, "config overrides applied to every run")
+    add_parallel_arguments(parser)
 
 
 def _ensure_data(root: Path, make: list[int] | None) -> None:
@@ -111,21 +112,23 @@ def _train_one(data: Path, row: str, seed: int, args: argparse.Namespace, run: P
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train what is missing, then print and write the table."""
+    """Train what is missing (``--jobs`` runs at once), then print and write the table."""
     from momentkit.utils.io import atomic_write_text, write_json
 
     data, out = Path(args.data), Path(args.out)
     _ensure_data(data, args.make_data)
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for row in args.rows:
-        label = ROWS[row][0]
-        rows[label] = []
-        for seed in args.seeds:
-            start = time.perf_counter()
-            brief = _train_one(data, row, seed, args, out / row / f"seed{seed}")
-            rows[label].append(brief)
-            shown = ", ".join(f"{short} {brief[k]:.2f}" for k, short in METRICS if k in brief)
-            print(f"{label} seed {seed}: {shown} ({time.perf_counter() - start:.0f} s)", flush=True)
+    jobs = [
+        (data, row, seed, args, out / row / f"seed{seed}")
+        for row in args.rows
+        for seed in args.seeds
+    ]
+    briefs: dict[tuple[str, int], dict] = {}
+    for job, brief, seconds in run_parallel(_train_one, jobs, args.jobs, args.threads):
+        row, seed = job[1], job[2]
+        briefs[row, seed] = brief
+        shown = ", ".join(f"{short} {brief[k]:.2f}" for k, short in METRICS if k in brief)
+        print(f"{ROWS[row][0]} seed {seed}: {shown} ({seconds:.0f} s)", flush=True)
+    rows = {ROWS[row][0]: [briefs[row, seed] for seed in args.seeds] for row in args.rows}
     table = format_table(rows, METRICS)
     print(table)
     atomic_write_text(out / "table.md", table + "\n")

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from momentkit.benchmarks.parallel import add_parallel_arguments, run_parallel
 from momentkit.cli.common import add_set_argument
 
 HELP = "train model variants over several seeds on the synthetic benchmark; mean +- std table"
@@ -87,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="synth", help="preset of every variant's model")
     add_set_argument(parser, "overrides applied to every variant (before the variant's own)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the similarity row")
+    add_parallel_arguments(parser)
 
 
 def _ensure_data(root: Path, make: list[int] | None) -> None:
@@ -173,7 +174,7 @@ def format_table(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train what is missing, then print and write the table."""
+    """Train what is missing (``--jobs`` runs at once), then print and write the table."""
     from momentkit.utils.io import atomic_write_text, write_json
 
     data, out = Path(args.data), Path(args.out)
@@ -182,18 +183,20 @@ def run(args: argparse.Namespace) -> int:
     rows: dict[str, list[dict[str, Any]]] = {}
     if not args.no_baseline:
         rows["per-clip similarity baseline"] = [_baseline(data)]
+    jobs = [
+        (data, v, seed, args, out / v.slug / f"seed{seed}") for v in variants for seed in args.seeds
+    ]
+    briefs: dict[tuple[str, int], dict] = {}
+    for job, brief, seconds in run_parallel(_train_one, jobs, args.jobs, args.threads):
+        variant, seed = job[1], job[2]
+        briefs[variant.label, seed] = brief
+        print(
+            f"{variant.label} seed {seed}: mAP {brief['MR-full-mAP']:.2f}, "
+            f"R1@0.5 {brief['MR-full-R1@0.5']:.2f} ({seconds:.0f} s)",
+            flush=True,
+        )
     for variant in variants:
-        rows[variant.label] = []
-        for seed in args.seeds:
-            start = time.perf_counter()
-            run_dir = out / variant.slug / f"seed{seed}"
-            brief = _train_one(data, variant, seed, args, run_dir)
-            rows[variant.label].append(brief)
-            print(
-                f"{variant.label} seed {seed}: mAP {brief['MR-full-mAP']:.2f}, "
-                f"R1@0.5 {brief['MR-full-R1@0.5']:.2f} ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
+        rows[variant.label] = [briefs[variant.label, seed] for seed in args.seeds]
     table = format_table(rows)
     print(table)
     atomic_write_text(out / "table.md", table + "\n")
