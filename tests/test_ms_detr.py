@@ -16,6 +16,7 @@ from momentkit.modeling.corpus_losses import (
 )
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.denoising import DenoisingConfig, build_denoising_queries
+from momentkit.modeling.dropout import Dropout
 from momentkit.modeling.masked_anchor_decoder import MaskedAnchorDecoder, allowed_pairs
 from momentkit.modeling.msde import MotionSemanticsDisentangledEncoder, stream_slices
 from momentkit.modeling.mtcd import (
@@ -324,7 +325,7 @@ def test_works_without_generated_queries_and_in_eval() -> None:
 
 
 def test_generated_query_equal_to_source_scores_like_it() -> None:
-    model = tiny_model(dropout=0.0, input_dropout=0.0, use_mtcd=False).train()
+    model = tiny_model(dropout=0.0, input_dropout=0.0, fuse_dropout=0.0, use_mtcd=False).train()
     batch = make_batch()
     batch["aug_text_feats"] = torch.zeros(B, 1, N, D_TEXT)
     batch["aug_text_feats"][:, 0] = batch["text_feats"]
@@ -389,6 +390,24 @@ def test_config_defaults_and_validation() -> None:
         build_model({**TINY, "stream_dims": [20, 20]})
     with pytest.raises(ValueError, match="model.denoising.num_groups"):
         build_model({**TINY, "denoising": {"num_groups": 0}})
+    with pytest.raises(ValueError, match=r"model.fuse_dropout must be in \[0, 1\)"):
+        build_model({**TINY, "fuse_dropout": 1.0})
+
+
+def _dropout_rates(module: torch.nn.Module) -> set[float]:
+    return {m.p for m in module.modules() if isinstance(m, Dropout)}
+
+
+def test_fuse_dropout_sets_only_phi() -> None:
+    # official: phi (concat_vid_proj) reuses the input dropout; fuse_dropout changes phi alone
+    assert MSDETRConfig().fuse_dropout == MSDETRConfig().input_dropout == 0.5
+    model = build_model({**TINY, "input_dropout": 0.5, "fuse_dropout": 0.1})
+    assert _dropout_rates(model.msde.fuse) == {0.1}
+    for branch in model.msde.branches.values():
+        assert _dropout_rates(branch.proj) == {0.5}
+    assert _dropout_rates(model.text_proj) == {0.5}
+    default = build_model({**TINY, "input_dropout": 0.5})
+    assert _dropout_rates(default.msde.fuse) == {0.5}
 
 
 def test_save_and_load_roundtrip(tmp_path) -> None:
@@ -428,5 +447,7 @@ def test_presets_load_and_validate(preset: str) -> None:
     assert cfg.optim.grad_clip == 0.1
     if preset == "synth":  # the common CPU budget of every synth preset
         assert (cfg.optim.lr, cfg.trainer.batch_size, cfg.model.hidden_dim) == (3e-4, 8, 128)
+        assert cfg.model.fuse_dropout == 0.1  # see docs/ms_detr.md
     else:
         assert cfg.optim.lr == 1e-4 and cfg.trainer.batch_size == 32
+        assert cfg.model.fuse_dropout == cfg.model.input_dropout == 0.5  # official

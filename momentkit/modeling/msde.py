@@ -117,7 +117,9 @@ class MotionSemanticsDisentangledEncoder(nn.Module):
             (the "w/o MSDE" ablation).
         d_model, nhead, num_layers, dim_feedforward, dropout, activation, pre_norm: of each
             cross-modal transformer (``num_layers`` = the official ``cross_enc_layers``).
-        input_dropout, n_input_proj: of the input projections and of ``phi``.
+        input_dropout, n_input_proj: of the input projections (and of ``phi``).
+        fuse_dropout: dropout of ``phi``'s layers (``None``: ``input_dropout``, as the official
+            ``concat_vid_proj``).
 
     Attributes:
         branches: ``{"motion": TMCT, "semantic": SSCT}``, or ``{"shared": ...}`` when degraded.
@@ -137,6 +139,7 @@ class MotionSemanticsDisentangledEncoder(nn.Module):
         activation: str = "relu",
         pre_norm: bool = False,
         disentangle: bool = True,
+        fuse_dropout: float | None = None,
     ) -> None:
         super().__init__()
         streams, shared = stream_slices(video_dim, stream_dims)
@@ -161,7 +164,12 @@ class MotionSemanticsDisentangledEncoder(nn.Module):
         )
         # phi: (+) of the branch outputs back to the model width (the official concat_vid_proj)
         self.fuse = (
-            InputProjection(2 * d_model, d_model, n_input_proj, input_dropout)
+            InputProjection(
+                2 * d_model,
+                d_model,
+                n_input_proj,
+                input_dropout if fuse_dropout is None else fuse_dropout,
+            )
             if self.disentangled
             else None
         )

@@ -81,6 +81,9 @@ class MSDETRConfig(DETRConfig):
             ``video_feats`` (SlowFast 2304, CLIP 512); trailing channels (TEF) are shared. One
             entry, or none, gives a single shared stream. Unused when ``use_msde`` is off.
         use_msde: disentangled TMCT + SSCT (``False``: one shared cross-modal transformer).
+        fuse_dropout: dropout of phi's layers, which fuse the TMCT and SSCT outputs (the
+            official ``concat_vid_proj`` reuses the input dropout, 0.5; the synth preset uses
+            0.1, see docs/ms_detr.md).
         use_mtcd: saliency-driven query selection and saliency refinement (``False``: learned
             anchor queries).
         use_denoising: contrastive denoising queries in training.
@@ -93,6 +96,7 @@ class MSDETRConfig(DETRConfig):
     cross_layers: int = 2
     stream_dims: list[int] = field(default_factory=lambda: [2304, 512])
     use_msde: bool = True
+    fuse_dropout: float = 0.5
     use_mtcd: bool = True
     use_denoising: bool = True
     denoising: DenoisingConfig = field(default_factory=DenoisingConfig)
@@ -109,6 +113,8 @@ class MSDETRConfig(DETRConfig):
                 f"model.stream_dims lists {len(self.stream_dims)} streams; MSDE takes "
                 "[motion, semantic] (or one stream)"
             )
+        if not 0.0 <= self.fuse_dropout < 1.0:
+            raise ValueError(f"model.fuse_dropout must be in [0, 1), got {self.fuse_dropout}")
         if self.use_msde:
             stream_slices(self.video_dim, self.stream_dims)
         self.denoising.validate("model.denoising.")
@@ -131,6 +137,7 @@ class MSDETR(MomentModel):
         self.msde = MotionSemanticsDisentangledEncoder(
             c.video_dim, streams, d, c.nheads, c.cross_layers, c.dim_feedforward, c.dropout,
             c.input_dropout, c.n_input_proj, c.activation, c.pre_norm, disentangle=c.use_msde,
+            fuse_dropout=c.fuse_dropout,
         )  # fmt: skip
         self.encoder = TransformerEncoder(d, c.nheads, c.enc_layers, *layer_args)
         self.sentence_token = nn.Parameter(torch.randn(d))
