@@ -113,3 +113,30 @@ def test_run_parallel_runs_jobs_in_other_processes_and_checks_jobs() -> None:
     assert [r for _, r, _ in run_parallel(pow, [(2, 2)])] == [4]  # workers=1: here, in order
     with pytest.raises(ValueError, match="--jobs must be >= 1"):
         list(run_parallel(pow, [(2, 2)], workers=0))
+
+
+def test_pairwise_ranking_accuracy_counts_ordered_pairs() -> None:
+    import torch
+
+    from momentkit.benchmarks.probe import pairwise_ranking_accuracy
+
+    labels = torch.tensor([[0.0, 1.0, 2.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])  # the last clip is padding
+    # pairs with labels[i] > labels[j] among valid clips: (1,0), (2,0), (2,1)
+    assert pairwise_ranking_accuracy(torch.tensor([[0.0, 1.0, 2.0, 9.0]]), labels, mask) == (3, 3)
+    assert pairwise_ranking_accuracy(torch.tensor([[2.0, 1.0, 0.0, 9.0]]), labels, mask) == (0, 3)
+    assert pairwise_ranking_accuracy(torch.tensor([[0.0, 2.0, 1.0, 9.0]]), labels, mask) == (2, 3)
+    assert pairwise_ranking_accuracy(torch.zeros(1, 4), labels, mask) == (0, 3)  # ties are wrong
+
+
+def test_bench_probe_reports_accuracy_every_few_steps(tmp_path: Path) -> None:
+    data, out = tmp_path / "synth", tmp_path / "probe.json"
+    assert main(["synth", str(data), "--train", "12", "--val", "8", "--seed", "0"]) == 0
+    argv = ["bench", "probe", "--data", str(data), "--model", "qd_detr", "--steps", "4"]
+    argv += ["--every", "2", "--train", "8", "--val", "4", "--json", str(out)]
+    assert main([*argv, "--set", *[f"model.{kv}" for kv in TINY], "trainer.batch_size=4"]) == 0
+    reports = json.loads(out.read_text())["reports"]
+    assert [r["step"] for r in reports] == [2, 4]
+    for r in reports:
+        assert 0.0 <= r["train_accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0
+        assert "loss_saliency_rank" in r and r["seconds"] > 0

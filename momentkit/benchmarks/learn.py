@@ -100,7 +100,7 @@ def _ensure_data(root: Path, make: list[int] | None) -> None:
     generate(SynthConfig(num_train=make[0], num_val=make[1], seed=make[2]), root)
 
 
-def _feature_root(data: Path) -> Path:
+def feature_root(data: Path) -> Path:
     """``data/packed`` when every stream is packed there (``momentkit pack``), else ``features``."""
     packed = data / "packed"
     if all((packed / s).is_dir() for s in (*STREAMS, TEXT_STREAM)):
@@ -121,7 +121,7 @@ def _train_one(
         from momentkit.training.config import build_config
         from momentkit.training.pipeline import train
 
-        feats = _feature_root(data)
+        feats = feature_root(data)
         overrides = [
             f"data.train_path={data / 'annotations' / 'train.jsonl'}",
             f"data.val_path={data / 'annotations' / 'val.jsonl'}",

@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "cotrain": "cotrain",
     "long-video": "long_video",
     "extract": "extract",
+    "probe": "probe",
 }
 
 
