@@ -100,12 +100,21 @@ def _ensure_data(root: Path, make: list[int] | None) -> None:
     generate(SynthConfig(num_train=make[0], num_val=make[1], seed=make[2]), root)
 
 
-def feature_root(data: Path) -> Path:
+def _feature_root(data: Path) -> Path:
     """``data/packed`` when every stream is packed there (``momentkit pack``), else ``features``."""
     packed = data / "packed"
     if all((packed / s).is_dir() for s in (*STREAMS, TEXT_STREAM)):
         return packed
     return data / "features"
+
+
+def feature_overrides(data: Path) -> list[str]:
+    """The ``data.video_features`` / ``data.text_features`` overrides of benchmark ``data``."""
+    feats = _feature_root(data)
+    return [
+        f"data.video_features=[{','.join(str(feats / s) for s in STREAMS)}]",
+        f"data.text_features={feats / TEXT_STREAM}",
+    ]
 
 
 def _train_one(
@@ -121,12 +130,10 @@ def _train_one(
         from momentkit.training.config import build_config
         from momentkit.training.pipeline import train
 
-        feats = feature_root(data)
         overrides = [
             f"data.train_path={data / 'annotations' / 'train.jsonl'}",
             f"data.val_path={data / 'annotations' / 'val.jsonl'}",
-            f"data.video_features=[{','.join(str(feats / s) for s in STREAMS)}]",
-            f"data.text_features={feats / TEXT_STREAM}",
+            *feature_overrides(data),
             f"trainer.seed={seed}",
             "trainer.progress=false",
             *([f"trainer.epochs={args.epochs}"] if args.epochs else []),

@@ -82,7 +82,7 @@ def _accuracy(model: torch.nn.Module, dataset: Any, collate: Any, batch_size: in
 
 def run(args: argparse.Namespace) -> int:
     """Train ``--steps`` steps, report the saliency ranking accuracy every ``--every``."""
-    from momentkit.benchmarks.learn import STREAMS, TEXT_STREAM, feature_root
+    from momentkit.benchmarks.learn import feature_overrides
     from momentkit.data.loader import collate
     from momentkit.data.records import load_annotations
     from momentkit.models import build_criterion, build_model
@@ -93,12 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.utils.io import write_json
 
     data = Path(args.data)
-    feats = feature_root(data)
-    overrides = [
-        f"data.video_features=[{','.join(str(feats / s) for s in STREAMS)}]",
-        f"data.text_features={feats / TEXT_STREAM}",
-        *args.overrides,
-    ]
+    overrides = [*feature_overrides(data), *args.overrides]
     cfg = build_config(args.model, args.preset, overrides)
     train_anns = load_annotations(data / "annotations" / "train.jsonl")[: args.train]
     val_anns = load_annotations(data / "annotations" / "val.jsonl")[: args.val]
