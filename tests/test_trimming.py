@@ -487,11 +487,11 @@ def test_a_few_steps_learn_to_select_the_moment():
     model.train()
     for _ in range(40):
         losses = criterion(model(batch), batch)
-        first = first or float(losses["loss_clip_selection"])
+        first = first or losses["loss_clip_selection"].item()
         optim.zero_grad()
         losses["loss"].backward()
         optim.step()
-    assert float(losses["loss_clip_selection"]) < 0.5 * first
+    assert losses["loss_clip_selection"].item() < 0.5 * first
     model.eval()
     keep = model.select(batch).keep_mask(60)
     assert keep[:, 10:14].all()
