@@ -78,6 +78,32 @@ def test_keep_mask_half_is_exactly_the_random_bits() -> None:
     assert torch.equal(mask, expected)
 
 
+@pytest.mark.parametrize(("p", "bits"), [(0.25, 2), (0.75, 2), (3 / 16, 4)])
+def test_keep_mask_packed_fields_are_the_random_bits_in_order(p: float, bits: int) -> None:
+    """Byte b holds 8 / bits fields, low bits first; a field >= p * 2**bits keeps its element."""
+    torch.manual_seed(4)
+    codes = random_bytes(6)
+    torch.manual_seed(4)
+    mask = keep_mask((6 * 8 // bits,), p)
+    shifts = torch.arange(0, 8, bits)
+    fields = (codes[:, None].long() >> shifts) & ((1 << bits) - 1)
+    expected = (fields.flatten() >= round(p * 2**bits)).float() / (1 - p)
+    assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.25])
+def test_keep_mask_dtypes_share_the_pattern_and_float64_is_exact(p: float) -> None:
+    masks = {}
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        torch.manual_seed(6)
+        masks[dtype] = keep_mask((5000,), p, dtype=dtype)
+        assert masks[dtype].dtype == dtype
+    assert torch.equal(masks[torch.float32] > 0, masks[torch.float64] > 0)
+    assert torch.equal(masks[torch.float32] > 0, masks[torch.bfloat16] > 0)
+    assert set(masks[torch.float64].unique().tolist()) == {0.0, 1 / (1 - p)}
+    assert set(masks[torch.float32].unique().tolist()) == {0.0, float(torch.tensor(1 / (1 - p)))}
+
+
 def test_keep_mask_is_reproducible_and_rejects_bad_p() -> None:
     torch.manual_seed(5)
     a = keep_mask((3, 7), 0.1)
