@@ -25,6 +25,7 @@ def test_bench_train_reports_step_and_epoch_ratios(tmp_path: Path) -> None:
     assert figures["step_s"] > 0 and figures["samples_per_s"] == pytest.approx(
         4 / figures["step_s"], rel=0.01
     )
+    assert 0 < figures["step_cpu_s"] < 10 * figures["step_s"]  # one thread: CPU time ~ wall time
     for store in ("npz", "packed"):
         assert figures[f"epoch_{store}_ratio"] > 0
         assert figures[f"epoch_{store}_s"] > 0

@@ -4,7 +4,9 @@ At the QVHighlights shape (batch 32, 75 clips of SlowFast 2304 + CLIP 512 + 2 TE
 32 query tokens of 512) it reports:
 
 - the step time (forward + loss + backward + AdamW; median over ``--steps`` after warm-up) and
-  samples per second, on one fixed in-memory batch ("pure compute");
+  samples per second, on one fixed in-memory batch ("pure compute"), and the CPU time of a step
+  (all threads; the figure to compare on a machine that other jobs keep busy, where wall time
+  also counts the waits for a core);
 - the time of an epoch over ``--items`` feature files read through the real input pipeline
   (``MomentDataset`` + ``collate`` + the trainer's background prefetch), once from a ``.npz``
   directory and once from the packed memory-mapped store, as a ratio to pure compute.
@@ -145,14 +147,19 @@ def run(args: argparse.Namespace) -> int:
         npz_set = MomentDataset(annotations, npz_streams, root / "npz" / "text", **sizes)
         fixed = collate([npz_set[i] for i in range(args.batch_size)])
 
-        times = []
+        times, cpu_times = [], []
         for i in range(args.warmup + args.steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             _step(model, criterion, optimizer, fixed)
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
         step = statistics.median(times)
-        results.update(step_s=round(step, 4), samples_per_s=round(args.batch_size / step, 1))
+        results.update(
+            step_s=round(step, 4),
+            step_cpu_s=round(statistics.median(cpu_times), 4),
+            samples_per_s=round(args.batch_size / step, 1),
+        )
 
         if args.items:
             for stream in [*STREAMS, "text"]:
@@ -175,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("step (median, s)", f"{results['step_s']:.3f}")
+    table.add_row("step CPU time (median, s)", f"{results['step_cpu_s']:.3f}")
     table.add_row("samples / s", f"{results['samples_per_s']:.1f}")
     if args.items:
         table.add_row("epoch, pure compute (s)", f"{results['epoch_compute_s']:.2f}")
