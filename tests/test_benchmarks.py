@@ -60,7 +60,9 @@ def test_variant_parsing_and_table() -> None:
     assert only == "| c | 1 | 10.00 | 20.00 | 5.00 | - | - |"  # a metric no run reports
 
 
-def test_bench_learn_end_to_end_and_resumes_unfinished_runs(tmp_path: Path) -> None:
+def test_bench_learn_end_to_end_and_resumes_unfinished_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, out = tmp_path / "synth", tmp_path / "learn"
     tiny = [f"model.{kv}" for kv in TINY] + ["trainer.batch_size=4", "data.eval_batch_size=8"]
     argv = ["bench", "learn", "--data", str(data), "--make-data", "12", "8", "0", "--out", str(out)]
@@ -76,6 +78,13 @@ def test_bench_learn_end_to_end_and_resumes_unfinished_runs(tmp_path: Path) -> N
     mtime = (run / "val_metrics.json").stat().st_mtime_ns
     assert main(argv) == 0
     assert (run / "val_metrics.json").stat().st_mtime_ns == mtime
+    # --report trains nothing: the finished seed makes the table, the missing one is listed
+    seeds = argv.index("--seeds")
+    report = [*argv[: seeds + 1], "0", "1", *argv[seeds + 2 :], "--report", "--no-baseline"]
+    assert main(report) == 0
+    assert "not finished: MD seed 1" in capsys.readouterr().out
+    assert not (out / "md" / "seed1").exists()
+    assert len(json.loads((out / "results.json").read_text())["MD"]) == 1
     # a run without the marker (interrupted) is resumed from its last checkpoint and finished
     (run / "bench_learn_done").unlink()
     assert main([*argv[: -len(tiny)], *tiny, "trainer.epochs=2"]) == 0

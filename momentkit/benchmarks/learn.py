@@ -87,6 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="synth", help="preset of every variant's model")
     add_set_argument(parser, "overrides applied to every variant (before the variant's own)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the similarity row")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="train nothing: the table of the runs already finished (and a list of the missing)",
+    )
     add_parallel_arguments(parser)
 
 
@@ -181,7 +186,8 @@ def format_table(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train what is missing (``--jobs`` runs at once), then print and write the table."""
+    """Train what is missing (``--jobs`` runs at once; nothing with ``--report``), then print
+    and write the table."""
     from momentkit.utils.io import atomic_write_text, write_json
 
     data, out = Path(args.data), Path(args.out)
@@ -193,6 +199,11 @@ def run(args: argparse.Namespace) -> int:
     jobs = [
         (data, v, seed, args, out / v.slug / f"seed{seed}") for v in variants for seed in args.seeds
     ]
+    if args.report:
+        missing = [job for job in jobs if not (job[4] / DONE_MARKER).exists()]
+        for job in missing:
+            print(f"not finished: {job[1].label} seed {job[2]} ({job[4]})")
+        jobs = [job for job in jobs if job not in missing]
     briefs: dict[tuple[str, int], dict] = {}
     for job, brief, seconds in run_parallel(_train_one, jobs, args.jobs, args.threads):
         variant, seed = job[1], job[2]
@@ -203,7 +214,9 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
     for variant in variants:
-        rows[variant.label] = [briefs[variant.label, seed] for seed in args.seeds]
+        rows[variant.label] = [
+            briefs[variant.label, seed] for seed in args.seeds if (variant.label, seed) in briefs
+        ]
     table = format_table(rows)
     print(table)
     atomic_write_text(out / "table.md", table + "\n")
