@@ -81,15 +81,39 @@ def test_bench_learn_end_to_end_and_resumes_unfinished_runs(
     # --report trains nothing: the finished seed makes the table, the missing one is listed
     seeds = argv.index("--seeds")
     report = [*argv[: seeds + 1], "0", "1", *argv[seeds + 2 :], "--report", "--no-baseline"]
+    capsys.readouterr()
+    table_mtime = (out / "table.md").stat().st_mtime_ns
     assert main(report) == 0
-    assert "not finished: MD seed 1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"not finished: MD seed 1 ({out / 'md' / 'seed1'}): not started" in printed
+    assert "MD seed 0: mAP " in printed and " min trained)" in printed
     assert not (out / "md" / "seed1").exists()
-    assert len(json.loads((out / "results.json").read_text())["MD"]) == 1
+    assert (out / "table.md").stat().st_mtime_ns == table_mtime  # a report writes nothing
     # a run without the marker (interrupted) is resumed from its last checkpoint and finished
     (run / "bench_learn_done").unlink()
     assert main([*argv[: -len(tiny)], *tiny, "trainer.epochs=2"]) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2]
+
+
+def test_bench_learn_progress_of_an_unfinished_run(tmp_path: Path) -> None:
+    from momentkit.benchmarks.learn import run_progress
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_progress(run) == "not started"
+    (run / "config.json").write_text(json.dumps({"trainer": {"epochs": 30}}))
+    epochs = [  # epoch 2 logged twice (resumed after a crash): the later entry counts
+        (1, 10.0, 600.0),
+        (2, 31.5, 620.0),
+        (2, 30.25, 900.0),
+        (3, 20.0, 840.0),
+    ]
+    (run / "log.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "metrics": {"MR-full-mAP": m}, "time": {"train": t, "eval": 20.0}})
+        + "\n" for e, m, t in epochs
+    ))  # fmt: skip
+    assert run_progress(run) == "epoch 3 of 30, best MR-full-mAP 30.25 (epoch 2), 40 min"
 
 
 def test_bench_learn_parallel_jobs_give_the_sequential_results(tmp_path: Path) -> None:

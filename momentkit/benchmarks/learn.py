@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report",
         action="store_true",
-        help="train nothing: the table of the runs already finished (and a list of the missing)",
+        help="train and write nothing: the table of the finished runs, the progress of the others",
     )
     add_parallel_arguments(parser)
 
@@ -154,6 +154,40 @@ def _train_one(
     return json.loads(metrics_file.read_text())["brief"]
 
 
+def _epochs(run: Path) -> list[dict[str, Any]]:
+    """The run's ``log.jsonl`` entries, one per epoch (the last one logged wins, so an epoch
+    repeated after a resume counts once)."""
+    log = run / "log.jsonl"
+    if not log.exists():
+        return []
+    entries = {}
+    for line in log.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            entries[entry["epoch"]] = entry
+    return [entries[e] for e in sorted(entries)]
+
+
+def run_progress(run: Path, metric: str = "MR-full-mAP") -> str:
+    """Where the run ``run`` stands: epochs done of planned, best ``metric`` so far and the
+    training time, e.g. ``"epoch 13 of 30, best MR-full-mAP 25.91 (epoch 12), 24 min"``."""
+    epochs = _epochs(run)
+    if not epochs:
+        return "not started"
+    config = run / "config.json"
+    planned = json.loads(config.read_text())["trainer"]["epochs"] if config.exists() else "?"
+    text = f"epoch {epochs[-1]['epoch']} of {planned}"
+    scored = [e for e in epochs if metric in e.get("metrics", {})]
+    if scored:
+        best = max(scored, key=lambda e: e["metrics"][metric])
+        text += f", best {metric} {best['metrics'][metric]:.2f} (epoch {best['epoch']})"
+    return f"{text}, {_minutes(epochs):.0f} min"
+
+
+def _minutes(epochs: list[dict[str, Any]]) -> float:
+    return sum(sum(e.get("time", {}).values()) for e in epochs) / 60
+
+
 def _baseline(data: Path) -> dict:
     from momentkit.data.records import load_annotations
     from momentkit.evaluation.qvhighlights import eval_submission
@@ -186,8 +220,9 @@ def format_table(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train what is missing (``--jobs`` runs at once; nothing with ``--report``), then print
-    and write the table."""
+    """Train what is missing (``--jobs`` runs at once), then print the table and write it to
+    ``table.md`` / ``results.json``; with ``--report``, train and write nothing: print the table
+    of the finished runs and where each unfinished one stands."""
     from momentkit.utils.io import atomic_write_text, write_json
 
     data, out = Path(args.data), Path(args.out)
@@ -202,15 +237,15 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         missing = [job for job in jobs if not (job[4] / DONE_MARKER).exists()]
         for job in missing:
-            print(f"not finished: {job[1].label} seed {job[2]} ({job[4]})")
+            print(f"not finished: {job[1].label} seed {job[2]} ({job[4]}): {run_progress(job[4])}")
         jobs = [job for job in jobs if job not in missing]
     briefs: dict[tuple[str, int], dict] = {}
-    for job, brief, seconds in run_parallel(_train_one, jobs, args.jobs, args.threads):
+    for job, brief, _ in run_parallel(_train_one, jobs, args.jobs, args.threads):
         variant, seed = job[1], job[2]
         briefs[variant.label, seed] = brief
         print(
             f"{variant.label} seed {seed}: mAP {brief['MR-full-mAP']:.2f}, "
-            f"R1@0.5 {brief['MR-full-R1@0.5']:.2f} ({seconds:.0f} s)",
+            f"R1@0.5 {brief['MR-full-R1@0.5']:.2f} ({_minutes(_epochs(job[4])):.0f} min trained)",
             flush=True,
         )
     for variant in variants:
@@ -219,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
         ]
     table = format_table(rows)
     print(table)
-    atomic_write_text(out / "table.md", table + "\n")
-    write_json(out / "results.json", rows)
+    if not args.report:  # a report reads the runs and writes nothing
+        atomic_write_text(out / "table.md", table + "\n")
+        write_json(out / "results.json", rows)
     return 0
