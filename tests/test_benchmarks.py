@@ -103,7 +103,7 @@ def test_bench_learn_progress_of_an_unfinished_run(tmp_path: Path) -> None:
     run.mkdir()
     assert run_progress(run) == "not started"
     (run / "config.json").write_text(json.dumps({"trainer": {"epochs": 30}}))
-    epochs = [  # epoch 2 logged twice (resumed after a crash): the later entry counts
+    epochs = [  # epoch 2 logged twice: the later entry counts
         (1, 10.0, 600.0),
         (2, 31.5, 620.0),
         (2, 30.25, 900.0),

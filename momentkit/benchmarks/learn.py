@@ -155,16 +155,12 @@ def _train_one(
 
 
 def _epochs(run: Path) -> list[dict[str, Any]]:
-    """The run's ``log.jsonl`` entries, one per epoch (the last one logged wins, so an epoch
-    repeated after a resume counts once)."""
-    log = run / "log.jsonl"
-    if not log.exists():
-        return []
-    entries = {}
-    for line in log.read_text().splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            entries[entry["epoch"]] = entry
+    """The complete lines of the run's ``log.jsonl`` (read by the trainer's own
+    :class:`EpochLog`, so a line being written is skipped), one per epoch: an epoch logged twice
+    counts once, with its last line."""
+    from momentkit.training.runlog import EpochLog
+
+    entries = {entry["epoch"]: entry for entry in EpochLog(run / "log.jsonl").read()}
     return [entries[e] for e in sorted(entries)]
 
 
