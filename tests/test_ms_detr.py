@@ -96,6 +96,48 @@ def test_topk_selection_picks_most_salient_valid_clips() -> None:
     assert mask.gather(1, idx).all()
 
 
+def test_mtcd_queries_start_at_the_most_salient_clips() -> None:
+    """The K most salient clips' proposals become the anchors (detached, DINO / the official
+    --use_tgt), are supervised as ``enc_outputs``, and the content is learned by default."""
+    from momentkit.modeling.mtcd import MutualTaskCollaborativeDecoder
+
+    torch.manual_seed(0)
+    mtcd = MutualTaskCollaborativeDecoder(16, 2, 1, num_queries=3, dim_feedforward=32)
+    clips = torch.randn(2, 8, 16, requires_grad=True)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 5:] = False
+    saliency = torch.tensor([[0.0, 5, 1, 0, 4, 0, 3, 0], [2.0, 0, 0, 1, 3, 9, 9, 9]])
+    content, anchors, selected = mtcd.matching_queries(clips, saliency, mask)
+    centers = torch.sigmoid(anchors[..., 0])
+    # MLP_span starts at zero: each anchor is its clip's proposal (centre (i + 0.5) / T_valid)
+    expected = torch.tensor([[1.5 / 8, 4.5 / 8, 6.5 / 8], [4.5 / 5, 0.5 / 5, 3.5 / 5]])
+    assert torch.allclose(centers, expected, atol=1e-5)
+    assert torch.allclose(torch.sigmoid(anchors[..., 1]), torch.full((2, 3), 0.1), atol=1e-5)
+    assert not anchors.requires_grad and selected["pred_spans"].requires_grad
+    assert torch.allclose(selected["pred_spans"].detach(), torch.sigmoid(anchors), atol=1e-5)
+    assert torch.equal(content[0], content[1])  # learned embeddings, not clip features
+    mtcd_sel = MutualTaskCollaborativeDecoder(
+        16, 2, 1, num_queries=3, dim_feedforward=32, content="selected"
+    )
+    content, _, _ = mtcd_sel.matching_queries(clips, saliency, mask)
+    hidden = mtcd_sel.selection.transform(clips)
+    assert torch.allclose(content[0, 0], hidden[0, 1]) and torch.allclose(
+        content[1, 0], hidden[1, 4]
+    )
+    with pytest.raises(ValueError, match="content"):
+        MutualTaskCollaborativeDecoder(16, 2, 1, num_queries=3, content="clips")
+
+
+def test_selected_proposals_are_supervised() -> None:
+    model = tiny_model().train()
+    out = model(make_batch())
+    assert out["enc_outputs"]["pred_spans"].shape == (B, TINY["num_queries"], 2)
+    losses = build_criterion(model.config)(out, make_batch())
+    assert {"loss_enc_span", "loss_enc_giou", "loss_enc_label"} <= set(losses)
+    with pytest.raises(ValueError, match="mtcd_content"):
+        MSDETRConfig(**{**TINY, "mtcd_content": "clips"}).validate()
+
+
 def test_clip_proposals_centres_on_valid_timeline() -> None:
     mask = torch.tensor([[True] * 4 + [False] * 6])
     p = clip_proposals(torch.tensor([[0, 3]]), mask, width=0.1)
@@ -367,7 +409,8 @@ def test_ablations_build_and_train(changes: dict) -> None:
     if changes.get("use_msde") is False or changes.get("stream_dims") == []:
         assert set(model.msde.branches) == {"shared"}
     if changes.get("use_mtcd") is False:
-        assert not hasattr(model.mtcd, "span_mlp") and model.mtcd.refine_weight is None
+        assert not hasattr(model.mtcd, "selection") and model.mtcd.refine_weight is None
+        assert "enc_outputs" not in out and "loss_enc_span" not in losses
     if changes.get("use_denoising") is False:
         assert "dn_queries" not in out
     if changes.get("use_corpus") is False:

@@ -4,16 +4,25 @@ Highlight detection (HD) and moment retrieval (MR) guide each other:
 
 - **HD -> MR.** The saliency of clip ``x_i`` given the sentence token ``x_s`` is
   ``S(x_i) = (w_s^T x_s . w_v^T x_i) / sqrt(d)`` (:class:`SentenceSaliency`). The ``K`` most
-  salient valid clips become the content queries ``Q_c = {q_k}`` (:func:`select_topk_clips`);
-  each query's span ``R_k = MLP_span(q_k)`` (an offset, in logit space, to the selected clip's
-  own proposal ``(center of clip, w0)``, as the official release) becomes its positional query
-  through the sinusoidal encoding of equation 4, :func:`span_positional_query`::
+  salient valid clips are selected (:func:`select_topk_clips`), ``q_k = LN(W x_k)``; each
+  selected clip's span ``R_k = MLP_span(q_k)`` (an offset, in logit space, to the clip's own
+  proposal ``(center of clip, w0)``) becomes its positional query through the sinusoidal
+  encoding of equation 4, :func:`span_positional_query`::
 
       Phi(R_k) = [PE(2 pi c_k); PE(2 pi w_k)],
       PE(x)_{2i} = sin(x / T^{2i / (d/2)}),  PE(x)_{2i+1} = cos(x / T^{2i / (d/2)}),  T = 10^4
 
   (each coordinate gets ``d/2`` channels), which the anchor decoder maps to ``d`` channels with
   an MLP and refines layer by layer (DAB-DETR).
+
+  This is DINO's two-stage query selection (:class:`~momentkit.modeling.query_selection.
+  QuerySelection`), which the official release (``--use_tgt --use_interm``) uses: ``R_k`` is
+  supervised directly (Hungarian matching + span / gIoU / label losses on the selected
+  proposals, the ``query_selection`` loss) and enters the decoder detached, and the decoder's
+  content queries are learned embeddings (``content="learned"``, the default). The paper's text
+  can also be read as the selected clips being the content queries themselves:
+  ``content="selected"`` feeds ``q_k`` (with gradient) instead. The release ranks clips with a
+  separate foreground head; here, as the paper says, by the saliency ``S``.
 - **MR -> HD.** The decoded moments refine the saliency (:func:`refine_saliency`): a clip inside
   a predicted moment gains ``lambda * max_k p_k m_k(i)``, with ``p_k`` the moment's foreground
   probability (the foreground constraint) and ``m_k(i)`` a soft membership of the clip in its
@@ -38,13 +47,15 @@ from momentkit.modeling.anchor_decoder import inverse_sigmoid
 from momentkit.modeling.denoising import DenoisingQueries
 from momentkit.modeling.heads import SpanHead
 from momentkit.modeling.masked_anchor_decoder import MaskedAnchorDecoder
-from momentkit.modeling.mlp import MLP
 from momentkit.modeling.position_encoding import span_sine_encoding
+from momentkit.modeling.query_selection import QuerySelection, top_k_wrapped
 
 #: initial foreground prior of the class logits (the official init, as DINO)
 CLASS_PRIOR = 0.01
 #: width of the proposal of a selected clip (the official ``0.05 * 2``)
 PROPOSAL_WIDTH = 0.1
+#: what the decoder's content queries are under query selection (see the module docstring)
+CONTENT_MODES = ("learned", "selected")
 
 
 class SentenceSaliency(nn.Module):
@@ -76,11 +87,7 @@ def select_topk_clips(saliency: Tensor, video_mask: Tensor, k: int) -> Tensor:
     Returns:
         ``(B, k)`` int64 clip indices.
     """
-    masked = saliency.detach().masked_fill(~video_mask, float("-inf"))
-    order = masked.argsort(dim=1, descending=True, stable=True)  # (B, T)
-    valid = video_mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
-    ranks = torch.arange(k, device=saliency.device)[None, :] % valid  # (B, k)
-    return order.gather(1, ranks)
+    return top_k_wrapped(saliency.detach(), video_mask, k)
 
 
 def clip_proposals(indices: Tensor, video_mask: Tensor, width: float = PROPOSAL_WIDTH) -> Tensor:
@@ -144,6 +151,8 @@ class MutualTaskCollaborativeDecoder(nn.Module):
             anchor decoder.
         num_queries: ``K``, matching queries.
         query_selection: top-K saliency queries (MTCD); ``False``: learned anchors (ablation).
+        content: decoder content queries with ``query_selection``: ``"learned"`` embeddings
+            (the official release, DINO's mixed selection) or the ``"selected"`` clips' ``q_k``.
         refine: refine the saliency with the decoded moments (MTCD's MR -> HD direction).
         aux: return ``aux_outputs`` for the earlier decoder layers.
     """
@@ -159,21 +168,21 @@ class MutualTaskCollaborativeDecoder(nn.Module):
         activation: str = "relu",
         pre_norm: bool = False,
         query_selection: bool = True,
+        content: str = "learned",
         refine: bool = True,
         aux: bool = True,
     ) -> None:
         super().__init__()
+        if content not in CONTENT_MODES:
+            raise ValueError(f"MTCD content must be one of {CONTENT_MODES}, got {content!r}")
         self.d_model, self.num_queries, self.aux = d_model, num_queries, aux
-        self.query_selection = query_selection
+        self.query_selection, self.content = query_selection, content
         self.decoder = MaskedAnchorDecoder(
             d_model, nhead, num_layers, dim_feedforward, dropout, activation, pre_norm
         )
         if query_selection:
-            # content queries: LN(W x_i) of the selected clips (the official enc_output(+_norm))
-            self.content_proj = nn.Sequential(nn.Linear(d_model, d_model), nn.LayerNorm(d_model))
-            self.span_mlp = MLP(d_model, d_model, 2, 3)  # MLP_span
-            nn.init.zeros_(self.span_mlp.layers[-1].weight)
-            nn.init.zeros_(self.span_mlp.layers[-1].bias)
+            # q_k = LN(W x_k) (the official enc_output + enc_output_norm), MLP_span, class head
+            self.selection = QuerySelection(d_model, num_queries, [PROPOSAL_WIDTH])
         else:
             self.anchors = nn.Embedding(num_queries, 2)
         self.refine_weight = nn.Parameter(torch.ones(())) if refine else None
@@ -185,17 +194,22 @@ class MutualTaskCollaborativeDecoder(nn.Module):
 
     def matching_queries(
         self, clips: Tensor, saliency: Tensor, video_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Content queries ``(B, K, d)`` and their anchors ``(B, K, 2)`` before the sigmoid."""
-        batch = clips.shape[0]
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
+        """Content queries ``(B, K, d)``, their anchors ``(B, K, 2)`` before the sigmoid, and the
+        selected proposals' predictions (``pred_logits`` / ``pred_spans``, for the
+        ``query_selection`` loss; ``None`` without query selection)."""
+        batch, length = clips.shape[:2]
         if not self.query_selection:
             anchors = self.anchors.weight.unsqueeze(0).expand(batch, -1, -1)
-            return clips.new_zeros(batch, self.num_queries, self.d_model), anchors
-        idx = select_topk_clips(saliency, video_mask, self.num_queries)  # (B, K)
-        content = self.content_proj(clips.gather(1, idx[..., None].expand(-1, -1, self.d_model)))
-        proposals = clip_proposals(idx, video_mask).to(clips.dtype)
-        anchors = self.span_mlp(content) + inverse_sigmoid(proposals)  # logit of R_k
-        return content, anchors
+            return clips.new_zeros(batch, self.num_queries, self.d_model), anchors, None
+        every = torch.arange(length, device=clips.device).expand(batch, -1)
+        centers = clip_proposals(every, video_mask)[..., 0].to(clips.dtype)  # (B, T)
+        sel = self.selection(clips, video_mask, centers, [length], scores=saliency)
+        content = sel.content
+        if self.content == "selected":
+            hidden = self.selection.transform(clips)
+            content = hidden.gather(1, sel.index[..., None].expand(-1, -1, self.d_model))
+        return content, sel.anchors, {"pred_logits": sel.enc_logits, "pred_spans": sel.enc_spans}
 
     def forward(
         self,
@@ -215,7 +229,7 @@ class MutualTaskCollaborativeDecoder(nn.Module):
                 (training); their predictions go to ``dn_pred_logits`` / ``dn_pred_spans`` /
                 ``dn_queries`` of the output and of every ``aux_outputs`` entry.
         """
-        tgt, anchors = self.matching_queries(clips, saliency, video_mask)
+        tgt, anchors, selected = self.matching_queries(clips, saliency, video_mask)
         attn_mask = query_mask = None
         if denoising is not None and denoising.num_denoising > 0:
             dn_tgt = self.label_embed(denoising.input_labels)  # (B, D, d)
@@ -227,6 +241,8 @@ class MutualTaskCollaborativeDecoder(nn.Module):
             denoising = None
         hs, refs = self.decoder(clips, anchors, video_pos, video_mask, tgt, attn_mask, query_mask)
         out = self.head(hs, refs, aux=self.aux)
+        if selected is not None:
+            out["enc_outputs"] = selected
         if denoising is not None:
             for layer in [out, *out.get("aux_outputs", [])]:
                 dn_logits, layer["pred_logits"] = denoising.split(layer["pred_logits"])

@@ -101,7 +101,12 @@ class QuerySelection(nn.Module):
         return self.enc_norm(self.enc_output(memory))
 
     def forward(
-        self, memory: Tensor, valid: Tensor, centers: Tensor, level_sizes: list[int]
+        self,
+        memory: Tensor,
+        valid: Tensor,
+        centers: Tensor,
+        level_sizes: list[int],
+        scores: Tensor | None = None,
     ) -> SelectedQueries:
         """Select the anchors of the matching queries.
 
@@ -110,11 +115,14 @@ class QuerySelection(nn.Module):
             valid: ``(B, P)`` bool.
             centers: ``(B, P)`` normalised centre of each position.
             level_sizes: positions per pyramid level (for the default widths).
+            scores: ``(B, P)`` ranking of the positions to use instead of the class head's
+                foreground probability (MS-DETR ranks clips by their saliency); detached.
         """
         hidden = self.transform(memory)
         logits = self.class_embed(hidden)  # (B, P, 2)
         proposals = inverse_sigmoid(self.proposals(centers, level_sizes))
-        index = top_k_wrapped(logits.softmax(-1)[..., 0].detach(), valid, self.num_queries)
+        rank = logits.softmax(-1)[..., 0] if scores is None else scores
+        index = top_k_wrapped(rank.detach(), valid, self.num_queries)
         take = index[..., None]
         sel_hidden = hidden.gather(1, take.expand(-1, -1, hidden.shape[-1]))
         spans = (

@@ -39,7 +39,11 @@ from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.denoising import DenoisingConfig, build_denoising_queries
 from momentkit.modeling.mlp import InputProjection
 from momentkit.modeling.msde import MotionSemanticsDisentangledEncoder, stream_slices
-from momentkit.modeling.mtcd import MutualTaskCollaborativeDecoder, SentenceSaliency
+from momentkit.modeling.mtcd import (
+    CONTENT_MODES,
+    MutualTaskCollaborativeDecoder,
+    SentenceSaliency,
+)
 from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
 from momentkit.modeling.transformer import TransformerEncoder
 from momentkit.models.base import MODELS, DETRConfig, MomentModel
@@ -55,6 +59,7 @@ def _ms_detr_loss() -> LossConfig:
             "saliency_rank_contrastive",
             "saliency_neg_pair",
             "denoising",
+            "query_selection",
             "corpus_contrastive",
             "corpus_positive",
         ]
@@ -64,6 +69,10 @@ def _ms_detr_loss() -> LossConfig:
         loss_dn_span=10.0,
         loss_dn_giou=1.0,
         loss_dn_label=4.0,
+        # the selected proposals R_k (official --use_interm, DINO's interm loss at weight 1)
+        loss_enc_span=10.0,
+        loss_enc_giou=1.0,
+        loss_enc_label=4.0,
         loss_corpus_contrast=1.0,
         loss_corpus_positive=1.0,
     )
@@ -86,6 +95,9 @@ class MSDETRConfig(DETRConfig):
             0.1, see docs/ms_detr.md).
         use_mtcd: saliency-driven query selection and saliency refinement (``False``: learned
             anchor queries).
+        mtcd_content: the decoder's content queries under MTCD: ``"learned"`` (the official
+            release) or ``"selected"`` (the selected clips themselves); see
+            :mod:`momentkit.modeling.mtcd`.
         use_denoising: contrastive denoising queries in training.
         denoising: their groups and noise.
         use_corpus: train on the generated queries the batch carries (``aug_text_feats``).
@@ -98,6 +110,7 @@ class MSDETRConfig(DETRConfig):
     use_msde: bool = True
     fuse_dropout: float = 0.5
     use_mtcd: bool = True
+    mtcd_content: str = "learned"
     use_denoising: bool = True
     denoising: DenoisingConfig = field(default_factory=DenoisingConfig)
     use_corpus: bool = True
@@ -115,6 +128,10 @@ class MSDETRConfig(DETRConfig):
             )
         if not 0.0 <= self.fuse_dropout < 1.0:
             raise ValueError(f"model.fuse_dropout must be in [0, 1), got {self.fuse_dropout}")
+        if self.mtcd_content not in CONTENT_MODES:
+            raise ValueError(
+                f"model.mtcd_content must be one of {CONTENT_MODES}, got {self.mtcd_content!r}"
+            )
         if self.use_msde:
             stream_slices(self.video_dim, self.stream_dims)
         self.denoising.validate("model.denoising.")
@@ -145,7 +162,8 @@ class MSDETR(MomentModel):
         self.saliency = SentenceSaliency(d)
         self.mtcd = MutualTaskCollaborativeDecoder(
             d, c.nheads, c.dec_layers, c.num_queries, *layer_args,
-            query_selection=c.use_mtcd, refine=c.use_mtcd, aux=c.loss.aux_loss,
+            query_selection=c.use_mtcd, content=c.mtcd_content, refine=c.use_mtcd,
+            aux=c.loss.aux_loss,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------ pairs
