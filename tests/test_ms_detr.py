@@ -24,9 +24,9 @@ from momentkit.modeling.mtcd import (
     boundary_membership,
     clip_proposals,
     refine_saliency,
-    select_topk_clips,
     span_positional_query,
 )
+from momentkit.modeling.query_selection import top_k_wrapped
 from momentkit.models import MomentModel, build_criterion, build_model
 from momentkit.models.ms_detr import MSDETRConfig
 
@@ -88,10 +88,10 @@ def tiny_model(seed: int = 0, **changes: object) -> MomentModel:
 def test_topk_selection_picks_most_salient_valid_clips() -> None:
     saliency = torch.tensor([[0.1, 0.9, 0.5, 5.0, 0.7], [3.0, 1.0, 2.0, 9.0, 9.0]])
     mask = torch.tensor([[True, True, True, False, True], [True, True, True, False, False]])
-    idx = select_topk_clips(saliency, mask, 3)
+    idx = top_k_wrapped(saliency, mask, 3)
     assert idx.tolist() == [[1, 4, 2], [0, 2, 1]]  # clip 3 (padding, highest) never chosen
     # fewer valid clips than queries: the ranking repeats, still no padding
-    idx = select_topk_clips(saliency, mask, 7)
+    idx = top_k_wrapped(saliency, mask, 7)
     assert idx[1].tolist() == [0, 2, 1, 0, 2, 1, 0]
     assert mask.gather(1, idx).all()
 

@@ -4,7 +4,8 @@ Highlight detection (HD) and moment retrieval (MR) guide each other:
 
 - **HD -> MR.** The saliency of clip ``x_i`` given the sentence token ``x_s`` is
   ``S(x_i) = (w_s^T x_s . w_v^T x_i) / sqrt(d)`` (:class:`SentenceSaliency`). The ``K`` most
-  salient valid clips are selected (:func:`select_topk_clips`), ``q_k = LN(W x_k)``; each
+  salient valid clips are selected (padding never; a video with fewer than ``K`` valid clips
+  repeats its ranking, as the official code), ``q_k = LN(W x_k)``; each
   selected clip's span ``R_k = MLP_span(q_k)`` (an offset, in logit space, to the clip's own
   proposal ``(center of clip, w0)``) becomes its positional query through the sinusoidal
   encoding of equation 4, :func:`span_positional_query`::
@@ -48,7 +49,7 @@ from momentkit.modeling.denoising import DenoisingQueries
 from momentkit.modeling.heads import SpanHead
 from momentkit.modeling.masked_anchor_decoder import MaskedAnchorDecoder
 from momentkit.modeling.position_encoding import span_sine_encoding
-from momentkit.modeling.query_selection import QuerySelection, top_k_wrapped
+from momentkit.modeling.query_selection import QuerySelection
 
 #: initial foreground prior of the class logits (the official init, as DINO)
 CLASS_PRIOR = 0.01
@@ -71,23 +72,6 @@ class SentenceSaliency(nn.Module):
         d = clips.shape[-1]
         v, s = self.clip_proj(clips), self.sentence_proj(sentence)
         return torch.einsum("btd,bd->bt", v, s) / math.sqrt(d)
-
-
-def select_topk_clips(saliency: Tensor, video_mask: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` most salient valid clips of each video, best first.
-
-    Padded clips are never chosen; a video with fewer than ``k`` valid clips repeats its
-    ranking cyclically (the official code repeats the scores likewise).
-
-    Args:
-        saliency: ``(B, T)`` scores.
-        video_mask: ``(B, T)`` bool, True = valid (every video needs one valid clip).
-        k: queries to select.
-
-    Returns:
-        ``(B, k)`` int64 clip indices.
-    """
-    return top_k_wrapped(saliency.detach(), video_mask, k)
 
 
 def clip_proposals(indices: Tensor, video_mask: Tensor, width: float = PROPOSAL_WIDTH) -> Tensor:
@@ -205,10 +189,7 @@ class MutualTaskCollaborativeDecoder(nn.Module):
         every = torch.arange(length, device=clips.device).expand(batch, -1)
         centers = clip_proposals(every, video_mask)[..., 0].to(clips.dtype)  # (B, T)
         sel = self.selection(clips, video_mask, centers, [length], scores=saliency)
-        content = sel.content
-        if self.content == "selected":
-            hidden = self.selection.transform(clips)
-            content = hidden.gather(1, sel.index[..., None].expand(-1, -1, self.d_model))
+        content = sel.hidden if self.content == "selected" else sel.content
         return content, sel.anchors, {"pred_logits": sel.enc_logits, "pred_spans": sel.enc_spans}
 
     def forward(

@@ -39,6 +39,7 @@ class SelectedQueries:
         anchors: ``(B, K, 2)`` ``(center, width)`` anchors before the sigmoid, detached.
         content: ``(B, K, d)`` learned content queries.
         index: ``(B, K)`` long, the selected positions.
+        hidden: ``(B, K, d)`` ``LayerNorm(Linear(memory))`` of the selected positions.
         enc_logits: ``(B, K, 2)`` class logits of the selected proposals (class 0 foreground).
         enc_spans: ``(B, K, 2)`` their spans after the sigmoid (with gradient).
     """
@@ -46,6 +47,7 @@ class SelectedQueries:
     anchors: Tensor
     content: Tensor
     index: Tensor
+    hidden: Tensor
     enc_logits: Tensor
     enc_spans: Tensor
 
@@ -133,6 +135,7 @@ class QuerySelection(nn.Module):
             anchors=inverse_sigmoid(spans.detach()),
             content=content,
             index=index,
+            hidden=sel_hidden,
             enc_logits=logits.gather(1, take.expand(-1, -1, 2)),
             enc_spans=spans,
         )
