@@ -197,6 +197,34 @@ def test_saliency_refinement_by_boundaries_and_foreground() -> None:
     assert boundary_membership(spans, padded)[0, :, 3].abs().max() == 0
 
 
+@pytest.mark.parametrize("mode", ["joint", "detached", "off"])
+def test_saliency_refinement_modes(mode: str) -> None:
+    """``joint`` lets the highlight losses reach the moment heads through the refinement,
+    ``detached`` gives the same scores without that gradient, ``off`` keeps the encoder's S."""
+    models = {m: tiny_model(saliency_refinement=m).eval() for m in ("joint", mode)}
+    with torch.no_grad():
+        joint, out = (models[m](make_batch(aug=False)) for m in ("joint", mode))
+    raw = joint["saliency_scores"] - models["joint"].mtcd.refine_weight * (
+        joint["pred_logits"].softmax(-1)[..., 0, None]
+        * boundary_membership(joint["pred_spans"], make_batch()["video_mask"])
+    ).amax(1)
+    if mode == "off":
+        assert models[mode].mtcd.refine_weight is None
+        assert torch.allclose(out["saliency_scores"], raw, atol=1e-5)
+    else:
+        assert torch.allclose(out["saliency_scores"], joint["saliency_scores"], atol=1e-6)
+    model = models[mode]
+    model(make_batch(aug=False))["saliency_scores"].sum().backward()
+    head_grad = model.mtcd.head.class_embed.weight.grad
+    reached = head_grad is not None and head_grad.abs().sum() > 0
+    assert reached == (mode == "joint")
+    assert model.saliency.clip_proj.weight.grad.abs().sum() > 0  # the encoder's S always learns
+    if mode != "off":
+        assert model.mtcd.refine_weight.grad.abs() > 0
+    with pytest.raises(ValueError, match="saliency_refinement"):
+        MSDETRConfig(**{**TINY, "saliency_refinement": "both"}).validate()
+
+
 # ------------------------------------------------------------------------------------- MSDE
 def test_stream_slices_and_errors() -> None:
     streams, shared = stream_slices(22, [12, 8])

@@ -27,7 +27,11 @@ Highlight detection (HD) and moment retrieval (MR) guide each other:
 - **MR -> HD.** The decoded moments refine the saliency (:func:`refine_saliency`): a clip inside
   a predicted moment gains ``lambda * max_k p_k m_k(i)``, with ``p_k`` the moment's foreground
   probability (the foreground constraint) and ``m_k(i)`` a soft membership of the clip in its
-  boundaries; ``lambda`` is learned.
+  boundaries; ``lambda`` is learned. ``refine`` (:data:`REFINE_MODES`) says whether the
+  highlight losses reach the moment heads through this term: ``"joint"`` back-propagates them
+  into ``p_k`` and the spans, ``"detached"`` feeds the moments without gradient (the losses
+  train ``lambda`` and the encoder only), ``"off"`` leaves ``S`` as it is. The official release
+  has no such term (its saliency is the encoder's ``S``), so this is our reading of the paper.
 
 With ``query_selection=False`` (the "w/o MTCD" ablation) the decoder uses ``num_queries`` learned
 anchors and zero content queries (QD-DETR's decoder) and the saliency is not refined.
@@ -57,6 +61,8 @@ CLASS_PRIOR = 0.01
 PROPOSAL_WIDTH = 0.1
 #: what the decoder's content queries are under query selection (see the module docstring)
 CONTENT_MODES = ("learned", "selected")
+#: how the decoded moments refine the saliency (see the module docstring)
+REFINE_MODES = ("joint", "detached", "off")
 
 
 class SentenceSaliency(nn.Module):
@@ -137,7 +143,9 @@ class MutualTaskCollaborativeDecoder(nn.Module):
         query_selection: top-K saliency queries (MTCD); ``False``: learned anchors (ablation).
         content: decoder content queries with ``query_selection``: ``"learned"`` embeddings
             (the official release, DINO's mixed selection) or the ``"selected"`` clips' ``q_k``.
-        refine: refine the saliency with the decoded moments (MTCD's MR -> HD direction).
+        refine: how the decoded moments refine the saliency (MTCD's MR -> HD direction), one
+            of :data:`REFINE_MODES`: ``"joint"`` (with gradient into the moment heads),
+            ``"detached"`` or ``"off"``.
         aux: return ``aux_outputs`` for the earlier decoder layers.
     """
 
@@ -153,12 +161,15 @@ class MutualTaskCollaborativeDecoder(nn.Module):
         pre_norm: bool = False,
         query_selection: bool = True,
         content: str = "learned",
-        refine: bool = True,
+        refine: str = "joint",
         aux: bool = True,
     ) -> None:
         super().__init__()
         if content not in CONTENT_MODES:
             raise ValueError(f"MTCD content must be one of {CONTENT_MODES}, got {content!r}")
+        if refine not in REFINE_MODES:
+            raise ValueError(f"MTCD refine must be one of {REFINE_MODES}, got {refine!r}")
+        self.refine = refine
         self.d_model, self.num_queries, self.aux = d_model, num_queries, aux
         self.query_selection, self.content = query_selection, content
         self.decoder = MaskedAnchorDecoder(
@@ -169,7 +180,7 @@ class MutualTaskCollaborativeDecoder(nn.Module):
             self.selection = QuerySelection(d_model, num_queries, [PROPOSAL_WIDTH])
         else:
             self.anchors = nn.Embedding(num_queries, 2)
-        self.refine_weight = nn.Parameter(torch.ones(())) if refine else None
+        self.refine_weight = nn.Parameter(torch.ones(())) if refine != "off" else None
         self.label_embed = nn.Embedding(2, d_model)  # content of denoising queries
         self.head = SpanHead(d_model)
         nn.init.constant_(self.head.class_embed.bias, -math.log((1 - CLASS_PRIOR) / CLASS_PRIOR))
@@ -231,8 +242,9 @@ class MutualTaskCollaborativeDecoder(nn.Module):
                 layer.update(dn_pred_logits=dn_logits, dn_pred_spans=dn_spans)
                 layer["dn_queries"] = denoising
         if self.refine_weight is not None:
-            saliency = refine_saliency(
-                saliency, out["pred_spans"], out["pred_logits"], video_mask, self.refine_weight
-            )
+            spans, logits = out["pred_spans"], out["pred_logits"]
+            if self.refine == "detached":
+                spans, logits = spans.detach(), logits.detach()
+            saliency = refine_saliency(saliency, spans, logits, video_mask, self.refine_weight)
         out["saliency_scores"] = saliency
         return out

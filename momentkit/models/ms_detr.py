@@ -41,6 +41,7 @@ from momentkit.modeling.mlp import InputProjection
 from momentkit.modeling.msde import MotionSemanticsDisentangledEncoder, stream_slices
 from momentkit.modeling.mtcd import (
     CONTENT_MODES,
+    REFINE_MODES,
     MutualTaskCollaborativeDecoder,
     SentenceSaliency,
 )
@@ -98,6 +99,9 @@ class MSDETRConfig(DETRConfig):
         mtcd_content: the decoder's content queries under MTCD: ``"learned"`` (the official
             release) or ``"selected"`` (the selected clips themselves); see
             :mod:`momentkit.modeling.mtcd`.
+        saliency_refinement: MTCD's MR -> HD direction: ``"joint"`` (the highlight losses
+            reach the moment heads through the refinement), ``"detached"`` or ``"off"``; see
+            :mod:`momentkit.modeling.mtcd`. Unused without ``use_mtcd``.
         use_denoising: contrastive denoising queries in training.
         denoising: their groups and noise.
         use_corpus: train on the generated queries the batch carries (``aug_text_feats``).
@@ -111,6 +115,7 @@ class MSDETRConfig(DETRConfig):
     fuse_dropout: float = 0.5
     use_mtcd: bool = True
     mtcd_content: str = "learned"
+    saliency_refinement: str = "joint"
     use_denoising: bool = True
     denoising: DenoisingConfig = field(default_factory=DenoisingConfig)
     use_corpus: bool = True
@@ -131,6 +136,11 @@ class MSDETRConfig(DETRConfig):
         if self.mtcd_content not in CONTENT_MODES:
             raise ValueError(
                 f"model.mtcd_content must be one of {CONTENT_MODES}, got {self.mtcd_content!r}"
+            )
+        if self.saliency_refinement not in REFINE_MODES:
+            raise ValueError(
+                f"model.saliency_refinement must be one of {REFINE_MODES}, "
+                f"got {self.saliency_refinement!r}"
             )
         if self.use_msde:
             stream_slices(self.video_dim, self.stream_dims)
@@ -162,7 +172,8 @@ class MSDETR(MomentModel):
         self.saliency = SentenceSaliency(d)
         self.mtcd = MutualTaskCollaborativeDecoder(
             d, c.nheads, c.dec_layers, c.num_queries, *layer_args,
-            query_selection=c.use_mtcd, content=c.mtcd_content, refine=c.use_mtcd,
+            query_selection=c.use_mtcd, content=c.mtcd_content,
+            refine=c.saliency_refinement if c.use_mtcd else "off",
             aux=c.loss.aux_loss,
         )  # fmt: skip
 
