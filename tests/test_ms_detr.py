@@ -449,6 +449,7 @@ def test_config_defaults_and_validation() -> None:
     c = MSDETRConfig()
     assert (c.hidden_dim, c.enc_layers, c.dec_layers, c.cross_layers, c.nheads) == (256, 2, 2, 2, 8)
     assert (c.dim_feedforward, c.dropout, c.input_dropout, c.num_queries) == (1024, 0.1, 0.5, 20)
+    assert (c.use_mtcd, c.mtcd_content, c.saliency_refinement) == (True, "learned", "detached")
     assert (c.denoising.num_groups, c.denoising.span_noise, c.denoising.focal_alpha) == (
         10,
         0.5,

@@ -22,7 +22,7 @@ one batch, and only the matched pairs are decoded.
 
 Ablation switches (``--set model.<field>=false``): ``use_msde`` (one shared cross-modal
 transformer), ``use_mtcd`` (learned anchor queries, no saliency refinement), ``use_denoising``,
-``use_corpus``.
+``use_corpus``; ``saliency_refinement`` chooses how MTCD's moments refine the saliency.
 """
 
 from __future__ import annotations
@@ -99,9 +99,11 @@ class MSDETRConfig(DETRConfig):
         mtcd_content: the decoder's content queries under MTCD: ``"learned"`` (the official
             release) or ``"selected"`` (the selected clips themselves); see
             :mod:`momentkit.modeling.mtcd`.
-        saliency_refinement: MTCD's MR -> HD direction: ``"joint"`` (the highlight losses
-            reach the moment heads through the refinement), ``"detached"`` or ``"off"``; see
-            :mod:`momentkit.modeling.mtcd`. Unused without ``use_mtcd``.
+        saliency_refinement: MTCD's MR -> HD direction: ``"detached"`` (default: the decoded
+            moments refine the saliency without gradient), ``"joint"`` (the highlight losses
+            also train the moment heads through the refinement, which inflates their foreground
+            probabilities, docs/ms_detr.md) or ``"off"``; see :mod:`momentkit.modeling.mtcd`.
+            Unused without ``use_mtcd``.
         use_denoising: contrastive denoising queries in training.
         denoising: their groups and noise.
         use_corpus: train on the generated queries the batch carries (``aug_text_feats``).
@@ -115,7 +117,7 @@ class MSDETRConfig(DETRConfig):
     fuse_dropout: float = 0.5
     use_mtcd: bool = True
     mtcd_content: str = "learned"
-    saliency_refinement: str = "joint"
+    saliency_refinement: str = "detached"
     use_denoising: bool = True
     denoising: DenoisingConfig = field(default_factory=DenoisingConfig)
     use_corpus: bool = True
