@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from momentkit.benchmarks.learn import Variant, format_table
+from momentkit.benchmarks.learn import Variant, format_table, wants_corpus
 from momentkit.cli.main import main
 
 TINY = [
@@ -94,6 +95,32 @@ def test_bench_learn_end_to_end_and_resumes_unfinished_runs(
     assert main([*argv[: -len(tiny)], *tiny, "trainer.epochs=2"]) == 0
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2]
+
+
+def test_bench_learn_trains_ms_detr_on_the_generated_corpus(tmp_path: Path) -> None:
+    # MS-DETR gets the benchmark's corpus (made once); use_corpus=false and other models do not
+    data, out = tmp_path / "synth", tmp_path / "learn"
+    args = argparse.Namespace(preset="synth", epochs=1, overrides=[])
+    assert wants_corpus(data, Variant.parse("MS=ms_detr"), args)
+    assert not wants_corpus(data, Variant.parse("MS=ms_detr model.use_corpus=false"), args)
+    assert not wants_corpus(
+        data, Variant.parse("MS=ms_detr data.corpus=c.jsonl data.corpus_text_features=f"), args
+    )
+    assert not wants_corpus(data, Variant.parse("QD=qd_detr"), args)
+    tiny = [f"model.{kv}" for kv in TINY] + ["trainer.batch_size=4", "data.eval_batch_size=8"]
+    argv = ["bench", "learn", "--data", str(data), "--make-data", "12", "8", "0", "--out", str(out)]
+    argv += ["--seeds", "0", "--epochs", "1", "--no-baseline", "--variant", "MS=ms_detr"]
+    argv += ["--variant", "MS w/o corpus=ms_detr model.use_corpus=false", "--set", *tiny]
+    assert main(argv) == 0
+    corpus = data / "corpus" / "train.jsonl"
+    n_generated = len(corpus.read_text().splitlines())
+    assert n_generated > 12 and len(list((data / "features" / "aug_text").iterdir())) == n_generated
+    for slug, with_corpus in (("ms", True), ("ms_w_o_corpus", False)):
+        run = out / slug / "seed0"
+        config = json.loads((run / "config.json").read_text())
+        assert (config["data"]["corpus"] == str(corpus)) is with_corpus
+        train_losses = json.loads((run / "log.jsonl").read_text().splitlines()[0])["train"]
+        assert ("loss_corpus_contrast" in train_losses) is with_corpus
 
 
 def test_bench_learn_progress_of_an_unfinished_run(tmp_path: Path) -> None:

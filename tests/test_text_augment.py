@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from momentkit.text_augment import (
     tokenize,
 )
 from momentkit.text_augment.lexicon import detokenize
-from momentkit.text_augment.synth_text import SynthTextEncoder
+from momentkit.text_augment.synth_text import SynthTextEncoder, make_synth_corpus
 from momentkit.utils.errors import FormatError, MomentkitError
 
 LEX = load_lexicon()
@@ -304,6 +305,25 @@ def test_augment_cli_synth_then_augmented_batches(synth: Path, tmp_path: Path) -
                          "nheads": 2, "dim_feedforward": 32, "num_queries": 4}).train()  # fmt: skip
     losses = build_criterion(model.config)(model(batch), batch)
     assert "loss_corpus_positive" in losses or "loss_corpus_contrast" in losses
+
+
+def test_make_synth_corpus_writes_what_the_cli_writes(synth: Path, tmp_path: Path) -> None:
+    # the function `bench learn` calls = `momentkit augment TRAIN --synth ROOT` with defaults
+    root = tmp_path / "bench"
+    shutil.copytree(synth, root, ignore=shutil.ignore_patterns("aug_text", "corpus"))
+    corpus, feats = make_synth_corpus(root)
+    assert corpus == root / "corpus" / "train.jsonl" and feats == root / "features" / "aug_text"
+    train = root / "annotations" / "train.jsonl"
+    cli_corpus, cli_feats = tmp_path / "c.jsonl", tmp_path / "f"
+    assert augment(str(train), "--out", str(cli_corpus), "--synth", str(root),
+                   "--features-out", str(cli_feats)) == 0  # fmt: skip
+    assert corpus.read_text() == cli_corpus.read_text()
+    entries = load_corpus(corpus)
+    assert {e.kind for e in entries} == {"positive", "negative"}
+    assert sorted(p.name for p in feats.iterdir()) == sorted(p.name for p in cli_feats.iterdir())
+    for e in entries[:5]:
+        a, b = np.load(feats / f"qid{e.aug_id}.npz"), np.load(cli_feats / f"qid{e.aug_id}.npz")
+        assert np.array_equal(a["last_hidden_state"], b["last_hidden_state"])
 
 
 def test_augmented_dataset_reports_missing_features(synth: Path, tmp_path: Path) -> None:

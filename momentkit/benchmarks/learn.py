@@ -6,7 +6,10 @@ baseline, and prints a mean +- std table (markdown, ready for the README). Finis
 reused, so an interrupted benchmark continues where it stopped.
 
 A variant is ``"LABEL=MODEL [key=value ...]"``; the overrides use the ``--set`` syntax of
-``momentkit train``. Example::
+``momentkit train``. Models that train on a generated query corpus (MS-DETR) get the
+benchmark's, made once by :func:`~momentkit.text_augment.synth_text.make_synth_corpus` (what
+``momentkit augment --synth`` writes: ``corpus/train.jsonl``, ``features/aug_text``);
+``model.use_corpus=false`` trains without it. Example::
 
     momentkit bench learn --data data/synth --out runs/learn --seeds 0 1 2 \\
         --variant "Moment-DETR=moment_detr" --variant "QD-DETR=qd_detr" \\
@@ -122,6 +125,51 @@ def feature_overrides(data: Path) -> list[str]:
     ]
 
 
+def _overrides(
+    data: Path, variant: Variant, seed: int, args: argparse.Namespace, corpus: bool
+) -> list[str]:
+    """The ``--set`` overrides of one run: the benchmark's data, the seed, the generated corpus
+    when ``corpus`` (before the user's overrides, which may replace it), then ``--set`` and the
+    variant's own."""
+    corpus_overrides = []
+    if corpus:
+        from momentkit.text_augment.synth_text import SYNTH_CORPUS, SYNTH_CORPUS_FEATURES
+
+        corpus_overrides = [
+            f"data.corpus={data / SYNTH_CORPUS}",
+            f"data.corpus_text_features={data / SYNTH_CORPUS_FEATURES}",
+        ]
+    return [
+        f"data.train_path={data / 'annotations' / 'train.jsonl'}",
+        f"data.val_path={data / 'annotations' / 'val.jsonl'}",
+        *feature_overrides(data),
+        *corpus_overrides,
+        f"trainer.seed={seed}",
+        "trainer.progress=false",
+        *([f"trainer.epochs={args.epochs}"] if args.epochs else []),
+        *args.overrides,
+        *variant.overrides,
+    ]
+
+
+def wants_corpus(data: Path, variant: Variant, args: argparse.Namespace) -> bool:
+    """Whether ``variant`` trains on the benchmark's generated corpus: its model uses one
+    (MS-DETR unless ``model.use_corpus=false``) and its overrides do not name another."""
+    from momentkit.training.config import build_config
+
+    cfg = build_config(variant.model, args.preset, _overrides(data, variant, 0, args, False))
+    return cfg.model.uses_corpus and cfg.data.corpus is None
+
+
+def ensure_corpus(data: Path) -> None:
+    """Generate the benchmark's corpus (``momentkit augment --synth``) unless it exists."""
+    from momentkit.text_augment.synth_text import SYNTH_CORPUS, make_synth_corpus
+
+    if not (data / SYNTH_CORPUS).exists():
+        print(f"generating the query corpus of {data} (momentkit augment --synth)", flush=True)
+        make_synth_corpus(data)
+
+
 def _train_one(
     data: Path, variant: Variant, seed: int, args: argparse.Namespace, run: Path
 ) -> dict:
@@ -135,17 +183,10 @@ def _train_one(
         from momentkit.training.config import build_config
         from momentkit.training.pipeline import train
 
-        overrides = [
-            f"data.train_path={data / 'annotations' / 'train.jsonl'}",
-            f"data.val_path={data / 'annotations' / 'val.jsonl'}",
-            *feature_overrides(data),
-            f"trainer.seed={seed}",
-            "trainer.progress=false",
-            *([f"trainer.epochs={args.epochs}"] if args.epochs else []),
-            *args.overrides,
-            *variant.overrides,
-        ]
-        cfg = build_config(variant.model, args.preset, overrides)
+        corpus = wants_corpus(data, variant, args)
+        cfg = build_config(
+            variant.model, args.preset, _overrides(data, variant, seed, args, corpus)
+        )
         if (run / "last").exists():  # an interrupted run: continue it
             train(cfg, run, resume=True)
         else:
@@ -224,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
     data, out = Path(args.data), Path(args.out)
     _ensure_data(data, args.make_data)
     variants = [Variant.parse(v) for v in args.variant]
+    if not args.report and any(wants_corpus(data, v, args) for v in variants):
+        ensure_corpus(data)  # once, before the runs start (MS-DETR trains on it)
     rows: dict[str, list[dict[str, Any]]] = {}
     if not args.no_baseline:
         rows["per-clip similarity baseline"] = [_baseline(data)]

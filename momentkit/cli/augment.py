@@ -29,11 +29,9 @@ from typing import TYPE_CHECKING
 from momentkit.utils.errors import MomentkitError
 
 if TYPE_CHECKING:
-    from momentkit.text_augment import CorpusItem, Lexicon
-    from momentkit.text_augment.synth_text import SynthTextEncoder
+    from momentkit.text_augment import CorpusItem
 
 HELP = "generate positive/negative query variants for MS-DETR's corpus (offline)"
-DEFAULT_SYNTH_FEATURES = Path("features") / "aug_text"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="CORPUS", help="corpus JSONL to write")
     parser.add_argument(
         "--generators",
-        default="temporal_positive,semantic_positive,temporal_negative,semantic_negative",
-        help="comma-separated generator names (default: the four built-in ones)",
+        help="comma-separated generator names (default: the four built-in ones, "
+        "temporal/semantic positive/negative)",
     )
     parser.add_argument(
         "--per-generator", type=int, default=2, metavar="N",
@@ -77,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--features-out", metavar="DIR",
         help="where qid<aug_id>.npz features go (with --synth, default: "
-        f"DIR/{DEFAULT_SYNTH_FEATURES})",
+        "DIR/features/aug_text)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64, help="queries per encoder call")
     parser.add_argument("--device", default="cpu", help="encoder device (default: cpu)")
@@ -87,11 +85,17 @@ def run(args: argparse.Namespace) -> int:
     """Generate, write the corpus (and features); print counts. Returns the exit status."""
     from momentkit.data.records import load_annotations
     from momentkit.text_augment import (
+        DEFAULT_GENERATORS,
         GeneratorContext,
         build_corpus,
         build_generators,
         load_lexicon,
         save_corpus,
+    )
+    from momentkit.text_augment.synth_text import (
+        SYNTH_CORPUS_FEATURES,
+        synth_text_encoder,
+        write_synth_features,
     )
 
     for module in args.imports:
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     lexicon = load_lexicon(args.lexicon)
     synth_encoder = None
     if args.synth is not None:
-        synth_encoder = _synth_encoder(Path(args.synth), lexicon)
+        synth_encoder = synth_text_encoder(args.synth, lexicon)
         lexicon = synth_encoder.lexicon_for_world()
     neighbours = None
     if args.glove or args.glove_synonyms:
@@ -110,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
         neighbours = GloveNeighbours()
     context = GeneratorContext(lexicon, neighbours, args.glove_synonyms)
-    names = [n.strip() for n in args.generators.split(",") if n.strip()]
+    names = list(DEFAULT_GENERATORS)
+    if args.generators is not None:
+        names = [n.strip() for n in args.generators.split(",") if n.strip()]
     try:
         generators = build_generators(names, context)
     except KeyError as e:
@@ -120,11 +126,14 @@ def run(args: argparse.Namespace) -> int:
 
     features_out = args.features_out
     if features_out is None and args.synth is not None:
-        features_out = str(Path(args.synth) / DEFAULT_SYNTH_FEATURES)
+        features_out = str(Path(args.synth) / SYNTH_CORPUS_FEATURES)
     if features_out is not None:
-        if synth_encoder is None and args.text_encoder is None:
+        if synth_encoder is not None:
+            write_synth_features(items, synth_encoder, features_out)
+        elif args.text_encoder is not None:
+            _write_encoder_features(items, Path(features_out), args)
+        else:
             raise MomentkitError("--features-out needs --text-encoder SPEC or --synth DIR")
-        _write_features(items, Path(features_out), synth_encoder, args)
     counts = Counter((it.entry.kind, it.entry.dimension) for it in items)
     summary = ", ".join(f"{k} {d} {n}" for (k, d), n in sorted(counts.items()))
     print(f"{len(items)} generated queries for {len(annotations)} source queries ({summary})")
@@ -132,32 +141,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synth_encoder(root: Path, lexicon: Lexicon) -> SynthTextEncoder:
-    from momentkit.data.synth import build_world, load_synth_config
-    from momentkit.text_augment.synth_text import SynthTextEncoder
-
-    config = load_synth_config(root)
-    return SynthTextEncoder(build_world(config), lexicon, config.context_weight, config.world_seed)
-
-
-def _write_features(
-    items: Sequence[CorpusItem],
-    out: Path,
-    synth_encoder: SynthTextEncoder | None,
-    args: argparse.Namespace,
+def _write_encoder_features(
+    items: Sequence[CorpusItem], out: Path, args: argparse.Namespace
 ) -> None:
     from momentkit.data.synth import npz_bytes
+    from momentkit.encoders import build_encoder
     from momentkit.features.base import text_key
     from momentkit.utils.io import atomic_write_bytes
 
     out.mkdir(parents=True, exist_ok=True)
-    if synth_encoder is not None:
-        for it in items:
-            arrays = synth_encoder.encode(it.generated, it.source)
-            atomic_write_bytes(out / f"{text_key(it.entry.aug_id)}.npz", npz_bytes(arrays))
-        return
-    from momentkit.encoders import build_encoder
-
     encoder = build_encoder(args.text_encoder, device=args.device)
     if encoder.text_stream is None:
         raise MomentkitError(f"encoder '{args.text_encoder}' has no text tower")

@@ -174,6 +174,12 @@ class ModelConfig:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
+    @property
+    def uses_corpus(self) -> bool:
+        """Whether the model trains on a generated query corpus (``data.corpus``) when given
+        one: MS-DETR with ``use_corpus``. Benchmarks pass theirs to such models only."""
+        return False
+
 
 @dataclass
 class DETRConfig(ModelConfig):

@@ -148,6 +148,11 @@ class MSDETRConfig(DETRConfig):
             stream_slices(self.video_dim, self.stream_dims)
         self.denoising.validate("model.denoising.")
 
+    @property
+    def uses_corpus(self) -> bool:
+        """Whether the generated corpus trains the model (``use_corpus``)."""
+        return self.use_corpus
+
 
 @MODELS.register("ms_detr")
 class MSDETR(MomentModel):

@@ -18,15 +18,28 @@ For unedited queries this is exactly :func:`~momentkit.data.synth.encode_text`.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from momentkit.data.synth import RELATIONS, World
-from momentkit.text_augment.generators import GeneratedQuery
-from momentkit.text_augment.lexicon import Lexicon, tokenize
+from momentkit.data.synth import RELATIONS, World, build_world, load_synth_config, npz_bytes
+from momentkit.text_augment.builder import CorpusItem, build_corpus
+from momentkit.text_augment.corpus import save_corpus
+from momentkit.text_augment.generators import (
+    DEFAULT_GENERATORS,
+    GeneratedQuery,
+    GeneratorContext,
+    build_generators,
+)
+from momentkit.text_augment.lexicon import Lexicon, load_lexicon, tokenize
 from momentkit.utils.errors import MomentkitError
 
 ROLE_WEIGHTS = {"target": 1.0, "function": 0.2}
+SYNTH_CORPUS = Path("corpus") / "train.jsonl"
+"""Where :func:`make_synth_corpus` writes a benchmark's corpus (relative to its folder)."""
+SYNTH_CORPUS_FEATURES = Path("features") / "aug_text"
+"""Where it writes the generated queries' text features (``qid<aug_id>.npz``)."""
 _POSITION_ROWS = 16
 
 
@@ -155,3 +168,48 @@ class SynthTextEncoder:
             "last_hidden_state": hidden.astype(np.float32),
             "pooler_output": pooled.astype(np.float32),
         }
+
+
+def synth_text_encoder(root: str | Path, lexicon: Lexicon) -> SynthTextEncoder:
+    """The :class:`SynthTextEncoder` of the benchmark written by ``momentkit synth`` in ``root``."""
+    config = load_synth_config(root)
+    return SynthTextEncoder(build_world(config), lexicon, config.context_weight, config.world_seed)
+
+
+def write_synth_features(
+    items: Sequence[CorpusItem], encoder: SynthTextEncoder, out: str | Path
+) -> None:
+    """Write each generated query's features as ``out/qid<aug_id>.npz`` (atomically)."""
+    from momentkit.features.base import text_key
+    from momentkit.utils.io import atomic_write_bytes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for it in items:
+        arrays = encoder.encode(it.generated, it.source)
+        atomic_write_bytes(out / f"{text_key(it.entry.aug_id)}.npz", npz_bytes(arrays))
+
+
+def make_synth_corpus(root: str | Path, seed: int = 0, per_generator: int = 2) -> tuple[Path, Path]:
+    """MS-DETR's corpus for the training queries of the benchmark in ``root``.
+
+    What ``momentkit augment ROOT/annotations/train.jsonl --synth ROOT`` makes with the default
+    generators and the built-in lexicon: the corpus file ``ROOT/corpus/train.jsonl``
+    (:data:`SYNTH_CORPUS`, written last, so that it exists only once the features do) and the
+    features in ``ROOT/features/aug_text`` (:data:`SYNTH_CORPUS_FEATURES`).
+
+    Returns:
+        ``(corpus file, features folder)``, the ``data.corpus`` / ``data.corpus_text_features``
+        of a training config.
+    """
+    from momentkit.data.records import load_annotations
+
+    root = Path(root)
+    encoder = synth_text_encoder(root, load_lexicon())
+    generators = build_generators(DEFAULT_GENERATORS, GeneratorContext(encoder.lexicon_for_world()))
+    annotations = load_annotations(root / "annotations" / "train.jsonl")
+    items = build_corpus(annotations, generators, per_generator, seed, 0)
+    corpus, features = root / SYNTH_CORPUS, root / SYNTH_CORPUS_FEATURES
+    write_synth_features(items, encoder, features)
+    save_corpus(corpus, [it.entry for it in items])
+    return corpus, features
