@@ -13,6 +13,7 @@ from momentkit.modeling.corpus_losses import (
     generalized_cross_entropy,
     loss_corpus_contrastive,
     loss_corpus_positive,
+    loss_corpus_positive_per_clip,
 )
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.denoising import DenoisingConfig, build_denoising_queries
@@ -340,7 +341,7 @@ def test_corpus_contrastive_hinge_by_hand() -> None:
     )
 
 
-def test_corpus_positive_is_bounded_gce() -> None:
+def test_corpus_positive_per_clip_is_bounded_gce() -> None:
     logits, targets = torch.tensor([2.0, -30.0]), torch.tensor([True, True])
     gce = generalized_cross_entropy(logits, targets)
     p = torch.sigmoid(torch.tensor(2.0)).item()
@@ -355,10 +356,47 @@ def test_corpus_positive_is_bounded_gce() -> None:
         "saliency_all_labels": torch.tensor([[3.0, 0.0, 0.0]]),
         "aug_kind": torch.tensor([[1, 1]]),
     }
-    loss = loss_corpus_positive(outputs, batch, [], LossConfig())["loss_corpus_positive"]
+    loss = loss_corpus_positive_per_clip(outputs, batch, [], LossConfig())
+    loss = loss["loss_corpus_positive"]
     good = generalized_cross_entropy(torch.tensor(4.0), torch.tensor(True)).item()
     bad = generalized_cross_entropy(torch.tensor(-4.0), torch.tensor(True)).item()
     assert loss.item() == pytest.approx((good + bad) / 2, rel=1e-5)  # padded clip ignored
+
+
+def test_corpus_positive_is_gce_of_the_moments_softmax_share() -> None:
+    aug = torch.tensor([[[2.0, 0.0, 9.0], [0.0, 0.0, 5.0]], [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])
+    outputs = {
+        "saliency_scores": torch.zeros(2, 3),
+        "aug_saliency_scores": aug.clone().requires_grad_(),
+        "video_mask": torch.tensor([[True, True, False], [True, True, True]]),
+    }
+    batch = {  # video 1 has no moment: its positive is skipped (and gives no NaN gradient)
+        "saliency_all_labels": torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+        "aug_kind": torch.tensor([[1, 1], [1, -1]]),
+    }
+    cfg = LossConfig(rank_tau=0.5)
+    loss = loss_corpus_positive(outputs, batch, [], cfg)["loss_corpus_positive"]
+    # padded clip 2 ignored; shares e^4 / (e^4 + 1) and 1 / 2 at temperature 0.5
+    shares = [math.exp(4) / (math.exp(4) + 1), 0.5]
+    want = sum((1 - p**GCE_Q) / GCE_Q for p in shares) / 2
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(outputs["aug_saliency_scores"].grad).all()
+    # a shift of all saliencies changes nothing; the per-clip form moves with the level and,
+    # where MS-DETR's saliencies sit after training (~ -7), has almost no gradient left
+    low = {**outputs, "aug_saliency_scores": (aug - 7.0).requires_grad_()}
+    assert loss_corpus_positive(low, batch, [], cfg)["loss_corpus_positive"].item() == (
+        pytest.approx(want, rel=1e-5)
+    )
+    per_clip = loss_corpus_positive_per_clip(low, batch, [], cfg)["loss_corpus_positive"]
+    (grad_per_clip,) = torch.autograd.grad(per_clip, low["aug_saliency_scores"])
+    (grad_share,) = torch.autograd.grad(
+        loss_corpus_positive(low, batch, [], cfg)["loss_corpus_positive"],
+        low["aug_saliency_scores"],
+    )
+    assert grad_per_clip.abs().max() < 0.02 < grad_share.abs().max()
+    batch["aug_kind"] = torch.tensor([[0, -1], [1, -1]])  # no positive with a moment: skipped
+    assert loss_corpus_positive(outputs, batch, [], cfg) == {}
 
 
 # ------------------------------------------------------------------------------------ model

@@ -16,11 +16,19 @@ not that moment.
   ``mean_{b, n} max(0, margin + s(v_b, q_n^-) - s(v_b, q_b))`` over the generated negatives,
   ``margin = LossConfig.saliency_margin``.
 - ``corpus_positive`` (``loss_corpus_positive``): generated positives share the source query's
-  clip labels, but a generator can be wrong (a "near-synonym" that is not one). They are
-  trained with the generalised cross-entropy of Zhang & Sabuncu (NeurIPS 2018),
-  ``(1 - p^q) / q`` with ``q = GCE_Q``, per clip with ``p`` the probability of the clip's label
-  under ``sigmoid(saliency)``: bounded, so a wrong positive cannot dominate the gradient as it
-  would under cross-entropy (``q -> 0``), while correct positives still learn (``q = 1`` is MAE).
+  moment, but a generator can be wrong (a "near-synonym" that is not one). Each positive is
+  trained with the generalised cross-entropy of Zhang & Sabuncu (NeurIPS 2018), ``(1 - p^q) / q``
+  with ``q = GCE_Q``, of ``p``, the share of the clip softmax ``softmax(S / rank_tau)`` (valid
+  clips; the temperature of ``saliency_rank_contrastive``) that falls on the moment: bounded, so
+  a wrong positive cannot dominate the gradient as it would under cross-entropy (``q -> 0``),
+  while correct positives still learn (``q = 1`` is MAE). ``p`` is unchanged by adding a
+  constant to all of a pair's saliencies, as are the ranking losses.
+- ``corpus_positive_per_clip`` (same term; the first form, kept to reproduce its runs): the same
+  GCE per clip of ``sigmoid(S)`` against the moment's clip labels. It depends on the absolute
+  level of ``S``, which the other losses do not fix: MS-DETR's negative-pair loss pushes every
+  saliency down (about -7 after training on the synthetic benchmark), where ``sigmoid(S)`` of the
+  moment's clips is ~0.001 and the GCE's gradient ``p^q (1 - p)`` ~0.01: the term stays at its
+  bound and trains nothing (docs/ms_detr.md).
 
 Both are skipped when the outputs or the batch lack the corpus (evaluation, no corpus, no
 saliency labels) or hold no query of their kind.
@@ -92,18 +100,50 @@ def generalized_cross_entropy(logits: Tensor, targets: Tensor, q: float = GCE_Q)
     return (1.0 - torch.exp(q * log_p)) / q
 
 
+def _positive_inputs(
+    outputs: dict[str, Any], batch: dict[str, Any]
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """``(aug scores, positive (B, A), moment (B, T), valid clips (B, T))`` or ``None``."""
+    inputs = _corpus_inputs(outputs, batch)
+    if inputs is None:
+        return None
+    aug, kind, moment, mask = inputs
+    positive = kind == POSITIVE  # (B, A)
+    if not positive.any():
+        return None
+    return aug, positive, moment, mask
+
+
 @register_loss("corpus_positive", ("loss_corpus_positive",))
 def loss_corpus_positive(
     outputs: dict[str, Any], batch: dict[str, Any], indices: Indices, config: LossConfig
 ) -> dict[str, Tensor]:
-    """Noise-tolerant per-clip loss of the generated positives (see the module doc)."""
-    inputs = _corpus_inputs(outputs, batch)
+    """Noise-tolerant loss of the moment's softmax share under each generated positive."""
+    inputs = _positive_inputs(outputs, batch)
     if inputs is None:
         return {}
-    aug, kind, moment, mask = inputs
-    positive = kind == POSITIVE  # (B, A)
+    aug, positive, moment, mask = inputs
+    positive = positive & moment.any(1)[:, None]  # a share needs a moment
     if not positive.any():
         return {}
+    # only the positive rows (each has a moment, so no row is all -inf: no NaN gradient)
+    video = positive.nonzero()[:, 0]  # (N,)
+    logits = (aug[positive] / config.rank_tau).masked_fill(~mask[video], float("-inf"))  # (N, T)
+    log_share = torch.logsumexp(logits.masked_fill(~moment[video], float("-inf")), -1)
+    log_share = log_share - torch.logsumexp(logits, -1)  # log p, (N,)
+    gce = (1.0 - torch.exp(GCE_Q * log_share)) / GCE_Q
+    return {"loss_corpus_positive": gce.mean()}
+
+
+@register_loss("corpus_positive_per_clip", ("loss_corpus_positive",))
+def loss_corpus_positive_per_clip(
+    outputs: dict[str, Any], batch: dict[str, Any], indices: Indices, config: LossConfig
+) -> dict[str, Tensor]:
+    """The first form: per-clip GCE of ``sigmoid(S)`` (see the module doc)."""
+    inputs = _positive_inputs(outputs, batch)
+    if inputs is None:
+        return {}
+    aug, positive, moment, mask = inputs
     gce = generalized_cross_entropy(aug, moment[:, None, :].expand_as(aug))  # (B, A, T)
     clips = mask[:, None, :].expand_as(aug).to(aug.dtype)
     per_query = (gce * clips).sum(-1) / clips.sum(-1).clamp(min=1.0)  # (B, A)
