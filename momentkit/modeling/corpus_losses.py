@@ -67,6 +67,22 @@ def _corpus_inputs(
     return scores, batch["aug_kind"].to(scores.device), labels, mask
 
 
+def _rows(
+    outputs: dict[str, Any], batch: dict[str, Any], kind: int, need_moment: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """``(aug scores (B, A, T), rows (B, A) bool, moment (B, T), valid clips (B, T))``: the
+    generated queries of ``kind`` (of videos with a moment when ``need_moment``), or ``None``
+    when there are none."""
+    inputs = _corpus_inputs(outputs, batch)
+    if inputs is None:
+        return None
+    aug, kinds, moment, mask = inputs
+    rows = kinds == kind
+    if need_moment:
+        rows = rows & moment.any(1)[:, None]
+    return (aug, rows, moment, mask) if rows.any() else None
+
+
 def moment_score(saliency: Tensor, moment: Tensor) -> Tensor:
     """Mean saliency over the moment's clips: ``(..., T)`` x ``(..., T)`` bool -> ``(...)``."""
     weight = moment.to(saliency.dtype)
@@ -78,14 +94,10 @@ def loss_corpus_contrastive(
     outputs: dict[str, Any], batch: dict[str, Any], indices: Indices, config: LossConfig
 ) -> dict[str, Tensor]:
     """Hinge between the matched pair and every generated negative (see the module doc)."""
-    inputs = _corpus_inputs(outputs, batch)
+    inputs = _rows(outputs, batch, NEGATIVE)
     if inputs is None:
         return {}
-    aug, kind, moment, _ = inputs
-    has_moment = moment.any(1)  # (B,)
-    negative = (kind == NEGATIVE) & has_moment[:, None]  # (B, A)
-    if not negative.any():
-        return {}
+    aug, negative, moment, _ = inputs
     matched = moment_score(outputs["saliency_scores"], moment)  # (B,)
     unmatched = moment_score(aug, moment[:, None, :])  # (B, A)
     hinge = (config.saliency_margin + unmatched - matched[:, None]).clamp(min=0)
@@ -100,32 +112,15 @@ def generalized_cross_entropy(logits: Tensor, targets: Tensor, q: float = GCE_Q)
     return (1.0 - torch.exp(q * log_p)) / q
 
 
-def _positive_inputs(
-    outputs: dict[str, Any], batch: dict[str, Any]
-) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """``(aug scores, positive (B, A), moment (B, T), valid clips (B, T))`` or ``None``."""
-    inputs = _corpus_inputs(outputs, batch)
-    if inputs is None:
-        return None
-    aug, kind, moment, mask = inputs
-    positive = kind == POSITIVE  # (B, A)
-    if not positive.any():
-        return None
-    return aug, positive, moment, mask
-
-
 @register_loss("corpus_positive", ("loss_corpus_positive",))
 def loss_corpus_positive(
     outputs: dict[str, Any], batch: dict[str, Any], indices: Indices, config: LossConfig
 ) -> dict[str, Tensor]:
     """Noise-tolerant loss of the moment's softmax share under each generated positive."""
-    inputs = _positive_inputs(outputs, batch)
+    inputs = _rows(outputs, batch, POSITIVE)  # a share needs a moment
     if inputs is None:
         return {}
     aug, positive, moment, mask = inputs
-    positive = positive & moment.any(1)[:, None]  # a share needs a moment
-    if not positive.any():
-        return {}
     # only the positive rows (each has a moment, so no row is all -inf: no NaN gradient)
     video = positive.nonzero()[:, 0]  # (N,)
     logits = (aug[positive] / config.rank_tau).masked_fill(~mask[video], float("-inf"))  # (N, T)
@@ -140,7 +135,7 @@ def loss_corpus_positive_per_clip(
     outputs: dict[str, Any], batch: dict[str, Any], indices: Indices, config: LossConfig
 ) -> dict[str, Tensor]:
     """The first form: per-clip GCE of ``sigmoid(S)`` (see the module doc)."""
-    inputs = _positive_inputs(outputs, batch)
+    inputs = _rows(outputs, batch, POSITIVE, need_moment=False)
     if inputs is None:
         return {}
     aug, positive, moment, mask = inputs
