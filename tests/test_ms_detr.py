@@ -188,8 +188,8 @@ def test_saliency_refinement_by_boundaries_and_foreground() -> None:
     logits = torch.tensor([[[2.0, 0.0], [-2.0, 0.0]]])  # p_fg = 0.881, 0.119
     refined = refine_saliency(torch.zeros(1, 4), spans, logits, mask, torch.tensor(2.0))
     p = torch.sigmoid(torch.tensor(2.0))
-    assert refined[0, 0].item() == pytest.approx(2 * p * m[0, 0, 0], rel=1e-5)
-    assert refined[0, 3].item() == pytest.approx(2 * (1 - p) * m[0, 1, 3], rel=1e-5)
+    assert refined[0, 0].item() == pytest.approx((2 * p * m[0, 0, 0]).item(), rel=1e-5)
+    assert refined[0, 3].item() == pytest.approx((2 * (1 - p) * m[0, 1, 3]).item(), rel=1e-5)
     fg = torch.stack([p, 1 - p])[:, None]
     assert torch.allclose(refined[0], 2 * (fg * m[0]).amax(0))
     assert refined[0, 1] > refined[0, 2]

@@ -129,3 +129,23 @@ def test_tvsum_label_error_names_line(tmp_path: Path) -> None:
     with pytest.raises(FormatError) as info:
         load_annotations(path, _labels_to_saliency)
     assert info.value.line == 2 and info.value.field == "label"
+
+
+@pytest.mark.parametrize(
+    "values, ok",
+    [
+        ([0.5, 1, 2.0], True),
+        ([], True),
+        ([1.0, float("nan")], False),
+        ([1.0, float("inf")], False),
+        ([True, 1.0], False),
+        ([1e308, 1e308], True),  # the sum overflows, every value is finite
+        ([10**400], False),  # beyond the float range
+        (["1.0"], False),
+    ],
+)
+def test_all_numbers_fast_path_agrees_with_the_elementwise_check(values, ok) -> None:
+    from momentkit.data.records import _all_numbers, _is_number
+
+    assert _all_numbers(values) is ok
+    assert all(map(_is_number, values)) is ok

@@ -6,6 +6,14 @@ predictions) and, with ``--official-dir`` pointing at a checkout of Moment-DETR'
 ``standalone_eval`` directory (``eval.py`` + ``utils.py``; needs scikit-learn), times the
 official ``eval_submission`` on the same rows in the same process and checks that both return
 the same dict.
+
+``--whole-process`` times what a user waits for instead: ``momentkit evaluate PRED GT --out X``
+and the official ``python standalone_eval/eval.py --submission_path PRED --gt_path GT
+--save_path Y`` as fresh processes (interpreter start, imports, JSON reading and writing
+included), alternating the two (A B A B ...) so that both see the same machine load, and checks
+that both written files hold the same metrics::
+
+    momentkit bench evaluate --official-dir /path/to/moment_detr/standalone_eval --whole-process
 """
 
 from __future__ import annotations
@@ -49,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a checkout of the official standalone_eval directory, timed side by side",
     )
     parser.add_argument("--official-repeat", type=int, default=1, help="timed official runs")
+    parser.add_argument(
+        "--whole-process",
+        action="store_true",
+        help="time both evaluators as whole processes (start-up, imports, file I/O), "
+        "alternating, --repeat pairs; needs --official-dir",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
 
 
@@ -99,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.utils.io import read_jsonl, write_json
 
     console = Console()
+    if args.whole_process:
+        return _run_whole_process(args, console)
     official_fn = _load_official(args.official_dir) if args.official_dir is not None else None
     load_start = time.perf_counter()
     submission = read_jsonl(args.pred)
@@ -166,3 +182,104 @@ def run(args: argparse.Namespace) -> int:
 
 def _mark(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "NO")
+
+
+def _run_whole_process(args: argparse.Namespace, console: Any) -> int:
+    """``--whole-process``: both evaluators as fresh processes, alternating A B A B."""
+    import subprocess
+    import tempfile
+
+    from rich.table import Table
+
+    from momentkit.utils.errors import MomentkitError
+    from momentkit.utils.io import write_json
+
+    if args.official_dir is None:
+        raise MomentkitError(
+            "--whole-process compares against the official evaluator: "
+            "give --official-dir /path/to/moment_detr/standalone_eval"
+        )
+    official_dir = args.official_dir.resolve()
+    _load_official(official_dir)  # same checks and import error as in-process
+    pred, gt = args.pred.resolve(), args.gt.resolve()
+    with tempfile.TemporaryDirectory(prefix="momentkit-bench-") as tmp:
+        outs = {"momentkit": Path(tmp) / "ours.json", "official": Path(tmp) / "official.json"}
+        commands = {
+            "momentkit": [
+                sys.executable,
+                "-m",
+                "momentkit",
+                "evaluate",
+                str(pred),
+                str(gt),
+                "--out",
+                str(outs["momentkit"]),
+            ],
+            "official": [
+                sys.executable,
+                str(official_dir / "eval.py"),
+                "--submission_path",
+                str(pred),
+                "--gt_path",
+                str(gt),
+                "--save_path",
+                str(outs["official"]),
+                "--not_verbose",
+            ],
+        }
+        env = {**__import__("os").environ, "PYTHONPATH": str(official_dir.parent)}
+        times: dict[str, list[float]] = {"momentkit": [], "official": []}
+        for _ in range(max(args.repeat, 1)):
+            for name in ("official", "momentkit"):
+                start = time.perf_counter()
+                done = subprocess.run(
+                    commands[name],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=str(official_dir.parent),
+                )
+                times[name].append(time.perf_counter() - start)
+                if done.returncode != 0:
+                    raise MomentkitError(
+                        f"{name} evaluator failed (exit {done.returncode}): "
+                        f"{done.stderr.strip().splitlines()[-1:]}"
+                    )
+        ours = json.loads(outs["momentkit"].read_text(encoding="utf-8"))
+        official = json.loads(outs["official"].read_text(encoding="utf-8"))
+    same = ours == official
+    if not same:
+        console.print(f"[red]differs from the official: {_diff_keys(ours, official)}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = [o / m for o, m in zip(times["official"], times["momentkit"], strict=True)]
+    report = {
+        "pred": str(pred),
+        "gt": str(gt),
+        "mode": "whole-process",
+        "times_s": times,
+        "median_s": med,
+        "speedup_median": med["official"] / med["momentkit"],
+        "speedup_per_pair": ratios,
+        "same_metrics": same,
+    }
+    table = Table(title="QVHighlights evaluation as whole processes, alternating")
+    table.add_column("evaluator")
+    table.add_column("median s", justify="right")
+    table.add_column("min-max s", justify="right")
+    table.add_column("same metrics", justify="center")
+    for name in ("momentkit", "official"):
+        t = times[name]
+        table.add_row(
+            name,
+            f"{med[name]:.3f}",
+            f"{min(t):.3f}-{max(t):.3f}",
+            _mark(same) if name == "momentkit" else "reference",
+        )
+    table.caption = (
+        f"speed-up x{report['speedup_median']:.1f} (per pair "
+        f"x{min(ratios):.1f}-x{max(ratios):.1f}), {len(ratios)} pairs"
+    )
+    console.print(table)
+    if args.out:
+        write_json(args.out, report)
+    return 0 if same else 1

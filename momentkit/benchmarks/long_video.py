@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import numpy as np
+
     from momentkit.data.loader import MomentItem
     from momentkit.data.synth_long import LongFeatureConfig, LongSample, LongVideoGenerator
     from momentkit.inference.trimmed import TrimmedScorer
@@ -149,6 +149,8 @@ class Query:
 
 def featurize(sample: LongSample, max_q_len: int) -> Query:
     """The model inputs of a sample, normalised like ``MomentDataset`` does."""
+    import numpy as np
+
     from momentkit.features.streams import l2_normalize
 
     streams = [np.asarray(sample.streams[s], dtype=np.float32) for s in STREAMS]
@@ -176,6 +178,8 @@ def training_batches(
     generator: LongVideoGenerator, batch_size: int, steps: int, cfg: ExperimentConfig
 ) -> Iterator[dict[str, Any]]:
     """``steps`` batches of fresh training videos (query ``step * batch_size + i``)."""
+    import numpy as np
+
     from momentkit.data.loader import collate
 
     for step in range(steps):
@@ -350,6 +354,8 @@ def moment_clips_kept(
     kept: np.ndarray, windows: Sequence[Sequence[float]], clip_len: float
 ) -> float:
     """Fraction of the clips inside ``windows`` (seconds) that ``kept`` ``(T,)`` holds."""
+    import numpy as np
+
     from momentkit.structures.spans import windows_to_clip_ids
 
     ids = [i for i in windows_to_clip_ids(windows, clip_len) if i < len(kept)]
@@ -598,6 +604,8 @@ def measure_length(
     model: ClipTrimming, queries: Sequence[Query], minutes: float, clip_len: float
 ) -> dict[str, Any]:
     """Latency, accuracy and clips seen of both modes on one video length."""
+    import numpy as np
+
     row: dict[str, Any] = {
         "minutes": minutes,
         "clips": len(queries[0].feats),

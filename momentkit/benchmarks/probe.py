@@ -22,10 +22,11 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 from momentkit.cli.common import add_set_argument
 
@@ -65,6 +66,8 @@ def pairwise_ranking_accuracy(scores: Tensor, labels: Tensor, mask: Tensor) -> t
 
 
 def _accuracy(model: torch.nn.Module, dataset: Any, collate: Any, batch_size: int = 50) -> float:
+    import torch
+
     model.eval()
     correct = pairs = 0
     with torch.no_grad():
@@ -82,6 +85,8 @@ def _accuracy(model: torch.nn.Module, dataset: Any, collate: Any, batch_size: in
 
 def run(args: argparse.Namespace) -> int:
     """Train ``--steps`` steps, report the saliency ranking accuracy every ``--every``."""
+    import torch
+
     from momentkit.benchmarks.learn import feature_overrides
     from momentkit.data.loader import collate
     from momentkit.data.records import load_annotations

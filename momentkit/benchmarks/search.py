@@ -22,9 +22,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
 
 HELP = "time library search: coarse retrieval over 100k clips and end-to-end queries"
 
@@ -70,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def synthetic_vectors(rng: np.random.Generator, num: int, dim: int) -> np.ndarray:
     """``(num, dim)`` float32 clip features: class probabilities (peaked softmax) for the
     1000-d bridge, Gaussian vectors otherwise."""
+    import numpy as np
+
     x = rng.standard_normal((num, dim), dtype=np.float32)
     if dim != BRIDGE_DIM:
         return x
@@ -93,6 +97,8 @@ def build_synthetic_library(
     Returns:
         Seconds spent writing.
     """
+    import numpy as np
+
     from momentkit.library.files import FileStat
     from momentkit.library.space import RetrievalSpace
     from momentkit.library.store import LibraryStore
@@ -120,6 +126,8 @@ def build_synthetic_library(
 
 def synthetic_queries(rng: np.random.Generator, num: int, dim: int) -> np.ndarray:
     """``(num, dim)`` query vectors of the space a synthetic library of ``dim`` uses."""
+    import numpy as np
+
     from momentkit.inference.zero_shot import class_weights
 
     if dim == BRIDGE_DIM:  # softmax of class-name similarities in about [-0.1, 0.6]
@@ -134,6 +142,8 @@ def time_coarse(
 ) -> list[float]:
     """Seconds of stage 1 (vector search + votes + candidate records) for random queries,
     after one untimed warm-up query."""
+    import numpy as np
+
     from momentkit.library.search import coarse_candidates
 
     index, _ = library.vector_index()
@@ -150,6 +160,8 @@ def time_coarse(
 
 def summary(times: list[float]) -> dict[str, float]:
     """Median, 95th percentile and count of ``times`` (milliseconds)."""
+    import numpy as np
+
     ms = np.asarray(times) * 1000.0
     return {
         "median_ms": float(np.median(ms)),

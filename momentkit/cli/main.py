@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "train": "train",
     "predict": "predict",
+    "convert": "convert",
     "cotrain": "cotrain",
     "augment": "augment",
     "pseudo-label": "pseudo_label",
@@ -39,8 +40,14 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every registered subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand.
+
+    ``command`` given: only that subcommand's arguments are built (the others are listed with
+    their one-line help), so ``momentkit --version`` and ``momentkit evaluate ...`` do not pay
+    for the argument set-up of every other command. No command module imports torch, numpy or
+    av at import time or while adding its arguments (``tests/test_cli_startup.py``).
+    """
     parser = argparse.ArgumentParser(
         prog="momentkit",
         description="Find moments in videos from natural-language queries: moment retrieval, "
@@ -51,14 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"momentkit.cli.{module_name}")
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
+        if command is None or command == name:
+            module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named by ``argv`` (its first non-option word), or None."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else ""
+    return "" if argv else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``momentkit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -54,7 +54,32 @@ class _Where:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite int or float (not a bool); ints beyond the float range are not numbers here."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+_PLAIN_NUMBER_TYPES = frozenset((int, float))
+
+
+def _all_numbers(values: list[Any] | tuple[Any, ...]) -> bool:
+    """``all(map(_is_number, values))``, fast for the common case of plain finite floats.
+
+    Plain ``int``/``float`` types whose sum is finite are all finite (an inf or nan makes the
+    sum non-finite); anything else (bools, subclasses, huge ints, a sum that overflows) takes
+    the element-wise check.
+    """
+    if all(type(x) in _PLAIN_NUMBER_TYPES for x in values):
+        try:
+            if math.isfinite(sum(values)):
+                return True
+        except OverflowError:
+            pass
+    return all(map(_is_number, values))
 
 
 def _qid(obj: dict[str, Any], where: _Where) -> Qid:
@@ -86,7 +111,7 @@ def _windows(value: Any, key: str, where: _Where, with_score: bool) -> list[list
     shape = "[start, end, score]" if with_score else "[start, end]"
     out: list[list[float]] = []
     for i, w in enumerate(value):
-        if not isinstance(w, list | tuple) or len(w) != width or not all(map(_is_number, w)):
+        if not isinstance(w, list | tuple) or len(w) != width or not _all_numbers(w):
             raise where.error(f"{key}[{i}]", f"expected {shape} numbers, got {w!r}")
         if w[1] < w[0]:
             raise where.error(
@@ -144,7 +169,7 @@ class MomentAnnotation:
             raise where.error("relevant_clip_ids", "expected a list of non-negative integers")
         scores = obj.get("saliency_scores") or []
         if not isinstance(scores, list) or not all(
-            isinstance(r, list) and all(map(_is_number, r)) for r in scores
+            isinstance(r, list) and _all_numbers(r) for r in scores
         ):
             raise where.error(
                 "saliency_scores", "expected a list of per-annotator score lists, e.g. [[1, 2, 3]]"
@@ -210,7 +235,7 @@ class MomentPrediction:
         qid = _qid(obj, where)
         windows = _windows(obj.get("pred_relevant_windows"), "pred_relevant_windows", where, True)
         sal = obj.get("pred_saliency_scores") or []
-        if not isinstance(sal, list) or not all(map(_is_number, sal)):
+        if not isinstance(sal, list) or not _all_numbers(sal):
             raise where.error("pred_saliency_scores", "expected a list of finite numbers")
         extra = {k: v for k, v in obj.items() if k not in _PREDICTION_KEYS}
         return cls(

@@ -354,12 +354,26 @@ class MomentModel(nn.Module):
     def from_pretrained(
         cls, directory: str | Path, device: torch.device | str = "cpu"
     ) -> MomentModel:
-        """Load a model saved by :meth:`save_pretrained`.
+        """Load a model saved by :meth:`save_pretrained`, or an official checkpoint file.
 
         Called on the base class it builds whichever registered model ``config.json`` names;
-        on a subclass it also checks that the saved model is of that class.
+        on a subclass it also checks that the saved model is of that class. A *file* is taken
+        for an official checkpoint: its source is detected and it is converted in memory
+        (:func:`momentkit.interop.convert.convert_checkpoint`, read through an allow-list).
         """
         directory = Path(directory)
+        if directory.is_file():
+            from momentkit.interop.convert import convert_checkpoint
+
+            model = convert_checkpoint(directory).model
+            if not isinstance(model, cls):
+                raise FormatError(
+                    directory,
+                    None,
+                    None,
+                    f"holds a '{model.config.name}' model, not a {cls.__name__}",
+                )
+            return model.to(device)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for path in (config_path, weights_path):
             if not path.is_file():
