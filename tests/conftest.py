@@ -14,6 +14,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests never read or write the user's momentkit cache (~/.cache/momentkit)."""
+    import os
+
+    path = tmp_path_factory.mktemp("momentkit-cache")
+    old = os.environ.get("MOMENTKIT_CACHE")
+    os.environ["MOMENTKIT_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MOMENTKIT_CACHE", None)
+    else:
+        os.environ["MOMENTKIT_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data``; tests that need it are skipped where it is absent."""

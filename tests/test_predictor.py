@@ -245,10 +245,10 @@ def test_batched_queries_equal_one_by_one(toy_run: Path, toy_video: Path):
     assert video.num_clips == 10 and video.duration == pytest.approx(20.0, abs=0.2)
     assert set(video.streams) == {"toy", "toy_spread"}
     queries = ["red", "a green thing appears", "blue blue blue sky at night"]
-    batched = predictor.predict(video, queries, top_k=None)
+    batched = predictor.predict(video, queries, top_k=None, calibrate=False)
     assert [r.query for r in batched] == queries
     for query, result in zip(queries, batched):
-        (single,) = predictor.predict(video, [query], top_k=None)
+        (single,) = predictor.predict(video, [query], top_k=None, calibrate=False)
         np.testing.assert_allclose(result.saliency, single.saliency, atol=1e-5)
         got = np.array([[m.start, m.end, m.score] for m in result.moments])
         want = np.array([[m.start, m.end, m.score] for m in single.moments])
@@ -263,8 +263,14 @@ def test_batched_queries_equal_one_by_one(toy_run: Path, toy_video: Path):
     # search = encode + predict
     searched = predictor.search(toy_video, queries[:1], top_k=2)
     assert [m.to_dict() for m in searched[0].moments] == [
-        m.to_dict() for m in batched[0].moments[:2]
+        m.to_dict() for m in predictor.predict(video, queries[:1], top_k=2)[0].moments
     ]
+    # calibrated output: the raw moments de-duplicated (the toy model repeats spans), each
+    # with a relevance in [0, 1]
+    (calibrated,) = predictor.predict(video, queries[:1], top_k=None)
+    spans = [(m.start, m.end) for m in calibrated.moments]
+    assert len(set(spans)) == len(spans) <= len(batched[0].moments)
+    assert all(0.0 <= m.relevance <= 1.0 for m in calibrated.moments)
 
 
 def test_sliding_windows_merge_into_absolute_times(tmp_path: Path):
@@ -275,7 +281,7 @@ def test_sliding_windows_merge_into_absolute_times(tmp_path: Path):
     assert predictor.window == 8
     video = random_encoding(23)
     queries = ["red", "green blue"]
-    results = predictor.predict(video, queries, top_k=None)
+    results = predictor.predict(video, queries, top_k=None, calibrate=False)
 
     whole = Predictor.from_checkpoint(run, encoder="toy", nms_iou=None)
     whole.scorer.window = None  # predict each window as a video of its own
@@ -285,7 +291,7 @@ def test_sliding_windows_merge_into_absolute_times(tmp_path: Path):
         total, count, pooled = np.zeros(23), np.zeros(23), []
         for first, last in ranges:
             part = video.slice(first, last)
-            (r,) = whole.predict(part, [queries[qi]], top_k=None)
+            (r,) = whole.predict(part, [queries[qi]], top_k=None, calibrate=False)
             total[first:last] += r.saliency
             count[first:last] += 1
             pooled += [[m.start + first * 2.0, min(m.end + first * 2.0, video.duration), m.score]
@@ -387,11 +393,19 @@ def test_results_and_encodings():
     result = QueryResult("q", [Moment(0.0, 4.0, 0.9)], np.array([0.5, 0.25, 0.125]), 2.0, 5.0)
     assert json.loads(json.dumps(result.to_dict())) == {
         "query": "q",
-        "moments": [{"start": 0.0, "end": 4.0, "score": 0.9}],
+        "moments": [{"start": 0.0, "end": 4.0, "score": 0.9, "relevance": None}],
         "saliency": [0.5, 0.25, 0.125],
         "clip_len": 2.0,
         "duration": 5.0,
+        "min_relevance": None,
+        "best_relevance": None,
+        "no_confident_match": False,
     }
+    # full precision by default: zero-shot scores 1e-5 apart stay distinct
+    tiny = QueryResult("q", [Moment(0, 2, 1.23456789e-4, 0.123456789)], np.zeros(1), 2.0, 2.0)
+    moment = json.loads(json.dumps(tiny.to_dict()))["moments"][0]
+    assert moment["score"] == 1.23456789e-4 and moment["relevance"] == 0.123456789
+    assert tiny.to_dict(decimals=4)["moments"][0]["score"] == 0.0001
     np.testing.assert_allclose(result.clip_times(), [1.0, 3.0, 4.5])
     assert result.moments[0].length == 4.0 and result.moments[0].to_window() == [0.0, 4.0, 0.9]
     video = random_encoding(5)  # 9 s

@@ -556,7 +556,7 @@ def test_every_clip_mode_equals_the_sliding_window_predictor(tmp_path: Path):
     from test_predictor import random_encoding  # noqa: F401  (registers the toy encoder)
 
     from momentkit.encoders import build_encoder
-    from momentkit.inference.predictor import ModelScorer
+    from momentkit.inference.model_scorer import ModelScorer
 
     model = tiny_model(
         video_dim=4 + 3 + 2, text_dim=4, index_dim=0, max_clips=6, min_clips=2,

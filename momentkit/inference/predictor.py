@@ -31,19 +31,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from momentkit.encoders.base import Encoder
-from momentkit.features.streams import l2_normalize
-from momentkit.features.tef import TEF_DIM, temporal_endpoint_features
-from momentkit.inference.results import Moment, QueryResult, VideoEncoding
-from momentkit.inference.windows import merge_moments, merge_saliency, plan_windows, shift_moments
+from momentkit.features.tef import TEF_DIM
+from momentkit.inference.results import QueryResult, VideoEncoding
 from momentkit.utils.errors import MomentkitError
 
 if TYPE_CHECKING:
@@ -99,156 +95,6 @@ class Scorer(Protocol):
         ...
 
 
-# ------------------------------------------------------------------------------ model scoring
-def pad_tokens(texts: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``B`` arrays ``(N_i, D)`` -> zero-padded ``(B, max N_i, D)`` float32 and ``(B, N)`` mask."""
-    longest = max(len(t) for t in texts)
-    feats = torch.zeros(len(texts), longest, texts[0].shape[1])
-    mask = torch.zeros(len(texts), longest, dtype=torch.bool)
-    for i, t in enumerate(texts):
-        feats[i, : len(t)] = torch.from_numpy(np.asarray(t, dtype=np.float32))
-        mask[i, : len(t)] = True
-    return feats, mask
-
-
-@dataclass
-class ModelScorer:
-    """A trained moment model applied to encoded videos and queries.
-
-    Args:
-        model: the model (put in eval mode here).
-        text_encoder: encodes queries into the text stream the model was trained on.
-        streams: the video streams, in the training order (concatenated on channels).
-        clip_len: seconds per clip.
-        window: most clips per forward pass (the training ``max_v_len``); ``None``: no limit.
-        overlap: fraction of a window shared with the next one.
-        use_tef, normalize_video, normalize_text, max_q_len: the training input settings.
-        nms_iou: moments overlapping a better one by this IoU or more are dropped (also merges
-            the windows' duplicates); ``None`` keeps the model's raw output.
-        device: where the model runs.
-        batch_size: most queries per forward pass.
-    """
-
-    model: MomentModel
-    text_encoder: Encoder
-    streams: tuple[str, ...]
-    clip_len: float
-    window: int | None = 75
-    overlap: float = 0.5
-    use_tef: bool = True
-    normalize_video: bool = True
-    normalize_text: bool = True
-    max_q_len: int | None = 32
-    nms_iou: float | None = 0.5
-    device: str = "cpu"
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        self.model.eval()
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-    @property
-    def video_streams(self) -> tuple[str, ...]:
-        """The streams the model reads, in order."""
-        return self.streams
-
-    @property
-    def description(self) -> str:
-        """The model's registry name and input streams."""
-        return f"{self.model.config.name} on {' + '.join(self.streams)}"
-
-    def video_features(self, video: VideoEncoding) -> np.ndarray:
-        """``(T, D)`` float32: the streams (L2-normalised) cut to the shortest and concatenated,
-        without TEF (it is added per window)."""
-        arrays = [np.asarray(video.streams[s], dtype=np.float32) for s in self.streams]
-        num_clips = min(len(a) for a in arrays)
-        if self.normalize_video:
-            arrays = [l2_normalize(a[:num_clips]) for a in arrays]
-        return np.concatenate([a[:num_clips] for a in arrays], axis=1)
-
-    def text_features(self, queries: Sequence[str]) -> list[np.ndarray]:
-        """``(N_i, Dt)`` float32 token features of each query, cut and normalised as in
-        training."""
-        tokens = [
-            f.last_hidden_state[: self.max_q_len] for f in self.text_encoder.encode_text(queries)
-        ]
-        if self.normalize_text:
-            tokens = [l2_normalize(np.asarray(t, dtype=np.float32)) for t in tokens]
-        return [np.asarray(t, dtype=np.float32) for t in tokens]
-
-    @torch.inference_mode()
-    def forward_window(
-        self, clips: np.ndarray, text: torch.Tensor, text_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the model on one window for ``B`` queries.
-
-        Args:
-            clips: ``(n, D)`` the window's features (without TEF).
-            text: ``(B, N, Dt)`` padded query tokens; ``text_mask`` ``(B, N)``.
-
-        Returns:
-            ``pred_logits`` ``(B, Q, 2)``, ``pred_spans`` ``(B, Q, 2)`` cxw normalised by the
-            window's ``n * clip_len`` seconds, ``saliency_scores`` ``(B, n)``, on the CPU.
-        """
-        if self.use_tef:
-            clips = np.concatenate([clips, temporal_endpoint_features(len(clips))], axis=1)
-        b, n = len(text), len(clips)
-        video = torch.from_numpy(np.ascontiguousarray(clips, dtype=np.float32))
-        batch: dict[str, Any] = {
-            "video_feats": video.to(self.device).unsqueeze(0).repeat(b, 1, 1),
-            "video_mask": torch.ones(b, n, dtype=torch.bool, device=self.device),
-            "text_feats": text.to(self.device),
-            "text_mask": text_mask.to(self.device),
-            "duration": torch.full((b,), n * self.clip_len),
-            "clip_len": self.clip_len,
-            "qids": list(range(b)),
-            "vids": ["video"] * b,
-        }
-        out = self.model(batch)
-        saliency = out.get("saliency_scores")
-        saliency = torch.zeros(b, n) if saliency is None else saliency.float().cpu()
-        return out["pred_logits"].float().cpu(), out["pred_spans"].float().cpu(), saliency
-
-    def predict(
-        self, video: VideoEncoding, queries: Sequence[str], top_k: int | None = 10
-    ) -> list[QueryResult]:
-        """Moments and saliency of every query; long videos through sliding windows."""
-        from momentkit.modeling.postprocess import PostProcessor
-
-        feats = self.video_features(video)
-        ranges = plan_windows(len(feats), self.window, self.overlap)
-        tokens = self.text_features(queries)
-        post = PostProcessor(top_k=None, nms_threshold=None, round_to_clip=True, decimals=6)
-        moments: list[list[np.ndarray]] = [[] for _ in queries]
-        saliency: list[list[np.ndarray]] = [[] for _ in queries]
-        for first, last in ranges:
-            span = (last - first) * self.clip_len
-            for lo in range(0, len(queries), self.batch_size):
-                text, mask = pad_tokens(tokens[lo : lo + self.batch_size])
-                logits, spans, sal = self.forward_window(feats[first:last], text, mask)
-                for j in range(len(text)):
-                    rows = post.windows(logits[j], spans[j], span, self.clip_len)
-                    moments[lo + j].append(
-                        shift_moments(np.array(rows), first * self.clip_len, video.duration)
-                    )
-                    saliency[lo + j].append(sal[j].numpy())
-        results = []
-        for i, query in enumerate(queries):
-            merged = merge_moments(moments[i], self.nms_iou, top_k)
-            results.append(
-                QueryResult(
-                    query=query,
-                    moments=[Moment(float(s), float(e), float(v)) for s, e, v in merged],
-                    saliency=merge_saliency(len(feats), ranges, saliency[i]),
-                    clip_len=video.clip_len,
-                    duration=video.duration,
-                )
-            )
-        return results
-
-
-# --------------------------------------------------------------------------- checkpoint reading
 def stream_name(store: str | Path) -> str:
     """The stream a feature store holds: its folder name, or for a packed store (``momentkit
     pack``) the folder name of the ``.npz`` directory it was packed from."""
@@ -419,6 +265,7 @@ class Predictor:
         self.clip_len = float(clip_len)
         self.clips_per_batch = clips_per_batch
         self.decode_threads = decode_threads
+        self._reference: tuple[tuple[object, ...], np.ndarray] | None = None
         self._video_encoders: dict[str, Encoder] = {}
         for stream in scorer.video_streams:
             enc = next((e for e in self.encoders if stream in e.video_streams), None)
@@ -506,6 +353,8 @@ class Predictor:
                 batch_size=min(cfg.data.eval_batch_size, 16),
             )
             return cls(trimmed, encoders, cfg.data.clip_len)
+        from momentkit.inference.model_scorer import ModelScorer
+
         scorer = ModelScorer(
             model,
             text_encoder,
@@ -563,8 +412,15 @@ class Predictor:
         return self.scorer.description
 
     # -- work -------------------------------------------------------------------------------
-    def encode_video(self, path: str | Path) -> VideoEncoding:
+    def encode_video(
+        self, path: str | Path, progress: Callable[[int, int], None] | None = None
+    ) -> VideoEncoding:
         """Decode ``path`` once and compute every stream the scorer needs.
+
+        Args:
+            path: the video file.
+            progress: called as ``progress(clips_done, clips_total)`` after every encoded
+                batch of clips (and once with ``(0, total)`` before the first).
 
         Raises:
             VideoError: the file cannot be decoded.
@@ -578,13 +434,21 @@ class Predictor:
         parts: dict[str, list[np.ndarray]] = {s: [] for s in self._video_encoders}
         batch: list[dict[str, np.ndarray]] = []
 
+        total, done = len(reader), 0
+        if progress is not None:
+            progress(0, total)
+
         def flush() -> None:
+            nonlocal done
             for enc in encoders:
                 feats = enc.encode_clips(np.stack([c[enc.name] for c in batch]))
                 for stream in parts:
                     if self._video_encoders[stream] is enc:
                         parts[stream].append(np.asarray(feats[stream], dtype=np.float32))
+            done += len(batch)
             batch.clear()
+            if progress is not None:
+                progress(done, total)
 
         for clip in prefetch(reader, 2 * self.clips_per_batch):
             batch.append(clip)
@@ -596,21 +460,47 @@ class Predictor:
         return VideoEncoding(str(path), reader.info.duration, self.clip_len, streams)
 
     def predict(
-        self, video: VideoEncoding, queries: Sequence[str], *, top_k: int | None = 10
+        self,
+        video: VideoEncoding,
+        queries: Sequence[str],
+        *,
+        top_k: int | None = 10,
+        min_relevance: float | None = None,
+        calibrate: bool = True,
     ) -> list[QueryResult]:
         """Moments (best first, seconds) and per-clip saliency of each query, in order.
 
-        All queries are scored together (one batch for a trained model).
+        All queries are scored together (one batch for a trained model). With ``calibrate``
+        (the default) every moment gets a relevance in [0, 1] against the reference captions
+        and overlapping or nested moments are merged (:mod:`.calibration`); the reference
+        captions' saliency is computed once per video.
+
+        Args:
+            video: from :meth:`encode_video`.
+            queries: the texts.
+            top_k: moments kept per query (``None``: all).
+            min_relevance: drop moments below this relevance; a query left with none is
+                reported with ``no_confident_match``. Needs ``calibrate``.
+            calibrate: compute relevance and de-duplicate (``False``: the scorer's raw output).
 
         Raises:
-            PredictorError: no queries, an empty query, or ``video`` lacks a stream or was
-                encoded with another clip length.
+            PredictorError: no queries, an empty query, a threshold outside [0, 1], or
+                ``video`` lacks a stream or was encoded with another clip length.
         """
+        from momentkit.inference.calibration import calibrate_result
+
         queries = [check_query(q, i) for i, q in enumerate(queries)] if queries else []
         if not queries:
             raise PredictorError("no queries given; pass at least one non-empty query")
         if top_k is not None and top_k < 1:
             raise PredictorError(f"top_k must be >= 1 (or None), got {top_k}")
+        if min_relevance is not None and not (0.0 <= min_relevance <= 1.0):
+            raise PredictorError(
+                f"the minimum relevance must be in [0, 1], got {min_relevance} (relevance is "
+                "the share of unrelated reference captions a moment beats; 0.9 is a good start)"
+            )
+        if min_relevance is not None and not calibrate:
+            raise PredictorError("a minimum relevance needs calibrate=True")
         if not math.isclose(video.clip_len, self.clip_len):
             raise PredictorError(
                 f"{video.path}: encoded with {video.clip_len} s clips but this predictor uses "
@@ -625,7 +515,28 @@ class Predictor:
             )
         if video.num_clips == 0:
             raise PredictorError(f"{video.path}: the video has no clips (duration 0)")
-        return self.scorer.predict(video, queries, top_k)
+        if not calibrate:
+            return self.scorer.predict(video, queries, top_k)
+        results = self.scorer.predict(video, queries, None)
+        reference = self.reference_saliency(video)
+        return [
+            calibrate_result(r, reference, top_k=top_k, min_relevance=min_relevance)
+            for r in results
+        ]
+
+    def reference_saliency(self, video: VideoEncoding) -> np.ndarray:
+        """``(B, T)`` saliency of the reference captions on ``video`` (the calibration's null;
+        kept for the last video, so several queries on one video pay for it once)."""
+        from momentkit.inference.calibration import reference_captions
+
+        key = (id(video), video.path, video.num_clips, video.duration)
+        if self._reference is not None and self._reference[0] == key:
+            return self._reference[1]
+        captions = list(reference_captions())
+        rows = self.scorer.predict(video, captions, 1)
+        value = np.stack([np.asarray(r.saliency, dtype=np.float32) for r in rows])
+        self._reference = (key, value)
+        return value
 
     def search(
         self, path: str | Path, queries: Sequence[str], *, top_k: int | None = 10

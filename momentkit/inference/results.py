@@ -21,23 +21,32 @@ class Moment:
 
     Attributes:
         start, end: seconds from the start of the video, ``0 <= start < end <= duration``.
-        score: the predictor's confidence (higher is better; its scale depends on the
+        score: the predictor's raw confidence (higher is better; its scale depends on the
             predictor: a foreground probability for trained models, a saliency contrast for
-            the zero-shot predictor).
+            the zero-shot predictor). Use ``relevance`` to compare or threshold.
+        relevance: calibrated relevance in [0, 1], comparable across videos, queries and
+            predictors (:mod:`momentkit.inference.calibration`); ``None`` when the predictor
+            has no calibration.
     """
 
     start: float
     end: float
     score: float
+    relevance: float | None = None
 
     @property
     def length(self) -> float:
         """``end - start`` in seconds."""
         return self.end - self.start
 
-    def to_dict(self) -> dict[str, float]:
-        """``{"start", "end", "score"}``, JSON-ready."""
-        return {"start": float(self.start), "end": float(self.end), "score": float(self.score)}
+    def to_dict(self) -> dict[str, float | None]:
+        """``{"start", "end", "score", "relevance"}``, JSON-ready, full precision."""
+        return {
+            "start": float(self.start),
+            "end": float(self.end),
+            "score": float(self.score),
+            "relevance": None if self.relevance is None else float(self.relevance),
+        }
 
     def to_window(self) -> list[float]:
         """``[start, end, score]``, the row format of ``pred_relevant_windows``."""
@@ -55,6 +64,10 @@ class QueryResult:
             ``[i * clip_len, min((i + 1) * clip_len, duration))``).
         clip_len: seconds per clip.
         duration: seconds of video.
+        min_relevance: the threshold applied to ``moments`` (``None``: none); moments below it
+            were dropped.
+        best_relevance: the highest relevance any proposed moment had before the threshold
+            (``None`` without calibration).
     """
 
     query: str
@@ -62,6 +75,14 @@ class QueryResult:
     saliency: np.ndarray
     clip_len: float
     duration: float
+    min_relevance: float | None = None
+    best_relevance: float | None = None
+
+    @property
+    def no_confident_match(self) -> bool:
+        """True when a threshold was applied and no moment reached it: the video holds no
+        confident match for the query."""
+        return self.min_relevance is not None and not self.moments
 
     @property
     def num_clips(self) -> int:
@@ -74,19 +95,26 @@ class QueryResult:
         ends = np.minimum(starts + self.clip_len, self.duration)
         return (starts + ends) / 2
 
-    def to_dict(self, decimals: int = 4) -> dict[str, Any]:
+    def to_dict(self, decimals: int | None = None) -> dict[str, Any]:
         """A JSON-ready dict: ``query``, ``moments`` (list of dicts), ``saliency`` (list),
-        ``clip_len`` and ``duration``; numbers rounded to ``decimals``."""
+        ``clip_len``, ``duration``, ``min_relevance``, ``best_relevance`` and
+        ``no_confident_match``. Numbers keep full (float64) precision unless ``decimals`` is
+        given: zero-shot scores can be 1e-4 apart."""
 
-        def r(x: float) -> float:
-            return round(float(x), decimals)
+        def r(x: float | None) -> float | None:
+            if x is None:
+                return None
+            return float(x) if decimals is None else round(float(x), decimals)
 
         return {
             "query": self.query,
             "moments": [{k: r(v) for k, v in m.to_dict().items()} for m in self.moments],
-            "saliency": [r(x) for x in np.asarray(self.saliency).tolist()],
+            "saliency": [r(x) for x in np.asarray(self.saliency, dtype=np.float64).tolist()],
             "clip_len": float(self.clip_len),
             "duration": r(self.duration),
+            "min_relevance": self.min_relevance,
+            "best_relevance": r(self.best_relevance),
+            "no_confident_match": self.no_confident_match,
         }
 
 

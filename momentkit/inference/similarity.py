@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from momentkit.data.records import MomentAnnotation, MomentPrediction
-from momentkit.structures.spans import temporal_iou
+from momentkit.evaluation.average_precision import cross_iou
 from momentkit.utils.errors import FeatureError
 
 
@@ -66,19 +65,41 @@ def runs_above(values: np.ndarray, threshold: float) -> list[tuple[int, int]]:
     return [(int(s), int(e)) for s, e in zip(edges[::2], edges[1::2])]
 
 
-def temporal_nms(windows: np.ndarray, iou_threshold: float) -> list[int]:
+def temporal_nms(
+    windows: np.ndarray, iou_threshold: float, containment: float | None = None
+) -> list[int]:
     """Greedy NMS of ``(N, 3)`` ``[start, end, score]`` windows sorted best first.
 
-    Returns the indices kept: each overlaps every better kept window with IoU below
-    ``iou_threshold``.
+    Args:
+        windows: the windows, best first.
+        iou_threshold: a window overlapping a better kept one with IoU at or above this is
+            dropped.
+        containment: also drop a window when the overlap covers at least this fraction of the
+            shorter of the two (one nested in the other); ``None``: IoU only.
+
+    Returns:
+        The indices kept, in order.
     """
     if len(windows) == 0:
         return []
-    spans = torch.as_tensor(windows[:, :2], dtype=torch.float64)
-    iou = temporal_iou(spans, spans)[0].numpy()
+    spans = np.asarray(windows, dtype=np.float64)[:, :2]
+    iou = np.nan_to_num(cross_iou(spans, spans), nan=1.0)
+    if containment is not None:
+        lengths = spans[:, 1] - spans[:, 0]
+        inter = np.clip(
+            np.minimum(spans[:, None, 1], spans[None, :, 1])
+            - np.maximum(spans[:, None, 0], spans[None, :, 0]),
+            0.0,
+            None,
+        )
+        shorter = np.minimum(lengths[:, None], lengths[None, :])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cover = np.where(shorter > 0, inter / shorter, 1.0)
     keep: list[int] = []
     for i in range(len(windows)):
-        if all(iou[i, j] < iou_threshold for j in keep):
+        if all(iou[i, j] < iou_threshold for j in keep) and (
+            containment is None or all(cover[i, j] < containment for j in keep)
+        ):
             keep.append(i)
     return keep
 

@@ -28,7 +28,7 @@ import torch
 
 from momentkit.features.streams import l2_normalize
 from momentkit.features.tef import temporal_endpoint_features
-from momentkit.inference.predictor import pad_tokens
+from momentkit.inference.model_scorer import pad_tokens
 from momentkit.inference.results import Moment, QueryResult, VideoEncoding
 from momentkit.inference.windows import merge_moments, merge_saliency, plan_windows, shift_moments
 

@@ -133,11 +133,15 @@ class ZeroShotScorer:
         if self.stream == CLASS_PROBS_STREAM:
             bridge = self.encoder
             assert isinstance(bridge, ClassBridge)
+            batch = getattr(bridge, "class_similarities", None)
+            similarities = (
+                batch(list(queries))
+                if batch is not None
+                else np.stack([bridge.class_similarity(q) for q in queries])
+            )
             rows = [
-                zero_shot_relevance(
-                    clips, class_weights(bridge.class_similarity(q), self.temperature)
-                )
-                for q in queries
+                zero_shot_relevance(clips, class_weights(sim, self.temperature))
+                for sim in similarities
             ]
             return np.stack(rows).astype(np.float32)
         pooled = np.stack([f.pooler_output for f in self.encoder.encode_text(list(queries))])

@@ -48,6 +48,8 @@ class SearchEngine:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int, int], VideoEncoding] = OrderedDict()
         self._lock = threading.Lock()
+        #: seconds :meth:`load` took to build the models (reported once, by the first query)
+        self.load_seconds: float | None = None
 
     @classmethod
     def load(
@@ -72,20 +74,25 @@ class SearchEngine:
         Raises:
             LibraryError: nothing was ever indexed into the library.
         """
+        import time
+
         from momentkit.encoders import build_encoder
         from momentkit.inference.predictor import Predictor
 
+        start = time.perf_counter()
         spec = library.space.spec  # LibraryError when nothing was ever indexed
         clip_len = library.clip_len
         if checkpoint is None:
             encoder = build_encoder(spec, device=device)
             predictor = Predictor.zero_shot(encoder, clip_len=clip_len, device=device)
-            return cls(library, encoder, predictor)
-        given = list(checkpoint_encoders) if checkpoint_encoders else None
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder=given)
-        shared = [e for e in predictor.encoders if e.name == spec]
-        encoder = shared[0] if shared else build_encoder(spec, device=device)
-        return cls(library, encoder, predictor)
+        else:
+            given = list(checkpoint_encoders) if checkpoint_encoders else None
+            predictor = Predictor.from_checkpoint(checkpoint, device=device, encoder=given)
+            shared = [e for e in predictor.encoders if e.name == spec]
+            encoder = shared[0] if shared else build_encoder(spec, device=device)
+        engine = cls(library, encoder, predictor)
+        engine.load_seconds = time.perf_counter() - start
+        return engine
 
     def encoding(self, video: VideoRecord) -> VideoEncoding:
         """The features of ``video`` the predictor reads: stored ones when they fit, else a
@@ -112,10 +119,17 @@ class SearchEngine:
         return encoding
 
     def query(
-        self, text: str, *, top_k: int = 10, n_clips: int = 200, n_videos: int = 5
+        self,
+        text: str,
+        *,
+        top_k: int = 10,
+        n_clips: int = 200,
+        n_videos: int = 5,
+        min_relevance: float | None = None,
     ) -> LibraryResult:
-        """The best moments for ``text`` across the library (see :mod:`.search`)."""
-        return search_library(
+        """The best moments for ``text`` across the library (see :mod:`.search`); the first
+        query's timings include ``load``, the seconds :meth:`load` took."""
+        result = search_library(
             self.library,
             text,
             self.predictor,
@@ -124,4 +138,10 @@ class SearchEngine:
             n_clips=n_clips,
             n_videos=n_videos,
             encode=self.encoding,
+            min_relevance=min_relevance,
         )
+        if self.load_seconds is not None:
+            result.timings = {"load": self.load_seconds, **result.timings}
+            result.timings["total"] += self.load_seconds
+            self.load_seconds = None
+        return result

@@ -17,7 +17,13 @@ class EncodingPredictor(Protocol):
         ...
 
     def predict(
-        self, video: VideoEncoding, queries: list[str], *, top_k: int = 10
+        self,
+        video: VideoEncoding,
+        queries: list[str],
+        *,
+        top_k: int = 10,
+        min_relevance: float | None = None,
     ) -> list[QueryResult]:
-        """Moments (best first) and per-clip saliency of each query in one encoded video."""
+        """Moments (best first) and per-clip saliency of each query in one encoded video; with
+        ``min_relevance``, only moments whose calibrated relevance reaches it."""
         ...

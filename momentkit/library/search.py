@@ -10,11 +10,14 @@
 
 Ranking across videos: a predictor's moment scores are relative to their video (the zero-shot
 contrast is measured against the video's own median; a DETR confidence is a per-video softmax),
-so they are not comparable between videos. Each moment is therefore ranked by its *span
-relevance*, the mean similarity between the query and the clips inside the moment in the
-library's retrieval space, which is the same scale for every video; the predictor's score
-breaks ties and is reported as ``moment_score``. The predictor decides where moments are, the
-shared space decides which are best across the library.
+so they are not comparable between videos. Each moment is therefore ranked by its calibrated
+relevance (:mod:`momentkit.inference.calibration`: the share of unrelated reference captions it
+beats, the same scale for every video), then by its *span relevance*, the mean similarity
+between the query and the clips inside the moment in the library's retrieval space; the
+predictor's score is reported as ``moment_score``. The predictor decides where moments are, the
+calibration and the shared space decide which are best across the library. With
+``min_relevance``, moments below it are dropped; a query left with none has no confident match
+in the library.
 """
 
 from __future__ import annotations
@@ -32,11 +35,6 @@ from momentkit.inference.results import QueryResult, VideoEncoding
 from momentkit.library.library import Library
 from momentkit.library.protocols import EncodingPredictor
 from momentkit.library.store import VideoRecord
-
-
-def significant(x: float, digits: int = 6) -> float:
-    """``x`` rounded to ``digits`` significant digits."""
-    return float(f"{float(x):.{digits}g}")
 
 
 @dataclass
@@ -61,9 +59,11 @@ class LibraryMoment:
     Attributes:
         video: the video it is in.
         start, end: seconds.
-        score: span relevance (the ranking key, comparable across videos).
+        score: span relevance in the retrieval space (comparable across videos).
         moment_score: the predictor's score of the moment (comparable within its video).
         video_score: the coarse score of its video.
+        relevance: calibrated relevance in [0, 1] (the first ranking key), or ``None`` when the
+            predictor has no calibration.
     """
 
     video: VideoRecord
@@ -72,19 +72,22 @@ class LibraryMoment:
     score: float
     moment_score: float
     video_score: float
+    relevance: float | None = None
 
     def to_dict(self, decimals: int = 4) -> dict[str, Any]:
         """JSON-ready: ``video_id``, ``path``, ``name``, ``start``, ``end`` (rounded to
-        ``decimals``) and the scores (6 significant digits: zero-shot scores can be small)."""
+        ``decimals``), the scores and the relevance at full precision (zero-shot scores can be
+        1e-4 apart)."""
         return {
             "video_id": self.video.id,
             "path": str(self.video.path),
             "name": self.video.name,
             "start": round(self.start, decimals),
             "end": round(self.end, decimals),
-            "score": significant(self.score),
-            "moment_score": significant(self.moment_score),
-            "video_score": significant(self.video_score),
+            "score": float(self.score),
+            "moment_score": float(self.moment_score),
+            "video_score": float(self.video_score),
+            "relevance": None if self.relevance is None else float(self.relevance),
         }
 
 
@@ -96,13 +99,29 @@ class LibraryResult:
         query: the text.
         moments: the best moments across videos, best first.
         videos: each candidate with the predictor's full result for it (moments + saliency).
-        timings: seconds spent in ``embed``, ``coarse``, ``localise`` and ``total``.
+        timings: seconds per stage, in order: ``load`` (building the engine's models, when the
+            engine reports it), ``embed`` (the query's vector), ``coarse`` (vector search),
+            ``localise`` (the predictor on every candidate, calibration included) and ``total``
+            (their sum).
+        min_relevance: the threshold applied (``None``: none).
     """
 
     query: str
     moments: list[LibraryMoment]
     videos: list[tuple[VideoCandidate, QueryResult]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    min_relevance: float | None = None
+
+    @property
+    def no_confident_match(self) -> bool:
+        """True when a threshold was applied and no moment of any video reached it."""
+        return self.min_relevance is not None and not self.moments
+
+    @property
+    def best_relevance(self) -> float | None:
+        """The best relevance of any candidate's moments before the threshold."""
+        values = [r.best_relevance for _, r in self.videos if r.best_relevance is not None]
+        return max(values) if values else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``query``, ``moments``, ``videos`` (with saliency) and ``timings``."""
@@ -114,13 +133,16 @@ class LibraryResult:
                     "video_id": c.video.id,
                     "name": c.video.name,
                     "path": str(c.video.path),
-                    "score": significant(c.score),
+                    "score": float(c.score),
                     "hits": c.hits,
-                    **{k: v for k, v in r.to_dict(decimals=6).items() if k != "query"},
+                    **{k: v for k, v in r.to_dict().items() if k != "query"},
                 }
                 for c, r in self.videos
             ],
-            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "timings": dict(self.timings),
+            "min_relevance": self.min_relevance,
+            "best_relevance": self.best_relevance,
+            "no_confident_match": self.no_confident_match,
         }
 
 
@@ -185,6 +207,7 @@ def search_library(
     n_clips: int = 200,
     n_videos: int = 5,
     encode: Callable[[VideoRecord], VideoEncoding] | None = None,
+    min_relevance: float | None = None,
 ) -> LibraryResult:
     """Answer ``query`` over the whole library (see the module doc).
 
@@ -198,6 +221,7 @@ def search_library(
         n_videos: candidate videos localised.
         encode: features of a candidate for ``predictor``; by default the library's stored
             features (right for the zero-shot predictor of the library's encoder).
+        min_relevance: keep only moments whose calibrated relevance reaches this.
     """
     if top_k < 1 or n_clips < 1 or n_videos < 1:
         raise ValueError(f"top_k, n_clips, n_videos must be >= 1, got {top_k, n_clips, n_videos}")
@@ -206,10 +230,11 @@ def search_library(
     t1 = time.perf_counter()
     candidates = coarse_candidates(library, vector, n_clips, n_videos)
     t2 = time.perf_counter()
-    result = LibraryResult(query, [])
+    result = LibraryResult(query, [], min_relevance=min_relevance)
     for cand in candidates:
         encoding = encode(cand.video) if encode else library.encoding(cand.video.id)
-        answer = predictor.predict(encoding, [query], top_k=top_k)[0]
+        kwargs = {} if min_relevance is None else {"min_relevance": min_relevance}
+        answer = predictor.predict(encoding, [query], top_k=top_k, **kwargs)[0]
         relevance = library.clip_relevance(cand.video.id, vector)
         result.videos.append((cand, answer))
         for m in answer.moments:
@@ -221,9 +246,18 @@ def search_library(
                     score=span_relevance(relevance, cand.video.clip_len, m.start, m.end),
                     moment_score=float(m.score),
                     video_score=cand.score,
+                    relevance=m.relevance,
                 )
             )
-    result.moments.sort(key=lambda m: (-m.score, -m.moment_score, m.video.id, m.start))
+    result.moments.sort(
+        key=lambda m: (
+            -(m.relevance if m.relevance is not None else -1.0),
+            -m.score,
+            -m.moment_score,
+            m.video.id,
+            m.start,
+        )
+    )
     del result.moments[top_k:]
     t3 = time.perf_counter()
     result.timings = {"embed": t1 - t0, "coarse": t2 - t1, "localise": t3 - t2, "total": t3 - t0}
