@@ -180,6 +180,25 @@ def test_cli_errors(synth, tmp_path, capsys):
     assert rc == 2 and "--train" in capsys.readouterr().err
 
 
+def test_a_finished_run_can_be_extended(synth, tmp_path, capsys):
+    """--resume --epochs N (N above the saved count) continues a finished run; epochs already
+    trained are never undone, and settings that change the run's meaning stay refused."""
+    out = tmp_path / "run"
+    assert main(train_args(synth, out, "trainer.epochs=1")) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    rows = [json.loads(x)["epoch"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert rows == [1, 2]
+    assert json.loads((out / "config.json").read_text())["trainer"]["epochs"] == 2
+    # fewer epochs than already trained: refused with the number to give
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "1"]) == 2
+    assert "already trained 2 epochs; resume with --epochs 2 or more" in capsys.readouterr().err
+    # a change of meaning (the learning rate) is still refused
+    rc = main(["train", "--out", str(out), "--resume", "--epochs", "3", "--set", "optim.lr=1"])
+    assert rc == 2
+    assert "optim.lr: saved 0.0003, given 1.0" in capsys.readouterr().err
+
+
 def test_show_config(tmp_path, capsys):
     rc = main(
         ["train", "--model", "qd_detr", "--preset", "charades_sta", "--out", str(tmp_path)]

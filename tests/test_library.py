@@ -561,3 +561,25 @@ def test_cli_index_and_query(tmp_path, monkeypatch, capsys):
     assert "b.mp4" in capsys.readouterr().out
     with pytest.raises(LibraryError, match="no such library"):
         cli(query_cmd, ["red", "--db", str(tmp_path / "nope.db")])
+
+
+def test_index_cli_leaves_no_database_behind_on_bad_input(tmp_path, capsys):
+    """A missing folder, a file instead of a folder, a non-positive clip length: one clear
+    line, and no library file created (an existing library is never deleted)."""
+    from momentkit.cli.main import main
+
+    db = tmp_path / "x.db"
+    assert main(["index", str(tmp_path / "nodir"), "--db", str(db)]) == 2
+    assert "nodir does not exist" in capsys.readouterr().err
+    afile = tmp_path / "a.txt"
+    afile.write_text("x")
+    assert main(["index", str(afile), "--db", str(db)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    for bad in ("-1", "0", "nan"):
+        assert main(["index", str(tmp_path), "--db", str(db), "--clip-len", bad]) == 2
+        assert "--clip-len must be a positive number" in capsys.readouterr().err
+    assert not list(tmp_path.glob("x.db*"))
+    existing = tmp_path / "lib.db"
+    existing.write_bytes(b"")  # a file the user has: never removed by a failed run
+    main(["index", str(tmp_path / "nodir"), "--db", str(existing)])
+    assert existing.exists()

@@ -201,8 +201,13 @@ def test_from_checkpoint_reads_the_training_setup(toy_run: Path):
 
 
 def test_from_checkpoint_errors_name_the_problem(tmp_path: Path, toy_run: Path):
-    with pytest.raises(PredictorError, match="stream 'toy_text'.*--encoder"):
-        Predictor.from_checkpoint(toy_run)  # 'toy' does not say which encoder made it
+    # a synthetic-benchmark checkpoint: say so, rather than suggest an encoder
+    with pytest.raises(PredictorError, match="streams toy_text, toy, toy_spread of the 'synth'"):
+        Predictor.from_checkpoint(toy_run)
+    from momentkit.inference.predictor import infer_encoder_specs
+
+    with pytest.raises(PredictorError, match="'clip' does not say which encoder.*--encoder"):
+        infer_encoder_specs(("minilm_text", "clip"), tmp_path)
     wide = make_run(tmp_path / "wide", video_dim=12)
     with pytest.raises(
         PredictorError,

@@ -47,34 +47,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Index ``args.dir``; exit status 1 if a video failed, else 0."""
+    """Index ``args.dir``; exit status 1 if a video failed, else 0.
+
+    The folder and the clip length are checked before the database is touched, and a database
+    this run created is removed again when the run fails before indexing anything, so a typo
+    never leaves an empty library behind.
+    """
     import json
+    import math
+    from pathlib import Path
 
     from momentkit.library.indexer import Indexer
     from momentkit.library.store import LibraryStore
+    from momentkit.utils.errors import MomentkitError
 
-    with LibraryStore(args.db, create=True) as store:
-        spec = args.encoder or store.encoder or "offline"
-        clip_len = args.clip_len or store.clip_len or 2.0
-
-        def predictor() -> object:
-            from momentkit.inference.predictor import Predictor
-
-            return Predictor.zero_shot(spec, clip_len=clip_len, device=args.device)
-
-        indexer = Indexer(
-            store,
-            spec,
-            clip_len,
-            predictor,  # built only if a video must be encoded
-            progress=not args.no_progress,
-            retry_failed=args.retry_failed,
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise MomentkitError(f"{folder} {what}; give the folder of videos to index")
+    if args.clip_len is not None and not (math.isfinite(args.clip_len) and args.clip_len > 0):
+        raise MomentkitError(
+            f"--clip-len must be a positive number of seconds, got {args.clip_len}"
         )
-        report = indexer.run(args.dir)
-        total = f"library: {store.num_videos()} videos, {store.num_clips()} clips ({spec})"
+    db = Path(args.db)
+    created = not db.exists()
+    try:
+        with LibraryStore(db, create=True) as store:
+            spec = args.encoder or store.encoder or "offline"
+            clip_len = args.clip_len or store.clip_len or 2.0
+
+            def predictor() -> object:
+                from momentkit.inference.predictor import Predictor
+
+                return Predictor.zero_shot(spec, clip_len=clip_len, device=args.device)
+
+            indexer = Indexer(
+                store,
+                spec,
+                clip_len,
+                predictor,  # built only if a video must be encoded
+                progress=not args.no_progress,
+                retry_failed=args.retry_failed,
+            )
+            report = indexer.run(args.dir)
+            total = f"library: {store.num_videos()} videos, {store.num_clips()} clips ({spec})"
+            empty = store.num_videos() == 0
+    except BaseException:
+        if created:
+            _remove_database(db)
+        raise
+    if created and empty and report.failed:
+        _remove_database(db)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         print(report.summary())
         print(total)
     return 1 if report.failed else 0
+
+
+def _remove_database(db: object) -> None:
+    """Delete a library database this run created (with SQLite's side files)."""
+    from pathlib import Path
+
+    path = Path(str(db))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)

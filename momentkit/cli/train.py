@@ -93,12 +93,22 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+#: settings a resumed run may change: they extend or observe the run without changing what the
+#: epochs already trained mean (``trainer.epochs``: the learning-rate schedule becomes the one of
+#: a run planned for the new length, continued from the current step; docs/training.md)
+RESUME_CHANGEABLE = frozenset(
+    {"trainer.epochs", "trainer.patience", "trainer.eval_every", "trainer.checkpoint_every",
+     "trainer.device"}
+)  # fmt: skip
+
+
 def resolve_config(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig; lazy import)
     """The experiment config of this invocation.
 
     A new run is built from defaults, ``--preset``, the flags and ``--set``. With ``--resume``
     in a run directory holding ``config.json``, that config is used; the options given must
-    agree with it (a differing value is an error naming the keys).
+    agree with it (a differing value is an error naming the keys), except the settings of
+    :data:`RESUME_CHANGEABLE` (e.g. ``--epochs`` to extend a finished run).
     """
     from momentkit.training.config import ConfigError, apply_overrides, build_config
     from momentkit.training.pipeline import compare_configs, load_run_config
@@ -111,7 +121,7 @@ def resolve_config(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig;
         given = build_config(args.model, args.preset, overrides)
     else:
         given = apply_overrides(saved, overrides)
-    diffs = compare_configs(saved, given)
+    diffs = [k for k in compare_configs(saved, given) if k not in RESUME_CHANGEABLE]
     if diffs:
         a, b = saved.to_dict(), given.to_dict()
         shown = "; ".join(f"{k}: saved {_get(a, k)!r}, given {_get(b, k)!r}" for k in diffs[:5])
@@ -123,7 +133,9 @@ def resolve_config(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig;
             "Resume with the run's own settings (just `--out RUN_DIR --resume`), or start a new "
             "run in another --out directory",
         )
-    return apply_overrides(saved, [f"trainer.progress={given.trainer.progress}"])
+    changes = [f"trainer.progress={given.trainer.progress}"]
+    changes += [f"{k}={_get(given.to_dict(), k)}" for k in sorted(RESUME_CHANGEABLE)]
+    return apply_overrides(saved, [c.replace("=None", "=null") for c in changes])
 
 
 def _get(obj: dict, dotted: str) -> object:

@@ -126,8 +126,15 @@ def checkpoint_streams(cfg: ExperimentConfig, where: Path) -> tuple[tuple[str, .
     return video, stream_name(cfg.data.text_features)
 
 
-def infer_encoder_specs(streams: Sequence[str], where: Path) -> list[str]:
+def infer_encoder_specs(
+    streams: Sequence[str], where: Path, cfg: ExperimentConfig | None = None
+) -> list[str]:
     """Encoder specs that write ``streams`` (text stream first), from the stream names.
+
+    Args:
+        streams: the checkpoint's stream names (text stream first).
+        where: the checkpoint (for messages).
+        cfg: its experiment config: the message then says what it was trained on.
 
     Raises:
         PredictorError: a stream whose name does not identify its encoder.
@@ -139,16 +146,32 @@ def infer_encoder_specs(streams: Sequence[str], where: Path) -> list[str]:
             continue
         spec = STREAM_ENCODERS.get(stream)
         if spec is None:
-            raise PredictorError(
-                f"{where}: the model was trained on stream '{stream}', whose name does not say "
-                "which encoder made it. Pass the encoder(s) that extracted the training features "
-                "(encoder= in Python, --encoder on the command line), e.g. "
-                "clip:openai/clip-vit-base-patch32 for QVHighlights' CLIP features (features of "
-                "other extractors, such as SlowFast, cannot be computed by momentkit)"
-            )
+            raise PredictorError(_unknown_stream_message(stream, streams, where, cfg))
         specs.append(spec)
         covered |= SPEC_STREAMS[spec]
     return specs
+
+
+def _unknown_stream_message(
+    stream: str, streams: Sequence[str], where: Path, cfg: ExperimentConfig | None
+) -> str:
+    trained = f"{where}: the model was trained on the feature streams {', '.join(streams)}"
+    if cfg is not None:
+        trained += f" of the '{cfg.data.dataset}' data"
+    if cfg is not None and cfg.data.dataset in ("synth", "synth_tad", "synth_long"):
+        return (
+            f"{trained}: momentkit's synthetic benchmark (`momentkit synth`), whose features "
+            "are generated vectors that no encoder computes from a video. Such a checkpoint "
+            "answers queries on synthetic features only (`momentkit predict`); to search real "
+            "videos, train on features extracted from videos (`momentkit extract`) or use "
+            "zero-shot search"
+        )
+    return (
+        f"{trained}; the name '{stream}' does not say which encoder made it. Pass the "
+        "encoder(s) that extracted the training features (encoder= in Python, --encoder on the "
+        "command line), e.g. clip:<model> when the 'clip' stream came from that CLIP model "
+        "(features of extractors momentkit does not run cannot be computed from a video)"
+    )
 
 
 def build_encoders(encoder: EncoderLike | Sequence[EncoderLike], device: str) -> list[Encoder]:
@@ -329,7 +352,7 @@ class Predictor:
         video_streams = tuple(video_streams)
         model = MomentModel.from_pretrained(ckpt, device=device)
         if encoder is None:
-            encoder = infer_encoder_specs((text_stream, *video_streams), ckpt)
+            encoder = infer_encoder_specs((text_stream, *video_streams), ckpt, cfg)
         encoders = build_encoders(encoder, device)
         text_encoder = check_encoders(
             encoders, video_streams, text_stream, model.config, cfg.data.use_tef, ckpt

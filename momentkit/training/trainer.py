@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from momentkit.data.loader import EpochSampler, collate
 from momentkit.data.records import MomentAnnotation, MomentPrediction, save_predictions
 from momentkit.training.checkpoint import (
+    CheckpointError,
     find_checkpoint,
     load_state,
     load_weights,
@@ -367,7 +368,7 @@ class Trainer:
             self.postprocess,
             self.autocast_dtype,
             self.forward,
-            progress=lambda it: self._progress(it, "eval"),
+            progress=lambda it: self._progress(it, "eval", total=_length(loader)),
         )
         shards = all_gather_objects(list(zip(sampler.indices, preds)), self.dist)
         if not self.dist.is_main:
@@ -390,7 +391,12 @@ class Trainer:
         start = time.perf_counter() - st.epoch_time
         # a background thread prepares the next batches while this one trains
         batches = prefetch(self.train_loader, depth=2)
-        bar = self._progress(batches, f"epoch {epoch + 1}/{tc.epochs}")
+        bar = self._progress(
+            batches,
+            f"epoch {epoch + 1}/{tc.epochs}",
+            total=None if (n := _length(self.train_loader)) is None else n + st.step_in_epoch,
+            initial=st.step_in_epoch,
+        )
         for batch in bar:
             losses = self._train_step(batch, epoch)
             for k, v in losses.items():
@@ -540,6 +546,12 @@ class Trainer:
                 logger.info("no checkpoint in %s: starting a new run", self.run_dir / "last")
             return False
         state = load_state(last)
+        done = int(state["trainer"]["epoch"])
+        if done > self.cfg.trainer.epochs:
+            raise CheckpointError(
+                f"{last}: the run has already trained {done} epochs; resume with "
+                f"--epochs {done} or more (given {self.cfg.trainer.epochs})"
+            )
         load_weights(self.model, last, strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -587,12 +599,31 @@ class Trainer:
         dtype = self.autocast_dtype
         return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=bool(dtype))
 
-    def _progress(self, iterable: Any, desc: str) -> Any:
+    def _progress(
+        self, iterable: Any, desc: str, total: int | None = None, initial: int = 0
+    ) -> Any:
+        """A progress bar with the total and the time left (tqdm), on the main process."""
         if not (self.cfg.trainer.progress and self.dist.is_main):
             return iterable
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+        return tqdm(
+            iterable,
+            desc=desc,
+            total=total,
+            initial=initial if total is not None else 0,
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+
+def _length(loader: Any) -> int | None:
+    """Batches ``loader`` yields, or None when it cannot say."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def inference_loop(
