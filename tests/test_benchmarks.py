@@ -201,3 +201,36 @@ def test_bench_probe_reports_accuracy_every_few_steps(tmp_path: Path) -> None:
     for r in reports:
         assert 0.0 <= r["train_accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0
         assert "loss_saliency_rank" in r and r["seconds"] > 0
+
+
+def test_bench_calibration_scores_positives_and_true_negatives(tmp_path: Path) -> None:
+    """Every validation query on its own video and on a video without a matching event (the
+    generator's own rule), zero-shot and with a trained checkpoint; rates in [0, 1], the
+    untresholded row keeps every answer, stricter thresholds reject at least as many."""
+    from momentkit.benchmarks.calibration import _matches, roc_auc
+
+    data, out = tmp_path / "synth", tmp_path / "calib.json"
+    assert main(["synth", str(data), "--train", "24", "--val", "12", "--seed", "0"]) == 0
+    run = tmp_path / "run"
+    train = ["train", "--model", "qd_detr", "--preset", "synth", "--out", str(run), "--epochs", "1"]
+    train += ["--train", str(data / "annotations/train.jsonl")]
+    train += ["--val", str(data / "annotations/val.jsonl")]
+    train += ["--video-features", str(data / "features/slowfast"), str(data / "features/clip")]
+    train += ["--text-features", str(data / "features/clip_text")]
+    assert main([*train, "--set", *[f"model.{kv}" for kv in TINY], "trainer.batch_size=4"]) == 0
+    argv = ["bench", "calibration", "--data", str(data), "--checkpoint", str(run)]
+    assert main([*argv, "--bank", "10", "--thresholds", "0.5", "0.9", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["bank"] == 10 and report["negatives"] >= 8
+    assert len(report["predictors"]) == 2
+    for figures in report["predictors"].values():
+        none, mid, strict = figures["rows"]
+        assert none["threshold"] is None and none["negatives_rejected"] == 0.0
+        assert none["positives_kept"] == 1.0
+        assert mid["negatives_rejected"] <= strict["negatives_rejected"]
+        assert mid["positives_kept"] >= strict["positives_kept"]
+        assert 0.0 <= figures["auc"] <= 1.0
+    latent = {"relation": "after", "target": ["dog", "running"], "context": ["cat", "rolling"]}
+    assert _matches(latent, [[0, 3, "cat", "rolling"], [3, 5, "dog", "running"]])
+    assert not _matches(latent, [[0, 3, "dog", "running"], [3, 5, "cat", "rolling"]])
+    assert roc_auc([1.0, 0.9], [0.1, 0.9]) == pytest.approx((2 + 1 + 0.5) / 4)

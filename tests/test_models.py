@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -193,3 +194,115 @@ def test_short_training_run_overfits(name: str, make_batch: Callable[..., dict])
         history.append(losses["loss"].item())
     assert history[-1] < 0.5 * history[0]
     assert sum(history[-5:]) < sum(history[:5])
+
+
+# ------------------------------------------------------------- switches of the official variant
+def test_project_padding_changes_only_padded_positions(
+    name: str, make_batch: Callable[..., dict]
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name]).eval()
+    every_row = build_model(CONFIGS[name].replace(project_padding=True)).eval()
+    every_row.load_state_dict(model.state_dict())
+    batch = make_batch()
+    with torch.no_grad():
+        a, b = model(batch), every_row(batch)
+    mask = batch["video_mask"]
+    assert torch.allclose(a["pred_spans"], b["pred_spans"], atol=1e-5)
+    assert torch.allclose(a["saliency_scores"][mask], b["saliency_scores"][mask], atol=1e-5)
+    assert not torch.allclose(a["saliency_scores"][~mask], b["saliency_scores"][~mask])
+
+
+def test_qd_detr_negative_pairs_in_evaluation(make_batch: Callable[..., dict]) -> None:
+    torch.manual_seed(0)
+    model = build_model(CONFIGS["qd_detr"].replace(neg_pairs="always")).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(batch)
+        swapped = model(
+            {**batch, "text_feats": batch["text_feats"].roll(-1, 0),
+             "text_mask": batch["text_mask"].roll(-1, 0)}
+        )  # fmt: skip
+    assert torch.allclose(out["saliency_scores_neg"], swapped["saliency_scores"], atol=1e-5)
+    losses = build_criterion(model.config)(out, batch)
+    assert "loss_saliency_neg" in losses  # the validation loss includes the negatives
+
+
+def test_tiled_t2v_mask_reads_other_videos_padding() -> None:
+    from momentkit.models.qd_detr import tiled_t2v_allowed
+
+    video = torch.tensor([[True] * 4, [True, True, True, False]])
+    text = torch.tensor([[True] * 3, [True, True, False]])
+    allowed = tiled_t2v_allowed(video, text, nhead=2)  # (B, H, T, N)
+    assert allowed.shape == (2, 2, 4, 3)
+    # head h of video b reads the mask of video (2b + h) mod 2 = h: odd heads see video 1's
+    assert not allowed[0, 1, 3, 2] and not allowed[1, 1, 3, 2]
+    assert allowed[0, 0].all() and allowed[1, 0].all()
+    assert allowed[:, 1].sum() == 2 * 12 - 2
+
+
+def test_tiled_t2v_mask_changes_only_padded_batches(make_batch: Callable[..., dict]) -> None:
+    torch.manual_seed(0)
+    per_video = build_model(CONFIGS["qd_detr"]).eval()
+    tiled = build_model(CONFIGS["qd_detr"].replace(t2v_mask="tiled")).eval()
+    tiled.load_state_dict(per_video.state_dict())
+    padded = make_batch()
+    full = make_batch(video_lens=(12, 12, 12), text_lens=(6, 6, 6))
+    with torch.no_grad():
+        assert torch.allclose(per_video(full)["pred_spans"], tiled(full)["pred_spans"], atol=1e-6)
+        one = {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in padded.items()}
+        assert torch.allclose(per_video(one)["pred_spans"], tiled(one)["pred_spans"], atol=1e-6)
+        a, b = per_video(padded)["saliency_scores"], tiled(padded)["saliency_scores"]
+    assert not torch.allclose(a[padded["video_mask"]], b[padded["video_mask"]], atol=1e-4)
+
+
+def test_official_switches_are_validated() -> None:
+    with pytest.raises(ValueError, match="model.neg_pairs must be one of train, always"):
+        build_model(QDDETRConfig(**TINY, neg_pairs="eval"))
+    with pytest.raises(ValueError, match="model.t2v_mask"):
+        build_model(QDDETRConfig(**TINY, t2v_mask="tile"))
+    with pytest.raises(ValueError, match=r"model.postprocess: unknown setting\(s\) \['clip'\]"):
+        build_model(MomentDETRConfig(**TINY, postprocess={"clip": 2}))
+    with pytest.raises(ValueError, match="model.postprocess.clamp must be one of"):
+        build_model(MomentDETRConfig(**TINY, postprocess={"clamp": "video"}))
+
+
+def test_lighthouse_postprocessing() -> None:
+    from momentkit.modeling.postprocess import PostProcessor
+    from momentkit.models.moment_detr import LIGHTHOUSE_POSTPROCESS
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 0.0]])  # foreground 0.88, 0.5, 0.73
+    spans = torch.tensor([[0.5, 0.2], [0.0, 0.5], [0.95, 0.3]])  # cxw, normalised
+    post = PostProcessor(**LIGHTHOUSE_POSTPROCESS)
+    # x duration 10 (not the 9 clips x 2 s timeline), clamped to [0, 150], rounded to multiples
+    # of 2 s, ties to even: [4, 6]; [-2.5, 2.5] -> [0, 2.5] -> [0, 2]; [8, 11] -> 5.5 -> [8, 12]
+    rows = post.windows(logits, spans, duration=10.0, clip_len=2.0, timeline=18.0)
+    assert [r[:2] for r in rows] == [[4.0, 6.0], [8.0, 12.0], [0.0, 2.0]]
+    assert rows[0][2] == round(float(torch.tensor([2.0, 0.0]).softmax(0)[0]), 4)
+    unclamped = PostProcessor(**{**LIGHTHOUSE_POSTPROCESS, "clamp": "none"})
+    assert unclamped.windows(logits, spans, 10.0, 2.0)[2][:2] == [-2.0, 2.0]
+    momentkit = PostProcessor().windows(logits, spans, 10.0, 2.0, timeline=18.0)
+    assert momentkit[0][:2] == [8.0, 10.0]  # timeline scale, grid snapped, within the duration
+
+
+def test_negative_pair_loss_forms() -> None:
+    from momentkit.modeling.criterion import LossConfig
+    from momentkit.modeling.losses import loss_saliency_neg_pair
+
+    neg = torch.tensor([[-3.0, 0.5, 9.0, 12.0]])
+    outputs = {"saliency_scores_neg": neg, "video_mask": torch.tensor([[True, True, True, False]])}
+    soft = loss_saliency_neg_pair(outputs, {}, [], LossConfig())["loss_saliency_neg"]
+    literal = loss_saliency_neg_pair(outputs, {}, [], LossConfig(neg_pair_form="log_sigmoid"))
+    exact = sum(math.log1p(math.exp(x)) for x in (-3.0, 0.5, 9.0))
+    assert abs(float(soft) - exact) < 1e-5
+    assert abs(float(literal["loss_saliency_neg"]) - exact) < 1e-3  # float32 precision of 1 - p
+    outputs["saliency_scores_neg"] = torch.tensor([[20.0, 0.5, 9.0, 1.0]])  # 1 - p = 0 at s=20
+    assert math.isinf(
+        float(
+            loss_saliency_neg_pair(outputs, {}, [], LossConfig(neg_pair_form="log_sigmoid"))[
+                "loss_saliency_neg"
+            ]
+        )
+    )
+    with pytest.raises(ValueError, match="loss.neg_pair_form"):
+        LossConfig(neg_pair_form="exact").validate()

@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "long-video": "long_video",
     "extract": "extract",
     "probe": "probe",
+    "calibration": "calibration",
 }
 
 

@@ -118,11 +118,15 @@ class MultiheadAttention(nn.Module):
         value: Tensor,
         key_mask: Tensor | None = None,
         gate: Tensor | None = None,
+        *,
+        allowed: Tensor | None = None,
     ) -> Tensor:
         """Attend from ``query`` ``(B, L, d)`` to ``key``/``value`` ``(B, S, d)``.
 
         ``key_mask`` ``(B, S)`` bool (True = valid); ``gate`` ``(B, L)`` scale of each query's
-        attention weights (``None``: 1). Returns ``(B, L, d)``.
+        attention weights (``None``: 1); ``allowed`` a query-by-key bool mask, True = may attend,
+        ``(B, H, L, S)`` for a per-head mask (shapes in :func:`attention_mask`; ``None``: all).
+        Returns ``(B, L, d)``.
         """
         d = self.d_model
         w, b = self.in_proj_weight, self.in_proj_bias
@@ -139,6 +143,7 @@ class MultiheadAttention(nn.Module):
             key_mask,
             self.dropout,
             self.training,
+            allowed,
         )  # (B, H, L, Dh)
         if gate is not None:
             out = out * gate[:, None, :, None].to(out.dtype)

@@ -54,6 +54,10 @@ class LossConfig:
         rank_label_scale: factor from ``saliency_all_labels`` (annotator mean) to the label scale
             QD-DETR thresholds (annotator sum: 3 on QVHighlights).
         rank_num_thresholds: rank thresholds ``1 .. K`` of ``saliency_rank_contrastive``.
+        neg_pair_form: how ``saliency_neg_pair`` computes ``-log(1 - sigmoid(s))``:
+            ``softplus`` (``softplus(s)``, the same value without overflow) or ``log_sigmoid``
+            (literally, as QD-DETR's released code: in float32 it loses precision for
+            ``s`` above ~8 and is infinite from ~17).
     """
 
     losses: list[str] = field(default_factory=_default_losses)
@@ -65,6 +69,7 @@ class LossConfig:
     rank_tau: float = 0.5
     rank_label_scale: float = 3.0
     rank_num_thresholds: int = 11
+    neg_pair_form: str = "softplus"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the offending ``loss.*`` field."""
@@ -89,6 +94,7 @@ class LossConfig:
             "rank_tau": self.rank_tau > 0,
             "rank_label_scale": self.rank_label_scale > 0,
             "rank_num_thresholds": self.rank_num_thresholds >= 1,
+            "neg_pair_form": self.neg_pair_form in ("softplus", "log_sigmoid"),
         }
         for name, ok in checks.items():
             if not ok:

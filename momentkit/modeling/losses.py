@@ -200,14 +200,19 @@ def loss_saliency_neg_pair(
 ) -> dict[str, Tensor]:
     """QD-DETR's negative-pair loss: clips scored against another video's query are irrelevant.
 
-    ``mean_b sum_t -log(1 - sigmoid(s_neg[b, t]))`` over valid clips (computed as a softplus).
-    Needs ``saliency_scores_neg`` (QD-DETR computes it in training mode).
+    ``mean_b sum_t -log(1 - sigmoid(s_neg[b, t]))`` over valid clips (computed as a softplus,
+    or literally with ``neg_pair_form="log_sigmoid"``). Needs ``saliency_scores_neg`` (QD-DETR
+    computes it in training mode).
     """
     if "saliency_scores_neg" not in outputs:
         return {}
     neg = outputs["saliency_scores_neg"]
     mask = _video_mask(outputs, batch).to(neg.dtype)
-    return {"loss_saliency_neg": (F.softplus(neg) * mask).sum(1).mean()}
+    if config.neg_pair_form == "log_sigmoid":  # the released formula, term by term
+        per_clip = -torch.log(1.0 - torch.sigmoid(neg))
+    else:
+        per_clip = F.softplus(neg)
+    return {"loss_saliency_neg": (per_clip * mask).sum(1).mean()}
 
 
 @register_loss("saliency_ce", ("loss_saliency_ce",))

@@ -68,12 +68,46 @@ class PostProcessor:
         nms_threshold: IoU above which a lower-scored window is suppressed; ``None``: no NMS.
         round_to_clip: snap windows to the clip grid.
         decimals: decimals kept in window coordinates and scores.
+        span_scale: what the normalised spans are multiplied by: ``timeline`` (the
+            ``num_clips * clip_len`` seconds the training targets are normalised by) or
+            ``duration`` (the video duration, as Lighthouse's ``compute_mr_results`` does).
+        rounding: ``grid`` (:func:`snap_to_clips`: the video end is a grid point, windows at
+            least one clip wide) or ``multiple`` (Lighthouse's ``PostProcessorDETR``: coordinates
+            first rounded to ``decimals``, then ``round(t / clip_len) * clip_len`` with ties to
+            even; zero-width windows are kept).
+        clamp: ``duration`` (clamp to ``[0, duration]``), ``fixed`` (to ``[0, max_time]``,
+            Lighthouse's ``clip_ts`` on QVHighlights and Charades-STA) or ``none`` (Lighthouse on
+            TACoS). ``rounding="grid"`` always ends inside ``[0, duration]``.
+        max_time: upper bound of ``clamp="fixed"``, seconds.
+        saliency_dtype: ``float32``, or ``float16`` to round the saliency scores to half
+            precision as Lighthouse's evaluation writes them.
     """
 
     top_k: int | None = 10
     nms_threshold: float | None = None
     round_to_clip: bool = True
     decimals: int = 4
+    span_scale: str = "timeline"
+    rounding: str = "grid"
+    clamp: str = "duration"
+    max_time: float = 150.0
+    saliency_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "span_scale": ("timeline", "duration"),
+            "rounding": ("grid", "multiple"),
+            "clamp": ("duration", "fixed", "none"),
+            "saliency_dtype": ("float32", "float16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"postprocess.{name} must be one of {', '.join(allowed)}, got "
+                    f"{getattr(self, name)!r}"
+                )
+        if self.max_time <= 0:
+            raise ValueError(f"postprocess.max_time must be > 0 seconds, got {self.max_time}")
 
     def windows(
         self,
@@ -94,10 +128,21 @@ class PostProcessor:
                 the loader normalises targets); defaults to ``duration``.
         """
         scores = logits.float().softmax(-1)[:, 0]
-        scale = duration if timeline is None else timeline
-        windows = (span_cxw_to_xx(spans.float()) * scale).clamp(0.0, duration)
-        if self.round_to_clip:
+        scale = duration if timeline is None or self.span_scale == "duration" else timeline
+        windows = span_cxw_to_xx(spans.float()) * scale
+        if self.round_to_clip and self.rounding == "multiple":
+            windows = torch.tensor(  # as Lighthouse: to `decimals` in double precision first
+                [[float(f"{v:.{self.decimals}f}") for v in row] for row in windows.tolist()],
+                dtype=torch.float32,
+            ).reshape(windows.shape)
+        if self.clamp == "duration":
+            windows = windows.clamp(0.0, duration)
+        elif self.clamp == "fixed":
+            windows = windows.clamp(0.0, self.max_time)
+        if self.round_to_clip and self.rounding == "grid":
             windows = snap_to_clips(windows, duration, clip_len)
+        elif self.round_to_clip:
+            windows = torch.round(windows / clip_len) * clip_len
         if self.nms_threshold is not None:
             order = temporal_nms(windows, scores, self.nms_threshold)
         else:
@@ -120,6 +165,8 @@ class PostProcessor:
         spans = outputs["pred_spans"].detach().cpu()
         saliency = outputs.get("saliency_scores")
         saliency = saliency.detach().float().cpu() if saliency is not None else None
+        if saliency is not None and self.saliency_dtype == "float16":
+            saliency = saliency.half().float()
         durations = torch.as_tensor(batch["duration"]).tolist()
         clip_len = float(batch["clip_len"])
         num_clips = batch["video_mask"].sum(1).tolist()

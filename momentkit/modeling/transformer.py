@@ -153,17 +153,23 @@ class CrossAttentionLayer(nn.Module):
         context_pos: Tensor | None = None,
         context_mask: Tensor | None = None,
         gate: Tensor | None = None,
+        *,
+        allowed: Tensor | None = None,
     ) -> Tensor:
         """``x`` ``(B, L, d)`` attends to ``context`` ``(B, S, d)``; returns ``(B, L, d)``.
 
         ``pos`` ``(B, L, d)`` and ``context_pos`` ``(B, S, d)`` are added to queries and keys;
         ``context_mask`` ``(B, S)`` marks valid context tokens; ``gate`` ``(B, L)`` scales each
-        query's attention weights (``None``: 1).
+        query's attention weights (``None``: 1); ``allowed`` ``(B, H, L, S)`` (or a shape of
+        :func:`~momentkit.modeling.attention.attention_mask`) bool, which query may attend to
+        which context token, on top of ``context_mask`` (``None``: all).
         """
         key = with_pos(context, context_pos)
 
         def attend(h: Tensor) -> Tensor:
-            return self.cross_attn(with_pos(h, pos), key, context, context_mask, gate)
+            return self.cross_attn(
+                with_pos(h, pos), key, context, context_mask, gate, allowed=allowed
+            )
 
         if self.ffn_skip_norm:
             s = x + self.dropout1(attend(x))
@@ -282,13 +288,17 @@ class CrossAttentionEncoder(nn.Module):
         context_pos: Tensor | None = None,
         context_mask: Tensor | None = None,
         gate: Tensor | None = None,
+        *,
+        allowed: Tensor | None = None,
     ) -> Tensor:
         """``x`` ``(B, L, d)`` attends to ``context`` ``(B, S, d)`` in each layer; ``(B, L, d)``.
 
-        ``gate`` ``(B, L)``: the scale of each query's attention weights in every layer.
+        ``gate`` ``(B, L)``: the scale of each query's attention weights in every layer;
+        ``allowed``: a query-by-context bool mask applied in every layer (see
+        :meth:`CrossAttentionLayer.forward`).
         """
         for layer in self.layers:
-            x = layer(x, context, pos, context_pos, context_mask, gate)
+            x = layer(x, context, pos, context_pos, context_mask, gate, allowed=allowed)
         return self.norm(x) if self.norm is not None else x
 
 

@@ -6,27 +6,79 @@ joint memory into spans; a linear layer on the encoded clips gives per-clip sali
 Defaults follow the paper and jayleicn/moment_detr: width 256, 10 queries, 8 heads, 2 encoder
 and 2 decoder layers, FFN 1024, dropout 0.1, input dropout 0.5, post-norm.
 
+The ``official`` variant (:data:`OFFICIAL`, the real-data presets, checkpoints converted from
+line/lighthouse) computes what Lighthouse's released code computes; the switches and where the
+released code differs from the paper are listed in ``docs/moment_detr.md``.
+
 LD-DETR's plug-and-play modules apply by config: ``decoder_loops`` (Loop Decoder) and
 ``distill_align`` (Distill Align on the input projections' outputs).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from momentkit.modeling.heads import SpanHead
+from momentkit.modeling.postprocess import PostProcessor
 from momentkit.modeling.transformer import TransformerDecoder, TransformerEncoder
 from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align, build_inputs
+
+#: Lighthouse's post-processing (``training/evaluate.py`` + ``PostProcessorDETR``) on
+#: QVHighlights and Charades-STA; TACoS uses ``clamp: none``. All ten queries are kept.
+LIGHTHOUSE_POSTPROCESS: dict[str, Any] = {
+    "top_k": None,
+    "span_scale": "duration",
+    "rounding": "multiple",
+    "clamp": "fixed",
+    "max_time": 150.0,
+    "saliency_dtype": "float16",
+}
+
+#: the switch values of the ``official`` variant (Lighthouse's released code)
+OFFICIAL: dict[str, Any] = {"postprocess": LIGHTHOUSE_POSTPROCESS}
+
+
+def check_postprocess(settings: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming ``model.postprocess.<key>`` for a setting
+    :class:`~momentkit.modeling.postprocess.PostProcessor` does not take or refuses."""
+    known = set(PostProcessor.__dataclass_fields__)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(
+            f"model.postprocess: unknown setting(s) {unknown}; known: {', '.join(sorted(known))}"
+        )
+    try:
+        PostProcessor(**settings)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model.{e}" if str(e).startswith("postprocess.") else str(e)) from None
 
 
 @dataclass
 class MomentDETRConfig(DETRConfig):
-    """Moment-DETR hyper-parameters (all in :class:`DETRConfig`)."""
+    """Moment-DETR hyper-parameters (the shared ones in :class:`DETRConfig`).
+
+    Attributes:
+        project_padding: run the input projections on padded clips and words too, as the
+            released code does. Valid outputs are identical either way (padding is masked as a
+            key everywhere); only the values at padded positions (e.g. ``saliency_scores`` past a
+            video's end) change. ``False`` skips the padded rows (faster).
+        postprocess: settings of the
+            :class:`~momentkit.modeling.postprocess.PostProcessor` used to turn outputs into
+            predictions at evaluation and ``momentkit predict`` (``{}``: momentkit's
+            defaults; :data:`LIGHTHOUSE_POSTPROCESS`: Lighthouse's).
+    """
 
     name: str = "moment_detr"
+    project_padding: bool = False
+    postprocess: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range field."""
+        super().validate()
+        check_postprocess(self.postprocess)
 
 
 @MODELS.register("moment_detr")
@@ -52,8 +104,9 @@ class MomentDETR(MomentModel):
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Batch dict -> output dict (``pred_logits``, ``pred_spans``, ``saliency_scores``, ...)."""
         video_mask, text_mask = batch["video_mask"].bool(), batch["text_mask"].bool()
-        video = self.video_proj(batch["video_feats"], video_mask)  # (B, T, d)
-        text = self.text_proj(batch["text_feats"], text_mask)  # (B, N, d)
+        every_row = self.config.project_padding
+        video = self.video_proj(batch["video_feats"], None if every_row else video_mask)
+        text = self.text_proj(batch["text_feats"], None if every_row else text_mask)  # (B, N, d)
         text_pos = self.text_pos(text_mask) if self.text_pos is not None else torch.zeros_like(text)
         src = torch.cat([video, text], dim=1)
         mask = torch.cat([video_mask, text_mask], dim=1)

@@ -13,6 +13,11 @@ Differences from Moment-DETR, following the paper and wjun0830/QD-DETR:
   ``(center, width)`` anchors refined layer by layer;
 - losses add the rank-aware contrastive and negative-pair saliency losses.
 
+The ``official`` variant (:data:`OFFICIAL`, the real-data presets, checkpoints converted from
+line/lighthouse) computes what Lighthouse's released code computes: PReLU feed-forward
+activations, negative pairs in evaluation too, the released T2V attention-mask layout; every
+switch and where the released code differs from the paper are listed in ``docs/qd_detr.md``.
+
 LD-DETR's plug-and-play modules apply by config: ``decoder_loops`` (Loop Decoder) and
 ``distill_align`` (Distill Align on the input projections' outputs, before the negative pairs).
 """
@@ -24,13 +29,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from momentkit.modeling.anchor_decoder import AnchorDecoder
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.heads import SpanHead
 from momentkit.modeling.transformer import CrossAttentionEncoder, TransformerEncoder
 from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align, build_inputs
+from momentkit.models.moment_detr import LIGHTHOUSE_POSTPROCESS, check_postprocess
+
+#: the switch values of the ``official`` variant (Lighthouse's released code); ``t2v_layers``
+#: follows ``enc_layers`` there
+OFFICIAL: dict[str, Any] = {
+    "activation": "prelu",
+    "neg_pairs": "always",
+    "t2v_mask": "tiled",
+    "postprocess": LIGHTHOUSE_POSTPROCESS,
+}
+NEG_PAIRS = ("train", "always")
+T2V_MASKS = ("per_video", "tiled")
 
 
 def _qd_detr_loss() -> LossConfig:
@@ -51,10 +68,28 @@ class QDDETRConfig(DETRConfig):
 
     Attributes:
         t2v_layers: text-to-video cross-attention layers (the official code uses ``enc_layers``).
+        neg_pairs: when the mismatched-query pass producing ``saliency_scores_neg`` runs:
+            ``train`` (only in training mode: it feeds only training losses) or ``always``
+            (evaluation too, as the released code, whose validation losses include it).
+        t2v_mask: the T2V attention mask. ``per_video``: each clip attends to its own query's
+            valid words. ``tiled``: the released code's layout, which builds one
+            ``(clips x words)`` "both padded" mask per video and stacks it with
+            ``repeat(nhead, 1, 1)`` where attention expects video-major order, so head ``h`` of
+            video ``b`` also cannot attend from clip ``l`` to word ``s`` when both are padding in
+            video ``(b * nhead + h) mod B``. Outputs then depend on the other videos of a padded
+            batch; identical to ``per_video`` for a single video or unpadded batches.
+        project_padding: run the input projections on padded rows too (see
+            :class:`~momentkit.models.moment_detr.MomentDETRConfig`).
+        postprocess: :class:`~momentkit.modeling.postprocess.PostProcessor` settings used at
+            evaluation and prediction (``{}``: momentkit's defaults).
     """
 
     name: str = "qd_detr"
     t2v_layers: int = 2
+    neg_pairs: str = "train"
+    t2v_mask: str = "per_video"
+    project_padding: bool = False
+    postprocess: dict[str, Any] = field(default_factory=dict)
     loss: LossConfig = field(default_factory=_qd_detr_loss)
 
     def validate(self) -> None:
@@ -62,6 +97,32 @@ class QDDETRConfig(DETRConfig):
         super().validate()
         if self.t2v_layers < 0:
             raise ValueError(f"model.t2v_layers must be >= 0, got {self.t2v_layers}")
+        for name, allowed in (("neg_pairs", NEG_PAIRS), ("t2v_mask", T2V_MASKS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"model.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        check_postprocess(self.postprocess)
+
+
+def tiled_t2v_allowed(video_mask: Tensor, text_mask: Tensor, nhead: int) -> Tensor:
+    """The T2V attention mask of the released code (``t2v_mask="tiled"``), as "may attend".
+
+    Args:
+        video_mask: ``(B, T)`` bool, True = valid clip.
+        text_mask: ``(B, N)`` bool, True = valid word.
+        nhead: attention heads.
+
+    Returns:
+        ``(B, nhead, T, N)`` bool: False where clip ``l`` and word ``s`` are both padding in
+        video ``(b * nhead + h) mod B`` (the released mask, per video, stacked head-major and
+        read video-major). Key padding is applied separately.
+    """
+    blocked = (~video_mask)[:, :, None] & (~text_mask)[:, None, :]  # (B, T, N)
+    batch = len(video_mask)
+    rows = torch.arange(batch, device=video_mask.device)[:, None] * nhead
+    source = (rows + torch.arange(nhead, device=video_mask.device)[None, :]) % batch  # (B, H)
+    return ~blocked[source]
 
 
 @MODELS.register("qd_detr")
@@ -89,24 +150,33 @@ class QDDETR(MomentModel):
         self.distill_align = build_distill_align(c, self.video_proj, self.text_proj)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Batch dict -> output dict; adds ``saliency_scores_neg`` in training mode."""
+        """Batch dict -> output dict; adds ``saliency_scores_neg`` ``(B, T)`` in training mode
+        (and in evaluation with ``neg_pairs="always"``)."""
+        c = self.config
         video_mask, text_mask = batch["video_mask"].bool(), batch["text_mask"].bool()
-        video = self.video_proj(batch["video_feats"], video_mask)  # (B, T, d)
-        text = self.text_proj(batch["text_feats"], text_mask)  # (B, N, d)
+        every_row = c.project_padding
+        video = self.video_proj(batch["video_feats"], None if every_row else video_mask)
+        text = self.text_proj(batch["text_feats"], None if every_row else text_mask)  # (B, N, d)
         video_pos = self.video_pos(video_mask)
-        batch_size, d = len(video), self.config.hidden_dim
+        batch_size, d = len(video), c.hidden_dim
         loss_align = None
         if self.distill_align is not None and self.training:
             encoders = (self.video_proj, self.text_proj)
             loss_align = self.distill_align(video, text, batch, encoders)
-        if self.training:  # pair every video with its own and with the next video's query
+        negatives = self.training or c.neg_pairs == "always"
+        pair_masks = [(video_mask, text_mask)]
+        if negatives:  # pair every video with its own and with the next video's query
+            pair_masks.append((video_mask, text_mask.roll(-1, dims=0)))
             video, video_mask, video_pos = (
                 torch.cat([x, x]) for x in (video, video_mask, video_pos)
             )
             text = torch.cat([text, text.roll(-1, dims=0)])
             text_mask = torch.cat([text_mask, text_mask.roll(-1, dims=0)])
+        allowed = None
+        if c.t2v_mask == "tiled":  # each pairing is its own batch in the released code
+            allowed = torch.cat([tiled_t2v_allowed(v, t, c.nheads) for v, t in pair_masks])
         text_pos = self.text_pos(text_mask) if self.text_pos is not None else None
-        clips = self.t2v(video, text, video_pos, text_pos, text_mask)  # (B', T, d)
+        clips = self.t2v(video, text, video_pos, text_pos, text_mask, allowed=allowed)  # (B', T, d)
 
         pairs = len(clips)
         src = torch.cat([self.global_token.expand(pairs, 1, d), clips], dim=1)
@@ -124,7 +194,7 @@ class QDDETR(MomentModel):
         )
         out = self.head(hs, references, aux=self.config.loss.aux_loss)
         out["saliency_scores"] = saliency[:batch_size]
-        if self.training:
+        if negatives:
             out["saliency_scores_neg"] = saliency[batch_size:]
         out["video_mask"] = own_mask
         if loss_align is not None:

@@ -42,6 +42,9 @@ DEFAULT_BEST_METRIC = {
 
 #: model-config fields filled from the data (feature widths, sequence limits)
 DERIVED_MODEL_KEYS = ("video_dim", "text_dim", "max_video_len", "max_text_len")
+#: also filled from the data, for models that split the video streams (MS-DETR): the width of
+#: each ``--video-features`` store
+DERIVED_STREAM_KEYS = ("stream_dims",)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -92,11 +95,20 @@ def with_data_dims(cfg: ExperimentConfig, dataset: MomentDataset) -> ExperimentC
         "text_dim": dataset.text_dim,
         "max_video_len": cfg.data.max_v_len,
         "max_text_len": cfg.data.max_q_len,
+        "stream_dims": video_stream_dims(dataset),
     }
     for key, value in values.items():
         if value is not None and hasattr(cfg.model, key):
             setattr(cfg.model, key, value)
     return cfg
+
+
+def video_stream_dims(dataset: Any) -> list[int] | None:
+    """Channels of each video feature store of ``dataset`` (unwrapping ``.base``), TEF
+    excluded; ``None`` when the dataset does not expose its stores."""
+    source = getattr(getattr(dataset, "base", dataset), "video", None)
+    stores = getattr(source, "stores", None)
+    return None if stores is None else [int(s.dim) for s in stores]
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -214,7 +226,7 @@ def train(
         train_set,
         val_set,
         run_dir=run_dir,
-        postprocess=PostProcessor(),
+        postprocess=PostProcessor(**getattr(model.config, "postprocess", {})),
         evaluator=evaluate,
         best_metric=metric,
         model_config=model.config.to_dict(),
@@ -236,7 +248,7 @@ def train(
 def compare_configs(saved: ExperimentConfig, given: ExperimentConfig) -> list[str]:
     """Dotted keys whose values differ, ignoring run-neutral and data-derived keys."""
     neutral = {"trainer.progress", "data.num_workers", "data.eval_batch_size"}
-    neutral |= {f"model.{k}" for k in DERIVED_MODEL_KEYS}
+    neutral |= {f"model.{k}" for k in DERIVED_MODEL_KEYS + DERIVED_STREAM_KEYS}
     a, b = _flatten(saved.to_dict()), _flatten(given.to_dict())
     return sorted(k for k in a.keys() | b.keys() if k not in neutral and a.get(k) != b.get(k))
 
@@ -328,7 +340,11 @@ def predict(
         collate_fn=collate,
     )
     return inference_loop(
-        model, loader, dev, PostProcessor(), autocast_dtype(cfg.trainer.precision, dev)
+        model,
+        loader,
+        dev,
+        PostProcessor(**getattr(model.config, "postprocess", {})),  # the model's own
+        autocast_dtype(cfg.trainer.precision, dev),
     )
 
 
