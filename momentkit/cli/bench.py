@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "extract": "extract",
     "probe": "probe",
     "calibration": "calibration",
+    "cli": "cli",
 }
 
 

@@ -556,6 +556,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(**state["trainer"])
+        patience = self.cfg.trainer.patience
+        if self.state.stopped and (patience is None or self.state.evals_since_best < patience):
+            self.state.stopped = False  # resumed with a larger patience: training goes on
         rngs = state["rng"]
         if state["world_size"] == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
