@@ -18,20 +18,30 @@ from momentkit.cli.main import main
 from momentkit.data.synth import SynthConfig, generate
 from momentkit.modeling.anchor_decoder import AnchorDecoder
 from momentkit.modeling.conv_fuser import (
+    ConvBlocks,
     ConvolutionalFuser,
     ConvResidualBlock,
     MaskedBatchNorm1d,
     V2TExtractor,
+    official_t2v_allowed,
     stage_order,
 )
+from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.distill_align import (
     DistillAlign,
     FeatureQueue,
     distill_align_loss,
     distillation_targets,
+    global_feature,
     momentum_update_,
+    similarity_loss,
 )
-from momentkit.modeling.moment_gru_head import MomentGRUHead, top_moment_clips
+from momentkit.modeling.losses import LOSSES
+from momentkit.modeling.moment_gru_head import (
+    MomentGRUHead,
+    official_moment_slice,
+    top_moment_clips,
+)
 from momentkit.modeling.transformer import TransformerDecoder
 from momentkit.models import (
     LDDETR,
@@ -40,6 +50,7 @@ from momentkit.models import (
     build_criterion,
     build_model,
 )
+from momentkit.models.ld_detr import OFFICIAL
 from momentkit.training.config import build_config
 
 TINY = dict(
@@ -450,6 +461,9 @@ def test_config_round_trip_and_errors(tmp_path: Path) -> None:
         (dict(conv_kernel_size=2), "conv_kernel_size"),
         (dict(align_temperature=0.9), "align_temperature"),
         (dict(hd_similarity="l2"), "hd_similarity"),
+        (dict(hd_form="released"), "hd_form.*official"),
+        (dict(t2v_mask="none"), "t2v_mask"),
+        (dict(align_sim_loss=True, distill_align=False), "align_sim_loss"),
     ):
         with pytest.raises(ValueError, match=match):
             LDDETRConfig(**bad).validate()
@@ -457,7 +471,7 @@ def test_config_round_trip_and_errors(tmp_path: Path) -> None:
 
 def test_presets_and_plug_and_play_flags() -> None:
     qv = build_config("ld_detr", "qvhighlights")
-    assert qv.optim.scheduler == "cosine" and qv.trainer.epochs == 200 and qv.optim.lr == 1e-4
+    assert qv.optim.scheduler == "cosine" and qv.trainer.epochs == 250 and qv.optim.lr == 1e-4
     assert qv.model.decoder_loops == 3 and qv.model.align_alpha_warmup_steps == 226
     ch = build_config("ld_detr", "charades_sta")
     assert (ch.model.conv_blocks, ch.model.align_alpha, ch.trainer.epochs) == (4, 0.3, 100)
@@ -467,6 +481,23 @@ def test_presets_and_plug_and_play_flags() -> None:
     assert ta.model.loss.weights["loss_saliency_margin"] == 4.0
     assert qv.model.hd_similarity == "dot"  # the paper's; synth measures the bounded one
     assert build_config("ld_detr", "synth").model.hd_similarity == "cosine"
+    # the real-data presets follow the released code, synth the paper
+    for preset in ("qvhighlights", "charades_sta", "tacos", "synth_official"):
+        model = build_config("ld_detr", preset).model
+        assert all(model.official_switches.values()), preset
+        assert "labels_sigmoid_focal" in model.loss.losses and "distill_sim" in model.loss.losses
+    assert ch.model.loss.weights["loss_sim"] == 0.4 and qv.model.loss.weights["loss_sim"] == 0.6
+    synth, official = build_config("ld_detr", "synth"), build_config("ld_detr", "synth_official")
+    assert not any(synth.model.official_switches.values())
+    for section in ("optim", "trainer"):  # the synth budget
+        assert getattr(synth, section) == getattr(official, section), section
+    assert (official.model.hidden_dim, official.model.align_queue_size) == (128, 1024)
+    assert official.model.hd_similarity == "dot"
+    one = build_config("ld_detr", "synth", ["model.hd_form=official", "model.align_sim_loss=true"])
+    assert (
+        one.model.hd_form == "official"
+        and "distill_sim" in build_criterion(one.model).config.losses
+    )
     qd = build_config(
         "qd_detr", "synth", ["model.distill_align=true", "model.decoder_loops=3"]
     ).model
@@ -516,3 +547,175 @@ def test_cli_trains_ld_detr_on_synth(tmp_path: Path) -> None:
     assert "loss_align" in log[-1]["train"]
     saved = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
     assert int(saved["distill_align.steps"]) == 6  # 12 queries / 4 per step x 2 epochs
+
+
+# ------------------------------------------------------------- the official release's forms
+def python_slice(length: int, first: int, last: int) -> list[int]:
+    return list(range(length))[first : last + 1]
+
+
+def test_official_moment_slice_follows_python_slicing() -> None:
+    """Spans reaching outside the video give negative or too-large clip indices; the release
+    slices with Python's rules (a negative start counts from the end)."""
+    length = 7
+    spans = torch.tensor([[0.5, 0.2], [0.05, 0.3], [0.98, 0.2], [0.02, 0.01], [0.5, 1.9]])
+    logits = torch.zeros(len(spans), 1, 2)
+    for clip_len in (1.0, 2.0):
+        start, count = official_moment_slice(logits, spans[:, None], length, clip_len)
+        xx = torch.stack([spans[:, 0] - spans[:, 1] / 2, spans[:, 0] + spans[:, 1] / 2], 1)
+        for i, (a, b) in enumerate(torch.floor(xx * length).long().tolist()):
+            want = python_slice(length, a, b)
+            got = list(range(int(start[i]), int(start[i] + count[i])))
+            assert got == want, (i, a, b)
+    # (-1, 1): [6:2] is empty; (0, 0): one clip
+    assert python_slice(length, -1, 1) == [] and python_slice(length, 0, 0) == [0]
+
+
+def test_official_hd_head_runs_the_gru_over_the_padded_length() -> None:
+    torch.manual_seed(0)
+    head = MomentGRUHead(8, form="official")
+    video = torch.randn(2, 6, 8)
+    start, count = torch.tensor([1, 4]), torch.tensor([3, 0])
+    got = head.official_moment_feature(video, start, count)
+    for b in range(2):
+        clips = torch.zeros(6, 8)
+        clips[: int(count[b])] = video[b, int(start[b]) : int(start[b] + count[b])]
+        _, hidden = head.gru(clips[None])
+        assert torch.allclose(got[b], hidden[0, 0], atol=1e-6)
+    # the padded steps after the moment wash out its summary: the paper form reads the state
+    # at the moment's last clip instead
+    paper = head.moment_feature(video[:1], start[:1], start[:1] + count[:1] - 1)
+    assert not torch.allclose(paper, got[:1], atol=1e-3)
+
+
+def test_official_t2v_mask_is_read_batch_major() -> None:
+    """Head h of video b gets the clip-by-word block of video (b * nhead + h) mod B."""
+    video_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    text_mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    nhead = 2
+    allowed = official_t2v_allowed(video_mask, text_mask, nhead)  # (B, H, T, N)
+    blocked = (~video_mask)[:, :, None] & (~text_mask)[:, None, :]
+    for b in range(3):
+        for h in range(nhead):
+            assert torch.equal(allowed[b, h], ~blocked[(b * nhead + h) % 3]), (b, h)
+    # video 0 (no padding) loses words 1-2 at clips 2-3 in head 1 (video 1's block)
+    assert not allowed[0, 1, 2, 1] and allowed[0, 0].all()
+    assert official_t2v_allowed(video_mask[:1], text_mask[:1], nhead).all()
+
+
+def test_conv_blocks_official_form_runs_over_the_padding() -> None:
+    torch.manual_seed(0)
+    blocks = ConvBlocks(6, 1).train()
+    x = torch.randn(2, 5, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    block = blocks.blocks[0]
+    h = x.transpose(1, 2)
+    bn1 = torch.nn.functional.batch_norm(
+        block.conv1(h), None, None, block.bn1.weight, block.bn1.bias, training=True
+    )
+    inner = block.conv2(torch.relu(bn1))
+    bn2 = torch.nn.functional.batch_norm(
+        inner, None, None, block.bn2.weight, block.bn2.bias, training=True
+    )
+    want = torch.relu(bn2 + h).transpose(1, 2)
+    assert torch.allclose(blocks(x, None), want, atol=1e-5)
+    assert not torch.allclose(blocks(x, mask)[0], want[0], atol=1e-3)  # padding reaches video 0
+
+
+def test_enqueue_official_drops_batches_that_do_not_divide_the_queue() -> None:
+    queue = FeatureQueue(8, 4)
+    before = queue.features.clone()
+    queue.enqueue(torch.ones(3, 4), divisible_only=True)
+    assert torch.equal(queue.features, before) and int(queue.ptr) == 0
+    queue.enqueue(torch.ones(4, 4), divisible_only=True)
+    assert int(queue.ptr) == 4 and torch.equal(queue.features[:4], torch.ones(4, 4))
+    queue.enqueue(torch.full((3, 4), 2.0))  # momentkit's default wraps any batch
+    assert int(queue.ptr) == 7
+
+
+def test_official_global_mean_includes_padding() -> None:
+    x = torch.tensor([[[1.0, 0.0], [3.0, 4.0]]])
+    assert torch.allclose(global_feature(x, None), F.normalize(torch.tensor([[2.0, 2.0]])))
+    assert torch.allclose(
+        global_feature(x, torch.tensor([[True, False]])), torch.tensor([[1.0, 0]])
+    )
+
+
+def test_similarity_loss_hand_value() -> None:
+    identity = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        identity.weight.copy_(torch.eye(2))
+        identity.bias.zero_()
+    video, text = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]])
+    # h(ReLU(v)) = v: cos(v, t) = 0.6, both ways
+    assert float(similarity_loss(identity, video, text).detach()) == pytest.approx(-0.6)
+
+
+def test_sigmoid_focal_label_loss_hand_value() -> None:
+    logits = torch.tensor([[[0.0, 1.0], [2.0, -1.0]]])  # (B=1, Q=2, 2)
+    indices = [(torch.tensor([1]), torch.tensor([0]))]  # query 1 is foreground
+    got = LOSSES.get("labels_sigmoid_focal").fn({"pred_logits": logits}, {}, indices, LossConfig())
+    target = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
+    total = 0.0
+    for x, t in zip(logits.flatten().tolist(), target.flatten().tolist()):
+        p = 1 / (1 + math.exp(-x))
+        p_t = p if t else 1 - p
+        total += (0.25 if t else 0.75) * (1 - p_t) ** 2 * -math.log(p_t)
+    assert float(got["loss_label"]) == pytest.approx(total / 4, rel=1e-6)
+
+
+def test_official_forms_in_the_model(make_batch: Callable[..., dict]) -> None:
+    batch = make_batch()
+    official = tiny(**OFFICIAL, align_queue_size=6)
+    # momentum encoders move in evaluation forwards too
+    before = [p.clone() for p in official.distill_align.momentum_video_encoder.parameters()]
+    official.video_encoder.layers[0].linear.weight.data.add_(1.0)
+    official.eval()
+    with torch.no_grad():
+        out = official(batch)
+    after = list(official.distill_align.momentum_video_encoder.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    assert "loss_align" not in out
+    # one decoder pass whatever decoder_loops is: the paper form with 1 loop
+    once = tiny(**{**OFFICIAL, "decoder_form": "paper", "decoder_loops": 1}, align_queue_size=6)
+    once.load_state_dict(official.state_dict())
+    once.eval()
+    with torch.no_grad():
+        assert torch.allclose(once(batch)["pred_spans"], official(batch)["pred_spans"])
+    # training: loss_sim and the focal label loss; 3 videos divide a queue of 6, 4 do not
+    official.train()
+    out = official(batch)
+    assert {"loss_align", "loss_sim"} <= set(out)
+    assert int(official.distill_align.video_queue.ptr) == 3
+    with torch.no_grad():
+        official(make_batch(video_lens=(12, 9, 7, 5), text_lens=(6, 4, 3, 2)))
+    assert int(official.distill_align.video_queue.ptr) == 3
+    losses = build_criterion(official.config)(out, batch)
+    assert {"loss_sim", "loss_align", "loss_label"} <= set(losses)
+
+
+def test_bench_learn_runs_the_official_variant_for_an_epoch(tmp_path: Path) -> None:
+    """``--preset synth_official`` (every switch official) and a synth-preset variant that
+    switches one form by ``--variant`` overrides both train on the benchmark."""
+    data, out = tmp_path / "synth", tmp_path / "learn"
+    tiny_sets = ["model.hidden_dim=16", "model.dim_feedforward=32", "model.nheads=2"]
+    tiny_sets += ["model.num_queries=4", "model.align_queue_size=8", "model.conv_blocks=1"]
+    tiny_sets += ["trainer.batch_size=4", "data.eval_batch_size=8"]
+    common = ["bench", "learn", "--data", str(data), "--make-data", "12", "8", "0"]
+    common += ["--seeds", "0", "--epochs", "1", "--no-baseline", "--set", *tiny_sets]
+    variant = "LD-DETR official=ld_detr"
+    assert (
+        main([*common, "--out", str(out), "--preset", "synth_official", "--variant", variant]) == 0
+    )
+    hd = "LD-DETR official HD=ld_detr model.hd_form=official"
+    assert main([*common, "--out", str(out / "synth"), "--variant", hd]) == 0
+    for run, official in (
+        (out / "ld_detr_official", True),
+        (out / "synth" / "ld_detr_official_hd", False),
+    ):
+        config = json.loads((run / "seed0" / "config.json").read_text())["model"]
+        assert (
+            config["hd_form"] == "official" and (config["decoder_form"] == "official") is official
+        )
+        log = json.loads((run / "seed0" / "log.jsonl").read_text().splitlines()[0])["train"]
+        assert ("loss_sim" in log) is official

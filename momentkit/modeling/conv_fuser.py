@@ -19,9 +19,16 @@ blocks can sit at any of the five positions of the paper's table 8, ``conv_posit
 meaning "after the first ``p`` of the other four stages" (:func:`stage_order`; the paper's
 design is ``p = 3``, between the two Transformer encoders).
 
-Padded clips are zeroed before every convolution and excluded from the batch-norm statistics
-(:class:`MaskedBatchNorm1d`), so they cannot change the valid clips' outputs (the official code
-convolves and normalises over the padding).
+Padding has two forms (:data:`PADDING_FORMS`):
+
+- ``masked`` (default): padded clips are zeroed before every convolution and excluded from the
+  batch-norm statistics (:class:`MaskedBatchNorm1d`), so they cannot change the valid clips'
+  outputs; the T2V Encoder masks padded words only;
+- ``official`` (``conv_padding`` / ``t2v_mask``, the release's ``ld_detr/methods.py`` and
+  ``ld_detr/transformer.py``): the convolutions and batch norm run over the padding as they
+  find it, and the T2V attention also applies the release's clip-by-word mask, built per video
+  and repeated head-major but read batch-major by ``nn.MultiheadAttention``, so that head ``h``
+  of video ``b`` uses the mask of video ``(b * nhead + h) mod B`` (:func:`official_t2v_allowed`).
 """
 
 from __future__ import annotations
@@ -37,6 +44,32 @@ from momentkit.modeling.transformer import CrossAttentionEncoder, TransformerEnc
 
 #: the fuser's stages besides the convolutional blocks, in the paper's order
 STAGES = ("v2t", "t2v", "encoder1", "encoder2")
+
+#: values of ``conv_padding`` and ``t2v_mask``: momentkit's masking or the release's form
+PADDING_FORMS = ("masked", "official")
+
+
+def official_t2v_allowed(video_mask: Tensor, text_mask: Tensor, nhead: int) -> Tensor:
+    """Which words each clip may attend to in the release's T2V Encoder, per head.
+
+    The release (``ld_detr/transformer.py``, ``T2V_TransformerEncoderLayer_no_global``) blocks
+    the pairs (padded clip, padded word) of each video, repeats the ``(B, T, N)`` block
+    ``nhead`` times along dim 0 (head-major: row ``r * B + b``) and gives it to
+    ``nn.MultiheadAttention``, which reads row ``b * nhead + h`` as head ``h`` of video ``b``.
+    Head ``h`` of video ``b`` therefore uses the block of video ``(b * nhead + h) mod B``; with
+    ``B = 1`` (or no padding) it only blocks words the key-padding mask blocks anyway.
+
+    Args:
+        video_mask: ``(B, T)`` bool, True = valid clip.
+        text_mask: ``(B, N)`` bool, True = valid word.
+        nhead: attention heads.
+
+    Returns:
+        ``(B, nhead, T, N)`` bool, True = may attend (to be combined with the word mask).
+    """
+    blocked = (~video_mask)[:, :, None] & (~text_mask)[:, None, :]  # (B, T, N)
+    batch, length, words = blocked.shape
+    return ~blocked.repeat(nhead, 1, 1).view(batch, nhead, length, words)
 
 
 def stage_order(conv_position: int) -> tuple[str, ...]:
@@ -151,7 +184,8 @@ class ConvResidualBlock(nn.Module):
     """``X_i = act(X_{i-1} + BN(Conv(act(BN(Conv(X_{i-1}))))))`` over time (section 3.3).
 
     Two 1-D convolutions of ``kernel_size`` (3, same padding) over ``(B, d, T)``, each followed
-    by batch normalisation; ReLU activations.
+    by batch normalisation; ReLU activations. With ``mask=None`` (the official form) nothing is
+    zeroed and the batch norm takes its statistics over every time step, padding included.
     """
 
     def __init__(self, d_model: int, kernel_size: int = 3) -> None:
@@ -163,8 +197,13 @@ class ConvResidualBlock(nn.Module):
         self.conv2 = nn.Conv1d(d_model, d_model, kernel_size, padding=kernel_size // 2)
         self.bn2 = MaskedBatchNorm1d(d_model)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """``x`` ``(B, d, T)`` with zeros at padded steps, ``mask`` ``(B, T)`` -> ``(B, d, T)``."""
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """``x`` ``(B, d, T)`` with zeros at padded steps, ``mask`` ``(B, T)`` -> ``(B, d, T)``.
+
+        ``mask=None``: the official form, over every step as it is.
+        """
+        if mask is None:
+            return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
         keep = mask[:, None, :].to(x.dtype)
         h = F.relu(self.bn1(self.conv1(x), mask)) * keep
         return F.relu(x + self.bn2(self.conv2(h), mask)) * keep
@@ -179,9 +218,14 @@ class ConvBlocks(nn.Module):
             ConvResidualBlock(d_model, kernel_size) for _ in range(num_blocks)
         )
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """``x`` ``(B, T, d)``, ``mask`` ``(B, T)`` -> ``(B, T, d)`` (zeros at padded clips)."""
-        h = x.transpose(1, 2) * mask[:, None, :].to(x.dtype)  # (B, d, T)
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """``x`` ``(B, T, d)``, ``mask`` ``(B, T)`` -> ``(B, T, d)`` (zeros at padded clips).
+
+        ``mask=None``: the official form (padded clips convolved and normalised as they are).
+        """
+        h = x.transpose(1, 2)  # (B, d, T)
+        if mask is not None:
+            h = h * mask[:, None, :].to(x.dtype)
         for block in self.blocks:
             h = block(h, mask)
         return h.transpose(1, 2)
@@ -198,6 +242,8 @@ class ConvolutionalFuser(nn.Module):
         conv_blocks: convolutional residual blocks (0: off).
         conv_position: where the blocks sit among the other stages (see :func:`stage_order`).
         conv_kernel_size: temporal kernel of the convolutions.
+        conv_padding: ``masked`` or ``official`` (:data:`PADDING_FORMS`, module doc).
+        t2v_mask: ``masked`` or ``official`` (the release's per-head clip-by-word mask).
     """
 
     def __init__(
@@ -215,9 +261,17 @@ class ConvolutionalFuser(nn.Module):
         encoder2_layers: int = 2,
         conv_position: int = 3,
         conv_kernel_size: int = 3,
+        conv_padding: str = "masked",
+        t2v_mask: str = "masked",
     ) -> None:
         super().__init__()
+        for name, value in (("conv_padding", conv_padding), ("t2v_mask", t2v_mask)):
+            if value not in PADDING_FORMS:
+                raise ValueError(f"{name} must be one of {PADDING_FORMS}, got '{value}'")
         self.order = stage_order(conv_position)
+        self.nhead = nhead
+        self.conv_padding = conv_padding
+        self.t2v_mask = t2v_mask
         layer_args = (dim_feedforward, dropout, activation, pre_norm)
         self.v2t = V2TExtractor(d_model, dropout) if use_v2t else None
         self.t2v = (
@@ -260,26 +314,32 @@ class ConvolutionalFuser(nn.Module):
             ``(B, T, d)`` memory.
         """
         x = video
+        allowed = None
+        if self.t2v_mask == "official":
+            allowed = official_t2v_allowed(video_mask, text_mask, self.nhead)
+        conv_mask = None if self.conv_padding == "official" else video_mask
         for name in self.order:
             if name == "v2t" and self.v2t is not None:
                 x = self.v2t(x, text, video_mask, text_mask)
             elif name == "t2v" and self.t2v is not None:
-                x = self.t2v(x, text, video_pos, text_pos, text_mask)
+                x = self.t2v(x, text, video_pos, text_pos, text_mask, allowed=allowed)
             elif name == "encoder1" and self.encoder1 is not None:
                 x = self.encoder1(x, video_pos, video_mask)
             elif name == "conv" and self.conv is not None:
-                x = self.conv(x, video_mask)
+                x = self.conv(x, conv_mask)
             elif name == "encoder2" and self.encoder2 is not None:
                 x = self.encoder2(x, video_pos, video_mask)
         return x
 
 
 __all__ = [
+    "PADDING_FORMS",
     "STAGES",
     "ConvBlocks",
     "ConvResidualBlock",
     "ConvolutionalFuser",
     "MaskedBatchNorm1d",
     "V2TExtractor",
+    "official_t2v_allowed",
     "stage_order",
 ]

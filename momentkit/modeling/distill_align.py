@@ -15,13 +15,25 @@ apart as hard negatives:
 - ``L_v2t = CE(S_v2t, S'_v2t)`` (soft-target cross-entropy over each row), the same for
   text-to-video, ``L_align = (L_v2t + L_t2v) / 2`` (:func:`distill_align_loss`).
 
+The official release adds a term the paper does not describe (``similarity_predictor``):
+``L_sim = -(cos(h(ReLU(G_v)), G_t) + cos(h(ReLU(G_t)), G_v)) / 2`` with a linear layer ``h``
+(:func:`similarity_loss`; loss ``distill_sim``, term ``loss_sim``, weight 0.6 in the official
+code, 0.4 in its Charades-STA script).
+
 :class:`DistillAlign` holds the momentum encoders, the queues and the temperature; a model puts
 its output under ``outputs["loss_align"]`` and the ``distill_align`` loss registered here hands it
 to the criterion (weight ``loss_align``, 0.6 in the official code).
 
 Defaults are the official code's (qingchen239/ld-detr): queue 65536, momentum 0.995, alpha 0.4,
-temperature 0.07. Global features are the L2-normalised means over the *valid* clips / tokens
-(the official code averages padding too).
+temperature 0.07. Three switches (:data:`FORMS`) choose between momentkit's handling of padding
+and the release's (``ld_detr/model.py``, ``ld_detr/methods.py``):
+
+- ``global_mean``: ``masked`` (default) averages the *valid* clips / tokens; ``official``
+  averages every position, padding included;
+- ``encoder_padding``: ``masked`` (default) gives the momentum encoders the padding masks (padded
+  rows come out as zeros); ``official`` projects the padded rows too;
+- ``enqueue``: ``any`` (default) enqueues every batch, wrapping around the ring; ``official``
+  drops a batch whose size does not divide the queue length.
 """
 
 from __future__ import annotations
@@ -43,16 +55,47 @@ if TYPE_CHECKING:
 #: the official code clamps its learnable temperature to this range before every use
 TEMPERATURE_RANGE = (0.001, 0.5)
 
+#: values of the :class:`DistillAlign` switches (the first is momentkit's default)
+FORMS = {
+    "global_mean": ("masked", "official"),
+    "encoder_padding": ("masked", "official"),
+    "enqueue": ("any", "official"),
+}
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of the valid rows: ``x`` ``(B, L, d)``, ``mask`` ``(B, L)`` bool -> ``(B, d)``."""
+
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of the valid rows: ``x`` ``(B, L, d)``, ``mask`` ``(B, L)`` bool -> ``(B, d)``.
+
+    ``mask=None`` averages every row, padding included (the official code's ``x.mean(1)``).
+    """
+    if mask is None:
+        return x.mean(1)
     weights = mask.to(x.dtype).unsqueeze(-1)
     return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def global_feature(x: Tensor, mask: Tensor) -> Tensor:
-    """The L2-normalised global feature ``G``: the mean over valid clips / tokens, ``(B, d)``."""
+def global_feature(x: Tensor, mask: Tensor | None) -> Tensor:
+    """The L2-normalised global feature ``G``: the mean over valid clips / tokens, ``(B, d)``
+    (over every position when ``mask`` is ``None``)."""
     return F.normalize(masked_mean(x, mask), dim=-1)
+
+
+def similarity_loss(predictor: nn.Module, video: Tensor, text: Tensor) -> Tensor:
+    """The official release's ``L_sim``: a negative cosine between predicted and actual features.
+
+    ``L_sim = -(mean cos(h(ReLU(G_v)), G_t) + mean cos(h(ReLU(G_t)), G_v)) / 2``
+    (``ld_detr/methods.py``, ``DistillAlign.forward``), gradients reaching both sides.
+
+    Args:
+        predictor: ``h``, ``(B, d) -> (B, d)``.
+        video, text: ``(B, d)`` unit global features ``G_v``, ``G_t``.
+
+    Returns:
+        The scalar loss, in ``[-1, 1]``.
+    """
+    predicted_text = F.cosine_similarity(predictor(F.relu(video)), text, dim=1)
+    predicted_video = F.cosine_similarity(predictor(F.relu(text)), video, dim=1)
+    return -(predicted_text.mean() + predicted_video.mean()) / 2
 
 
 @torch.no_grad()
@@ -90,13 +133,18 @@ class FeatureQueue(nn.Module):
         return self.features.shape[0]
 
     @torch.no_grad()
-    def enqueue(self, x: Tensor) -> None:
+    def enqueue(self, x: Tensor, divisible_only: bool = False) -> None:
         """Append ``x`` ``(n, dim)`` (the last ``length`` rows if ``n > length``), in place.
+
+        With ``divisible_only`` (the official code) a batch whose size ``n`` does not divide
+        the queue length is dropped, not enqueued.
 
         A backward pass through similarities computed from the queue needs its old contents:
         compute them from a copy (``features.clone()``).
         """
         length = len(self)
+        if divisible_only and length % len(x):
+            return
         x = x.detach()[-length:].to(self.features.dtype)
         idx = (self.ptr + torch.arange(len(x), device=self.ptr.device)) % length
         self.features.index_copy_(0, idx, x)
@@ -192,6 +240,14 @@ class DistillAlign(nn.Module):
         temperature: initial learnable temperature.
         alpha_warmup_steps: ramp ``alpha`` linearly from 0 over this many training steps (the
             official code ramps it over the first epoch); 0 disables the ramp.
+        similarity_predictor: add the official release's linear layer ``h`` and its loss
+            ``loss_sim`` (:func:`similarity_loss`).
+        global_mean: ``masked`` (means over valid positions) or ``official`` (over every
+            position).
+        encoder_padding: ``masked`` (momentum encoders given the masks) or ``official`` (padded
+            rows projected too).
+        enqueue: ``any`` (every batch enters the queues) or ``official`` (only batches whose
+            size divides the queue length).
     """
 
     steps: Tensor
@@ -206,8 +262,20 @@ class DistillAlign(nn.Module):
         alpha: float = 0.4,
         temperature: float = 0.07,
         alpha_warmup_steps: int = 0,
+        similarity_predictor: bool = False,
+        global_mean: str = "masked",
+        encoder_padding: str = "masked",
+        enqueue: str = "any",
     ) -> None:
         super().__init__()
+        chosen = {
+            "global_mean": global_mean,
+            "encoder_padding": encoder_padding,
+            "enqueue": enqueue,
+        }
+        for name, value in chosen.items():
+            if value not in FORMS[name]:
+                raise ValueError(f"{name} must be one of {FORMS[name]}, got '{value}'")
         self.momentum_video_encoder = copy.deepcopy(video_encoder).requires_grad_(False)
         self.momentum_text_encoder = copy.deepcopy(text_encoder).requires_grad_(False)
         self.video_queue = FeatureQueue(queue_size, dim)
@@ -217,6 +285,13 @@ class DistillAlign(nn.Module):
         self.momentum = momentum
         self.alpha = alpha
         self.alpha_warmup_steps = alpha_warmup_steps
+        self.global_mean = global_mean
+        self.encoder_padding = encoder_padding
+        self.enqueue_form = enqueue
+        self.predictor: nn.Linear | None = None
+        if similarity_predictor:
+            self.predictor = nn.Linear(dim, dim)
+            nn.init.xavier_uniform_(self.predictor.weight)
 
     def current_alpha(self) -> Tensor:
         """The distillation coefficient of the next step (after the warm-up ramp), ``(1,)``."""
@@ -224,14 +299,30 @@ class DistillAlign(nn.Module):
             return torch.full_like(self.steps, self.alpha, dtype=torch.float32)
         return self.alpha * (self.steps.float() / self.alpha_warmup_steps).clamp(max=1.0)
 
-    def forward(
+    @torch.no_grad()
+    def momentum_step(self, encoders: Sequence[nn.Module]) -> None:
+        """``theta_m <- m theta_m + (1 - m) theta`` for both momentum encoders.
+
+        :meth:`forward` calls it; a model reproducing the official code, which also updates the
+        momentum encoders in evaluation forwards, calls it there too.
+        """
+        momentum_update_(encoders[0], self.momentum_video_encoder, self.momentum)
+        momentum_update_(encoders[1], self.momentum_text_encoder, self.momentum)
+
+    def _masks(self, batch: dict[str, Any], form: str) -> tuple[Tensor | None, Tensor | None]:
+        """The clip and token masks of a switch's ``form`` (``None``: every position)."""
+        if form == "official":
+            return None, None
+        return batch["video_mask"].bool(), batch["text_mask"].bool()
+
+    def losses(
         self,
         video: Tensor,
         text: Tensor,
         batch: dict[str, Any],
         encoders: Sequence[nn.Module],
-    ) -> Tensor:
-        """One training step of Distill Align: momentum update, loss, enqueue.
+    ) -> dict[str, Tensor]:
+        """One training step of Distill Align: momentum update, losses, enqueue.
 
         Call it once per optimiser step (every training forward of a model is one step for the
         trainer), after the online encoders have run and before the optimiser updates them.
@@ -244,37 +335,46 @@ class DistillAlign(nn.Module):
             encoders: the online ``(video_encoder, text_encoder)`` the momentum copies follow.
 
         Returns:
-            ``L_align``, a scalar.
+            ``{"loss_align": L_align}``, plus ``"loss_sim"`` with ``similarity_predictor``.
         """
         if not self.training:
             raise RuntimeError("Distill Align updates its momentum encoders: call it in training")
-        video_mask, text_mask = batch["video_mask"].bool(), batch["text_mask"].bool()
+        video_mask, text_mask = self._masks(batch, self.global_mean)
+        video_rows, text_rows = self._masks(batch, self.encoder_padding)
         alpha = self.current_alpha()
         self.steps += 1
         with torch.no_grad():
-            momentum_update_(encoders[0], self.momentum_video_encoder, self.momentum)
-            momentum_update_(encoders[1], self.momentum_text_encoder, self.momentum)
-            momentum_video = self.momentum_video_encoder(batch["video_feats"], video_mask)
-            momentum_text = self.momentum_text_encoder(batch["text_feats"], text_mask)
+            self.momentum_step(encoders)
+            momentum_video = self.momentum_video_encoder(batch["video_feats"], video_rows)
+            momentum_text = self.momentum_text_encoder(batch["text_feats"], text_rows)
             g_mv = global_feature(momentum_video, video_mask)  # G_mv (B, d)
             g_mt = global_feature(momentum_text, text_mask)  # G_mt (B, d)
             self.temperature.clamp_(*TEMPERATURE_RANGE)
         # copies: the backward pass needs the queues as they are before this step's enqueue
         video_queue = self.video_queue.features.clone()
         text_queue = self.text_queue.features.clone()
-        loss = distill_align_loss(
-            global_feature(video, video_mask),
-            global_feature(text, text_mask),
-            g_mv,
-            g_mt,
-            video_queue,
-            text_queue,
-            alpha,
-            self.temperature,
-        )
-        self.video_queue.enqueue(g_mv)
-        self.text_queue.enqueue(g_mt)
-        return loss
+        g_v, g_t = global_feature(video, video_mask), global_feature(text, text_mask)
+        out = {
+            "loss_align": distill_align_loss(
+                g_v, g_t, g_mv, g_mt, video_queue, text_queue, alpha, self.temperature
+            )
+        }
+        if self.predictor is not None:
+            out["loss_sim"] = similarity_loss(self.predictor, g_v, g_t)
+        divisible_only = self.enqueue_form == "official"
+        self.video_queue.enqueue(g_mv, divisible_only)
+        self.text_queue.enqueue(g_mt, divisible_only)
+        return out
+
+    def forward(
+        self,
+        video: Tensor,
+        text: Tensor,
+        batch: dict[str, Any],
+        encoders: Sequence[nn.Module],
+    ) -> Tensor:
+        """``L_align`` of one training step (see :meth:`losses`, which also gives ``loss_sim``)."""
+        return self.losses(video, text, batch, encoders)["loss_align"]
 
 
 @register_loss("distill_align", ("loss_align",))
@@ -285,3 +385,14 @@ def loss_distill_align(
     if "loss_align" not in outputs:
         return {}
     return {"loss_align": outputs["loss_align"]}
+
+
+@register_loss("distill_sim", ("loss_sim",))
+def loss_distill_sim(
+    outputs: dict[str, Any], batch: dict[str, Any], indices: Indices, config: LossConfig
+) -> dict[str, Tensor]:
+    """The official release's ``L_sim`` (``outputs["loss_sim"]``, training mode only; see
+    :func:`similarity_loss`)."""
+    if "loss_sim" not in outputs:
+        return {}
+    return {"loss_sim": outputs["loss_sim"]}

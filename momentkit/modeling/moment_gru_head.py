@@ -12,6 +12,13 @@ to it are highlighted:
 - ``M = Linear(R' o S + R')`` ``(B, T, d)``, with ``R'`` the fused memory;
 - saliency ``= sum_d M / sqrt(d)`` ``(B, T)`` (the official code's scale).
 
+``form="official"`` reads the moment as the official release does (``ld_detr/methods.py``,
+``HighlightDetectionPredictionHead``; :func:`official_moment_slice`): the span is turned into
+clip indices with the *padded* length ``T``, sliced with Python's rules (a negative start counts
+from the end), left-aligned and zero-padded to ``T`` steps, and ``G'_v`` is the GRU state after
+all ``T`` steps, so it also reads the zero padding after the moment (its dependence on the moment
+fades with the number of padded steps).
+
 ``similarity="cosine"`` takes ``S`` between the L2-normalised ``G'_v`` and clips instead, so
 ``1 + S`` is a weight in ``[0, 2]``. The paper's raw dot product is unbounded (``|S|`` 1-2 on
 average, std 1.5-3, in training on the synthetic benchmark): ``1 + S`` changes sign from clip to
@@ -55,8 +62,42 @@ def top_moment_clips(
     return start, end
 
 
+def official_moment_slice(
+    pred_logits: Tensor, pred_spans: Tensor, length: int, clip_len: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """The top moment's clips as the official release slices them: ``(start, count)``.
+
+    The release converts the top span to seconds with the padded length, ``xx * (T * clip_len)``,
+    floors ``seconds / clip_len`` to ``(s, e)`` and takes ``video[b, s : e + 1]`` with Python's
+    slice rules. This returns that slice as a non-negative start and a clip count.
+
+    Args:
+        pred_logits: ``(B, Q, 2)``, class 0 = foreground.
+        pred_spans: ``(B, Q, 2)`` normalised ``(center, width)``.
+        length: ``T``, the padded number of clips.
+        clip_len: seconds per clip (the release's ``clip_length``).
+
+    Returns:
+        ``(start, count)``, two ``(B,)`` long tensors: clips ``start .. start + count - 1``
+        (``count`` may be 0: an empty slice).
+    """
+    top = pred_logits.detach().softmax(-1)[..., 0].argmax(dim=1)  # (B,)
+    span = pred_spans.detach()[torch.arange(len(top), device=top.device), top]  # (B, 2)
+    seconds = span_cxw_to_xx(span) * (length * clip_len)
+    first, last = torch.floor(seconds / clip_len).long().unbind(-1)  # (B,), (B,)
+
+    def python_index(i: Tensor) -> Tensor:  # a slice bound as Python resolves it
+        return torch.where(i < 0, i + length, i).clamp(0, length)
+
+    start, stop = python_index(first), python_index(last + 1)
+    return start, (stop - start).clamp(min=0)
+
+
 #: how :class:`MomentGRUHead` compares ``G'_v`` with the clips
 SIMILARITIES = ("dot", "cosine")
+
+#: which clips :class:`MomentGRUHead`'s GRU reads: the paper's moment or the release's slice
+FORMS = ("paper", "official")
 
 
 class MomentGRUHead(nn.Module):
@@ -66,13 +107,18 @@ class MomentGRUHead(nn.Module):
         d_model: width ``d``.
         similarity: ``"dot"`` (the paper's ``S = G'_v V'^T``) or ``"cosine"`` (the same between
             unit vectors).
+        form: ``"paper"`` (the state after the moment's last valid clip) or ``"official"``
+            (the release's slice, GRU run over the padded length; module doc).
     """
 
-    def __init__(self, d_model: int, similarity: str = "dot") -> None:
+    def __init__(self, d_model: int, similarity: str = "dot", form: str = "paper") -> None:
         super().__init__()
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got '{similarity}'")
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got '{form}'")
         self.similarity = similarity
+        self.form = form
         self.gru = nn.GRU(d_model, d_model, num_layers=1, batch_first=True)
         self.saliency_proj = nn.Linear(d_model, d_model)
         self.scale = 1.0 / math.sqrt(d_model)
@@ -92,6 +138,18 @@ class MomentGRUHead(nn.Module):
         states, _ = self.gru(clips)  # (B, steps, d): the state after each clip
         return states[torch.arange(batch, device=video.device), lengths - 1]
 
+    def official_moment_feature(self, video: Tensor, start: Tensor, count: Tensor) -> Tensor:
+        """``G'_v`` ``(B, d)`` as the release computes it: clips ``start .. start + count - 1``
+        of ``video`` ``(B, T, d)``, left-aligned, zero-padded to ``T`` steps, the GRU state after
+        all ``T`` steps."""
+        batch, length, dim = video.shape
+        offsets = torch.arange(length, device=video.device)
+        idx = (start[:, None] + offsets).clamp(max=length - 1)  # (B, T)
+        inside = (offsets < count[:, None]).to(video.dtype).unsqueeze(-1)
+        clips = video.gather(1, idx.unsqueeze(-1).expand(-1, -1, dim)) * inside
+        _, hidden = self.gru(clips)  # (1, B, d)
+        return hidden[-1]
+
     def forward(
         self,
         pred_logits: Tensor,
@@ -99,6 +157,7 @@ class MomentGRUHead(nn.Module):
         memory: Tensor,
         video: Tensor,
         video_mask: Tensor,
+        clip_len: float = 1.0,
     ) -> Tensor:
         """Per-clip saliency.
 
@@ -107,12 +166,17 @@ class MomentGRUHead(nn.Module):
             memory: ``(B, T, d)`` fused memory ``R'``.
             video: ``(B, T, d)`` unimodal clip features ``V'``.
             video_mask: ``(B, T)`` bool, True = valid.
+            clip_len: seconds per clip (the official form converts spans through seconds).
 
         Returns:
             ``(B, T)`` saliency scores (meaningless at padded clips).
         """
-        start, end = top_moment_clips(pred_logits, pred_spans, video_mask)
-        global_video = self.moment_feature(video, start, end)  # G'_v (B, d)
+        if self.form == "official":
+            start, count = official_moment_slice(pred_logits, pred_spans, video.shape[1], clip_len)
+            global_video = self.official_moment_feature(video, start, count)  # G'_v (B, d)
+        else:
+            start, end = top_moment_clips(pred_logits, pred_spans, video_mask)
+            global_video = self.moment_feature(video, start, end)  # G'_v (B, d)
         if self.similarity == "cosine":
             global_video, video = F.normalize(global_video, dim=-1), F.normalize(video, dim=-1)
         similarity = torch.einsum("bd,btd->bt", global_video, video)  # S (B, T)
