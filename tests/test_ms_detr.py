@@ -561,3 +561,174 @@ def test_presets_load_and_validate(preset: str) -> None:
     else:
         assert cfg.optim.lr == 1e-4 and cfg.trainer.batch_size == 32
         assert cfg.model.fuse_dropout == cfg.model.input_dropout == 0.5  # official
+
+
+# ------------------------------------------------------------------ the release's switches
+RELEASE = {
+    "activation": "prelu",
+    "sentence_token": "before_fusion",
+    "mtcd_rank": "class_logit",
+    "mtcd_candidates": "all",
+    "mtcd_min_anchor_width": 0.0,
+    "selection_init": "release",
+    "saliency_refinement": "off",
+    "denoising_negatives": False,
+    "denoising_targets": "last_video",
+    "denoising_source": "negative_pairs",
+    "decoder_negatives": True,
+    "selection_negatives": True,
+    "use_corpus": False,
+    "t2v_mask": "tiled",
+    "project_padding": True,
+}
+
+
+def test_release_variant_trains_with_its_extra_losses() -> None:
+    model = tiny_model(**RELEASE).train()
+    batch = make_batch()
+    out = model(batch)
+    assert out["pred_logits_neg"].shape == (B, 4, 2)
+    assert all("pred_logits_neg" in a for a in out["aux_outputs"])
+    assert out["enc_outputs_neg"]["pred_logits"].shape == (B, 4, 2)
+    dn = out["dn_queries"]  # positive-only groups of the last video's (one) span, every video
+    assert dn.num_denoising == 10 * 1 and bool((dn.labels == 0).all())
+    last = batch["span_targets"][-1]["spans"]
+    assert all(torch.equal(dn.target_spans[i, :1], last) for i in range(B))
+    losses = build_criterion(model.config)(out, batch)
+    expected = {"loss_label_neg", "loss_label_neg_0", "loss_enc_label_neg", "loss_dn_span"}
+    assert expected <= set(losses)
+    losses["loss"].backward()
+    assert model.msde.fuse.layers[0].linear.weight.grad is not None
+
+
+def test_denoising_source_reads_the_negative_pairs() -> None:
+    """The release's DN loss reads the negative pairs' decoding: with the same weights and
+    noise, switching the source changes the DN outputs but not the matched predictions."""
+    outs = {}
+    for source in ("matched", "negative_pairs"):
+        torch.manual_seed(3)
+        model = tiny_model(dropout=0.0, input_dropout=0.0, fuse_dropout=0.0, **RELEASE)
+        model.config.denoising_source = source
+        torch.manual_seed(4)
+        outs[source] = model.train()(make_batch())
+    a, b = outs["matched"], outs["negative_pairs"]
+    assert torch.allclose(a["pred_logits"], b["pred_logits"])
+    assert not torch.allclose(a["dn_pred_logits"], b["dn_pred_logits"])
+    with pytest.raises(ValueError, match="decoder_negatives"):
+        MSDETRConfig(**{**TINY, "denoising_source": "negative_pairs"}).validate()
+
+
+def test_release_denoising_layout_and_noise_order() -> None:
+    from momentkit.modeling.mtcd_denoising import release_denoising_queries
+
+    targets = [{"spans": torch.tensor([[0.5, 0.2]])}, {"spans": torch.tensor([[0.3, 0.2]] * 2)}]
+    cfg = DenoisingConfig(num_groups=3, span_noise=0.5)
+    own = release_denoising_queries(targets, cfg, 4, negatives=False, generator=None)
+    assert own.num_denoising == 3 * 2 and own.valid[0].tolist() == [True, False] * 3
+    assert own.attn_mask.shape == (10, 10) and bool(own.attn_mask[0, 2]) and not own.attn_mask[0, 1]
+    both = release_denoising_queries(targets, cfg, 4, negatives=True)
+    assert both.num_denoising == 3 * 4 and both.labels[1, :4].tolist() == [0, 0, 1, 1]
+    last = release_denoising_queries(targets, cfg, 4, negatives=False, target_mode="last_video")
+    assert bool(last.valid.all()) and torch.equal(last.target_spans[0], last.target_spans[1])
+    # noise: edge moved by sign * u * 0.5 * w / 2 (u < 1 positives), not re-ordered
+    g = torch.Generator().manual_seed(0)
+    q = release_denoising_queries(targets[:1], cfg, 4, negatives=True, generator=g)
+    start, end = q.spans[0, :, 0] - q.spans[0, :, 1] / 2, q.spans[0, :, 0] + q.spans[0, :, 1] / 2
+    moved = torch.stack([(start - 0.4).abs(), (end - 0.6).abs()], -1)
+    assert (moved[q.labels[0] == 0] < 0.05 + 1e-6).all()
+    assert ((moved[q.labels[0] == 1] >= 0.05 - 1e-6) & (moved[q.labels[0] == 1] < 0.1)).all()
+
+
+def test_release_selection_ranks_by_class_logit_over_every_position() -> None:
+    from momentkit.modeling.mtcd import MutualTaskCollaborativeDecoder, select_queries
+
+    torch.manual_seed(0)
+    mtcd = MutualTaskCollaborativeDecoder(16, 2, 1, num_queries=3, dim_feedforward=32)
+    clips = torch.randn(1, 60, 16)
+    mask = torch.ones(1, 60, dtype=torch.bool)
+    mask[0, 55:] = False  # 55 valid clips: the first and last proposals leave (0.01, 0.99)
+    sel = select_queries(mtcd.selection, clips, mask, torch.zeros(1, 60), "class_logit", "all")
+    logits = mtcd.selection.class_embed(mtcd.selection.transform(clips))[0, :, 0]
+    usable = mask[0].clone()
+    usable[[0, 54]] = False
+    zero = mtcd.selection.class_embed(mtcd.selection.transform(torch.zeros(16)))[0]
+    ranked = torch.where(usable, logits, zero).argsort(descending=True)[:3]
+    assert sorted(sel.enc_logits[0, :, 0].tolist()) == pytest.approx(
+        sorted(torch.where(usable, logits, zero)[ranked].tolist()), abs=1e-6
+    )
+    infinite = ~usable[sel.index[0]]
+    assert (
+        torch.isinf(sel.anchors[0][infinite]).all()
+        and torch.isfinite(sel.anchors[0][~infinite]).all()
+    )
+    assert (sel.enc_spans[0][infinite] == 1.0).all()
+
+
+def test_sentence_token_before_fusion_goes_through_phi() -> None:
+    torch.manual_seed(0)
+    msde = MotionSemanticsDisentangledEncoder(VIDEO_DIM, [D_MOTION, D_SEM], 16, 2, 1, 32, 0.0, 0.0)
+    token = torch.randn(2, 1, 16)
+    outs = {"motion": torch.randn(2, 5, 16), "semantic": torch.randn(2, 5, 16)}
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    fused = msde.fuse_branches(outs, mask, token=token)
+    assert fused.shape == (2, 6, 16)
+    assert torch.allclose(fused[:, 0], msde.fuse(torch.cat([token, token], -1))[:, 0], atol=1e-6)
+    assert torch.allclose(fused[:, 1:], msde.fuse_branches(outs, mask), atol=1e-6)
+
+
+def test_tiled_t2v_mask_borrows_other_videos_padding() -> None:
+    from momentkit.modeling.msde import tiled_t2v_allowed
+
+    video = torch.tensor([[True, True, True], [True, False, False]])
+    text = torch.tensor([[True, True], [True, False]])
+    allowed = tiled_t2v_allowed(video, text, nhead=2)  # head h of video b: video (2b + h) % 2
+    assert allowed.shape == (2, 2, 3, 2)
+    assert bool(allowed[0, 0].all()) and not bool(allowed[0, 1, 2, 1])  # video 1's padding
+    assert torch.equal(allowed[1], allowed[0])
+    single = tiled_t2v_allowed(video[1:], text[1:], nhead=2)
+    assert not bool(single[0, 0, 1, 1]) and bool(single[0, 0, 1, 0])
+
+
+def test_release_presets_set_every_switch() -> None:
+    from momentkit.training.config import build_config
+
+    for preset in ("qvhighlights", "charades_sta", "tacos", "synth_official"):
+        model = build_config("ms_detr", f"ms_detr/{preset}").model
+        for name, value in RELEASE.items():
+            assert getattr(model, name) == value, (preset, name)
+        assert model.fuse_dropout == 0.5 and model.mtcd_content == "learned"
+    synth = build_config("ms_detr", "ms_detr/synth_official")
+    assert (synth.optim.lr, synth.trainer.batch_size, synth.model.hidden_dim) == (3e-4, 8, 128)
+
+
+def test_train_infers_the_stream_widths_from_the_feature_stores(tmp_path) -> None:
+    """256-d motion + 512-d semantic streams train without overrides: ``stream_dims`` comes
+    from the ``--video-features`` stores, like ``video_dim``."""
+    import json
+
+    import numpy as np
+
+    from momentkit.cli.main import main
+    from momentkit.data.synth import SynthConfig, generate
+
+    root = tmp_path / "synth"
+    generate(SynthConfig(num_train=6, num_val=3, seed=2, min_duration=20, max_duration=24), root,
+             progress=False)  # fmt: skip
+    feats = root / "features"
+    narrow = tmp_path / "motion256"
+    narrow.mkdir()
+    for file in (feats / "slowfast").glob("*.npz"):
+        np.savez(narrow / file.name, features=np.load(file)["features"][:, :256])
+    out = tmp_path / "run"
+    args = ["train", "--model", "ms_detr", "--preset", "synth_official"]
+    args += ["--train", str(root / "annotations" / "train.jsonl")]
+    args += ["--val", str(root / "annotations" / "val.jsonl")]
+    args += ["--video-features", str(narrow), str(feats / "clip")]
+    args += ["--text-features", str(feats / "clip_text"), "--out", str(out), "--epochs", "1"]
+    args += ["--batch-size", "3", "--set", "model.hidden_dim=16", "model.dim_feedforward=32",
+             "model.nheads=2", "model.num_queries=4", "model.enc_layers=1", "model.dec_layers=1",
+             "model.cross_layers=1", "trainer.progress=false",
+             "data.eval_batch_size=3"]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())["model"]
+    assert config["stream_dims"] == [256, 512] and config["video_dim"] == 256 + 512 + 2

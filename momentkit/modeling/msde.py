@@ -11,7 +11,8 @@ stream apart while the query is injected into each:
 
 and only then are the two fused: ``F_v = phi(TMCT(Q_v^m, K_t, V_t) (+) SSCT(Q_v^s, K_t, V_t))``
 with ``(+)`` channel concatenation and ``phi`` a projection back to the model width. A transformer
-encoder over ``[sentence token; F_v]`` follows (in :mod:`momentkit.models.ms_detr`).
+encoder over ``[sentence token; F_v]`` follows (in :mod:`momentkit.models.ms_detr`); the official
+release prepends the sentence token before phi instead (``fuse_branches(..., token=)``).
 
 Channels after the last named stream (the TEF) are shared: they are appended to every branch's
 stream, as in the official code. With a single stream (or ``disentangle=False``, the "w/o MSDE"
@@ -20,6 +21,8 @@ QD-DETR's text-to-video encoder.
 
 Each cross-modal transformer is a stack of QD-DETR's T2V layers
 (:class:`~momentkit.modeling.transformer.CrossAttentionEncoder`, ``ffn_skip_norm`` in post-norm).
+The release's T2V layers build their padding mask as QD-DETR's code does (stacked head-major
+where attention reads it video-major): :func:`tiled_t2v_allowed` reproduces it.
 """
 
 from __future__ import annotations
@@ -58,6 +61,26 @@ def stream_slices(video_dim: int, stream_dims: Sequence[int]) -> tuple[list[slic
         slices.append(slice(start, start + d))
         start += d
     return slices, slice(start, video_dim)
+
+
+def tiled_t2v_allowed(video_mask: Tensor, text_mask: Tensor, nhead: int) -> Tensor:
+    """The release's T2V attention mask, as "may attend" (``(B, H, T, N)`` bool).
+
+    The release blocks (clip ``t``, word ``n``) when both are padding, builds that ``(T, N)``
+    mask per video and stacks the videos with ``repeat(nhead, 1, 1)``; attention reads the stack
+    video-major, so head ``h`` of video ``b`` gets the mask of video ``(b * H + h) mod B``. A
+    valid clip of a padded batch can therefore lose words, depending on the other videos; a
+    single video, or a batch without padding, is unaffected. Key padding is applied separately.
+
+    Args:
+        video_mask: ``(B, T)`` bool, True = valid clip; ``text_mask`` ``(B, N)`` likewise.
+        nhead: ``H`` attention heads.
+    """
+    both_padded = (~video_mask)[:, :, None] & (~text_mask)[:, None, :]  # (B, T, N)
+    b = len(video_mask)
+    index = torch.arange(b, device=video_mask.device)[:, None] * nhead
+    source = (index + torch.arange(nhead, device=video_mask.device)[None, :]) % b  # (B, H)
+    return ~both_padded[source]
 
 
 class CrossModalBranch(nn.Module):
@@ -183,10 +206,12 @@ class MotionSemanticsDisentangledEncoder(nn.Module):
             out[name] = torch.cat([x, shared], dim=-1) if shared.shape[-1] else x
         return out
 
-    def project(self, video: Tensor, video_mask: Tensor) -> dict[str, Tensor]:
+    def project(self, video: Tensor, video_mask: Tensor | None) -> dict[str, Tensor]:
         """Each branch's input projection of ``video`` ``(B, T, Dv)``: ``{name: (B, T, d)}``.
 
         Separate from :meth:`interact` so a video paired with several queries is projected once.
+        ``video_mask`` ``(B, T)``: padded rows come out as zeros; ``None``: every row projected
+        (the release).
         """
         inputs = self.branch_inputs(video)
         return {name: b.proj(inputs[name], video_mask) for name, b in self.branches.items()}
@@ -198,6 +223,7 @@ class MotionSemanticsDisentangledEncoder(nn.Module):
         text: Tensor,
         text_pos: Tensor | None,
         text_mask: Tensor,
+        allowed: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Every branch's cross-modal transformer: ``{name: (B, T, d)}`` (TMCT / SSCT / shared).
 
@@ -205,14 +231,29 @@ class MotionSemanticsDisentangledEncoder(nn.Module):
             projected: :meth:`project` outputs (rows may be repeated, one per video-text pair).
             video_pos: ``(B, T, d)``; text: ``(B, N, d)`` projected words; ``text_pos``
                 ``(B, N, d)`` or ``None``; ``text_mask`` ``(B, N)``.
+            allowed: ``(B, H, T, N)`` bool clip-by-word mask on top of ``text_mask``
+                (:func:`tiled_t2v_allowed`; ``None``: every valid word).
         """
         return {
-            name: b.cross(projected[name], text, video_pos, text_pos, text_mask)
+            name: b.cross(projected[name], text, video_pos, text_pos, text_mask, allowed=allowed)
             for name, b in self.branches.items()
         }
 
-    def fuse_branches(self, outs: dict[str, Tensor], video_mask: Tensor) -> Tensor:
-        """``F_v = phi(TMCT (+) SSCT)`` ``(B, T, d)`` (the shared branch's output when degraded)."""
+    def fuse_branches(
+        self, outs: dict[str, Tensor], video_mask: Tensor | None, token: Tensor | None = None
+    ) -> Tensor:
+        """``F_v = phi(TMCT (+) SSCT)`` ``(B, T, d)`` (the shared branch's output when degraded).
+
+        With ``token`` ``(B, 1, d)`` (the sentence token, as the official release) the token is
+        prepended to every branch output before phi, which the cross-modal layers leave
+        unchanged: the result is ``(B, 1 + T, d)``, row 0 ``phi([x_s; x_s])`` (``x_s`` itself
+        when degraded).
+        """
+        if token is not None:
+            outs = {name: torch.cat([token, x], dim=1) for name, x in outs.items()}
+            if video_mask is not None:
+                ones = video_mask.new_ones(len(video_mask), 1)
+                video_mask = torch.cat([ones, video_mask], dim=1)
         if self.fuse is None:
             return outs["shared"]
         return self.fuse(torch.cat([outs["motion"], outs["semantic"]], dim=-1), video_mask)

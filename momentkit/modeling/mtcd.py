@@ -22,8 +22,15 @@ Highlight detection (HD) and moment retrieval (MR) guide each other:
   proposals, the ``query_selection`` loss) and enters the decoder detached, and the decoder's
   content queries are learned embeddings (``content="learned"``, the default). The paper's text
   can also be read as the selected clips being the content queries themselves:
-  ``content="selected"`` feeds ``q_k`` (with gradient) instead. The release ranks clips with a
-  separate foreground head; here, as the paper says, by the saliency ``S``.
+  ``content="selected"`` feeds ``q_k`` (with gradient) instead. ``rank`` (:data:`RANK_MODES`)
+  chooses what orders the clips: ``"saliency"`` (``S``, as the paper says) or ``"class_logit"``
+  (the release: the raw foreground logit of the selection's class head on ``q_k``).
+  ``candidates`` (:data:`CANDIDATE_MODES`) chooses which positions may be selected: ``"valid"``
+  (valid clips only; a short video repeats its ranking) or ``"all"`` (the release's
+  ``gen_encoder_output_proposals``: every position, padding included, competes; a padded
+  position, or one whose proposal centre is not inside ``(0.01, 0.99)`` (the first and last clip
+  of a video of 50 clips or more), gets zero memory and an infinite anchor logit, so a selected
+  one starts from the anchor ``(1, 1)``).
 - **MR -> HD.** The decoded moments refine the saliency (:func:`refine_saliency`): a clip inside
   a predicted moment gains ``lambda * max_k p_k m_k(i)``, with ``p_k`` the moment's foreground
   probability (the foreground constraint) and ``m_k(i)`` a soft membership of the clip in its
@@ -54,9 +61,9 @@ from torch import Tensor, nn
 from momentkit.modeling.anchor_decoder import inverse_sigmoid
 from momentkit.modeling.denoising import DenoisingQueries
 from momentkit.modeling.heads import SpanHead
-from momentkit.modeling.masked_anchor_decoder import MaskedAnchorDecoder
+from momentkit.modeling.masked_anchor_decoder import MIN_ANCHOR_WIDTH, MaskedAnchorDecoder
 from momentkit.modeling.position_encoding import span_sine_encoding
-from momentkit.modeling.query_selection import QuerySelection
+from momentkit.modeling.query_selection import QuerySelection, SelectedQueries, top_k_wrapped
 
 #: initial foreground prior of the class logits (the official init, as DINO)
 CLASS_PRIOR = 0.01
@@ -66,6 +73,12 @@ PROPOSAL_WIDTH = 0.1
 CONTENT_MODES = ("learned", "selected")
 #: how the decoded moments refine the saliency (see the module docstring)
 REFINE_MODES = ("joint", "detached", "off")
+#: what ranks the clips for query selection (see the module docstring)
+RANK_MODES = ("saliency", "class_logit")
+#: which positions may be selected (see the module docstring)
+CANDIDATE_MODES = ("valid", "all")
+#: the release's proposal validity range (``gen_encoder_output_proposals``)
+VALID_PROPOSAL_RANGE = (0.01, 0.99)
 
 
 class SentenceSaliency(nn.Module):
@@ -136,6 +149,64 @@ def refine_saliency(
     return saliency + weight * support
 
 
+def select_queries(
+    selection: QuerySelection,
+    clips: Tensor,
+    video_mask: Tensor,
+    saliency: Tensor,
+    rank: str = "saliency",
+    candidates: str = "valid",
+) -> SelectedQueries:
+    """Select the ``K`` matching queries' anchors from the encoded clips.
+
+    Args:
+        selection: the query-selection head (``q_k = LN(W x_k)``, class head, ``MLP_span``,
+            learned content).
+        clips: ``(B, T, d)`` encoded clips; ``video_mask`` ``(B, T)``.
+        saliency: ``(B, T)`` ``S``, the ranking when ``rank="saliency"``.
+        rank: :data:`RANK_MODES`; candidates: :data:`CANDIDATE_MODES` (module docstring).
+
+    Returns:
+        :class:`~momentkit.modeling.query_selection.SelectedQueries` (anchors detached; with
+        ``candidates="all"`` an anchor may be ``+inf``, which the decoder's sigmoid maps to 1).
+    """
+    batch, length = clips.shape[:2]
+    every = torch.arange(length, device=clips.device).expand(batch, -1)
+    proposals = clip_proposals(every, video_mask).to(clips.dtype)  # (B, T, 2)
+    if candidates == "all":
+        low, high = VALID_PROPOSAL_RANGE
+        usable = video_mask & ((proposals > low) & (proposals < high)).all(-1)
+        memory = clips.masked_fill(~usable[..., None], 0.0)
+        logit = torch.log(proposals / (1 - proposals)).masked_fill(~usable[..., None], math.inf)
+        eligible = torch.ones_like(video_mask)
+    else:
+        memory, logit, eligible = clips, inverse_sigmoid(proposals), video_mask
+    hidden = selection.transform(memory)  # q_k for every position (B, T, d)
+    logits = selection.class_embed(hidden)  # (B, T, 2)
+    scores = saliency if rank == "saliency" else logits[..., 0]
+    index = top_k_wrapped(scores.detach(), eligible, selection.num_queries)
+    take = index[..., None]
+    sel_hidden = hidden.gather(1, take.expand(-1, -1, hidden.shape[-1]))
+    coords = selection.span_embed(sel_hidden) + logit.gather(1, take.expand(-1, -1, 2))
+    content = selection.content.weight.unsqueeze(0).expand(batch, -1, -1)
+    return SelectedQueries(
+        anchors=coords.detach(),
+        content=content,
+        index=index,
+        hidden=sel_hidden,
+        enc_logits=logits.gather(1, take.expand(-1, -1, 2)),
+        enc_spans=coords.sigmoid(),
+    )
+
+
+def release_selection_init_(selection: QuerySelection) -> None:
+    """The release's initialisation of the selection head (``--use_tgt``): Xavier-uniform
+    ``W`` (``enc_output``), the foreground prior on both class biases, ``MLP_span``'s last layer
+    at zero (momentkit's default init differs only in the first two)."""
+    nn.init.xavier_uniform_(selection.enc_output.weight)
+    nn.init.constant_(selection.class_embed.bias, -math.log((1 - CLASS_PRIOR) / CLASS_PRIOR))
+
+
 class MutualTaskCollaborativeDecoder(nn.Module):
     """MTCD: saliency-driven query selection, anchor decoding (+ denoising), saliency refinement.
 
@@ -150,6 +221,10 @@ class MutualTaskCollaborativeDecoder(nn.Module):
             of :data:`REFINE_MODES`: ``"detached"``, ``"joint"`` (with gradient into the moment
             heads) or ``"off"``.
         aux: return ``aux_outputs`` for the earlier decoder layers.
+        rank, candidates: how the clips are selected (:func:`select_queries`).
+        min_anchor_width: lower bound of the anchor width in the decoder's width modulation
+            (the release has none: ``0``).
+        selection_init: ``"default"`` or ``"release"`` (:func:`release_selection_init_`).
     """
 
     def __init__(
@@ -166,21 +241,34 @@ class MutualTaskCollaborativeDecoder(nn.Module):
         content: str = "learned",
         refine: str = "detached",
         aux: bool = True,
+        rank: str = "saliency",
+        candidates: str = "valid",
+        min_anchor_width: float = MIN_ANCHOR_WIDTH,
+        selection_init: str = "default",
     ) -> None:
         super().__init__()
-        if content not in CONTENT_MODES:
-            raise ValueError(f"MTCD content must be one of {CONTENT_MODES}, got {content!r}")
-        if refine not in REFINE_MODES:
-            raise ValueError(f"MTCD refine must be one of {REFINE_MODES}, got {refine!r}")
+        for name, value, options in (
+            ("content", content, CONTENT_MODES),
+            ("refine", refine, REFINE_MODES),
+            ("rank", rank, RANK_MODES),
+            ("candidates", candidates, CANDIDATE_MODES),
+            ("selection_init", selection_init, ("default", "release")),
+        ):
+            if value not in options:
+                raise ValueError(f"MTCD {name} must be one of {options}, got {value!r}")
+        self.rank, self.candidates = rank, candidates
         self.refine = refine
         self.d_model, self.num_queries, self.aux = d_model, num_queries, aux
         self.query_selection, self.content = query_selection, content
         self.decoder = MaskedAnchorDecoder(
             d_model, nhead, num_layers, dim_feedforward, dropout, activation, pre_norm
         )
+        self.decoder.min_anchor_width = min_anchor_width
         if query_selection:
             # q_k = LN(W x_k) (the official enc_output + enc_output_norm), MLP_span, class head
             self.selection = QuerySelection(d_model, num_queries, [PROPOSAL_WIDTH])
+            if selection_init == "release":
+                release_selection_init_(self.selection)
         else:
             self.anchors = nn.Embedding(num_queries, 2)
         self.refine_weight = nn.Parameter(torch.ones(())) if refine != "off" else None
@@ -200,9 +288,14 @@ class MutualTaskCollaborativeDecoder(nn.Module):
         if not self.query_selection:
             anchors = self.anchors.weight.unsqueeze(0).expand(batch, -1, -1)
             return clips.new_zeros(batch, self.num_queries, self.d_model), anchors, None
-        every = torch.arange(length, device=clips.device).expand(batch, -1)
-        centers = clip_proposals(every, video_mask)[..., 0].to(clips.dtype)  # (B, T)
-        sel = self.selection(clips, video_mask, centers, [length], scores=saliency)
+        if self.rank == "saliency" and self.candidates == "valid":
+            every = torch.arange(length, device=clips.device).expand(batch, -1)
+            centers = clip_proposals(every, video_mask)[..., 0].to(clips.dtype)  # (B, T)
+            sel = self.selection(clips, video_mask, centers, [length], scores=saliency)
+        else:
+            sel = select_queries(
+                self.selection, clips, video_mask, saliency, self.rank, self.candidates
+            )
         content = sel.hidden if self.content == "selected" else sel.content
         return content, sel.anchors, {"pred_logits": sel.enc_logits, "pred_spans": sel.enc_spans}
 
