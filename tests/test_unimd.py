@@ -4,6 +4,7 @@ learning run (model, criterion, ``momentkit cotrain``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,7 +29,7 @@ from momentkit.modeling.query_heads import (
 )
 from momentkit.modeling.soft_nms import soft_nms
 from momentkit.models import MomentModel, UniMD, UniMDConfig, build_criterion, build_model
-from momentkit.models.unimd import UniMDCriterion, decode_detections
+from momentkit.models.unimd import OFFICIAL_SWITCHES, UniMDCriterion, decode_detections
 from momentkit.training.cotrain import epoch_plan
 
 TINY = dict(
@@ -179,7 +180,8 @@ def test_classification_head_is_a_scaled_inner_product():
         for b in range(2):
             for q in range(3):
                 for t in range(x.shape[-1]):
-                    expected = 2.0 * float(z[b, :, t] @ queries[b, q]) - 0.5
+                    # the official head's logits are zero at padded steps
+                    expected = (2.0 * float(z[b, :, t] @ queries[b, q]) - 0.5) * float(m[b, t])
                     assert math.isclose(float(o[b, q, t]), expected, rel_tol=1e-5, abs_tol=1e-5)
 
 
@@ -621,3 +623,222 @@ def test_bench_cotrain_table_and_reuse(synth_tad, tmp_path):
     done = out / "mr" / "seed0" / "bench_cotrain_done"
     mtime = done.stat().st_mtime_ns
     assert main(argv) == 0 and done.stat().st_mtime_ns == mtime
+
+
+# ------------------------------------------------------------------- the official switches
+OFFICIAL_TINY = dict(TINY, **{k: v for k, v in OFFICIAL_SWITCHES.items() if k != "cotrain_plan"})
+
+
+def test_last_listed_segment_is_the_class_wise_target():
+    points = pyramid_points([12], [(0, math.inf)])
+    segs = torch.tensor([[[4.0, 7.0], [0.0, 11.0]]])  # the long one listed last
+    ok = torch.ones(1, 2, dtype=torch.bool)
+    _, shortest = assign_targets(points, segs, ok, 10.0)
+    labels, last = assign_targets(points, segs, ok, 10.0, target_choice="last")
+    assert shortest[0, 5].tolist() == [1.0, 2.0] and last[0, 5].tolist() == [5.0, 6.0]
+    assert last[0, 2].tolist() == [2.0, 9.0] and labels[0, 2]
+    with pytest.raises(ValueError, match="target_choice"):
+        assign_targets(points, segs, ok, 10.0, target_choice="longest")
+
+
+def test_official_loss_normaliser_is_one_moving_average_tad_then_mr():
+    """EMA N <- 0.9 N + 0.1 max(1, positives): TAD updates it first, MR divides by the result."""
+    config = UniMDConfig(**OFFICIAL_TINY, label_smoothing=0.1, smoothing_classes=1)
+    points = pyramid_points([6], [(0, math.inf)])
+    g = torch.Generator().manual_seed(2)
+    buffer = torch.tensor(100.0)
+    outputs = {
+        "cls_logits": torch.randn(1, 2, 6, generator=g), "reg_offsets": torch.rand(1, 2, 6, 2),
+        "points": points, "point_mask": torch.tensor([[True] * 5 + [False]]),
+        "query_mask": torch.ones(1, 2, dtype=torch.bool), "center_radius": 1.5,
+        "focal_alpha": 0.25, "loss_norm": buffer,
+    }  # fmt: skip
+    batch = {
+        "query_segments": torch.tensor([[[[1.0, 3.0]], [[2.0, 4.0]]]]),
+        "segment_mask": torch.ones(1, 2, 1, dtype=torch.bool),
+        "query_task": torch.tensor([[0, 1]]),
+    }
+    losses = UniMDCriterion(config)(outputs, batch)
+    valid = outputs["point_mask"][0]
+    norm = 100.0
+    for q, (name, w) in ((1, ("tad", 3.0)), (0, ("mr", 1.0))):
+        labels, targets = assign_targets(
+            points, batch["query_segments"][0, q : q + 1], torch.ones(1, 1, dtype=torch.bool)
+        )
+        pos = labels[0] & valid
+        norm = 0.9 * norm + 0.1 * max(int(pos.sum()), 1)
+        smooth = pos.float() * 0.9 + 0.1 / 2
+        focal = (sigmoid_focal_loss(outputs["cls_logits"][0, q], smooth) * valid).sum()
+        assert torch.allclose(losses[f"loss_cls_{name}"], w * focal / norm)
+    assert math.isclose(float(buffer), norm, rel_tol=1e-6)  # kept for the next step
+
+
+def test_official_model_keeps_padded_values_and_pads_to_max_len():
+    from momentkit.interop.parity import random_state, state_shapes
+
+    torch.manual_seed(0)
+    model = build_model({"name": "unimd", **OFFICIAL_TINY, "max_video_len": 16}).eval()
+    # random norm shifts and BatchNorm statistics: padded steps then carry non-zero values
+    model.load_state_dict(random_state(state_shapes(model.state_dict()), seed=3))
+    assert isinstance(model.neck.layers[0].lateral[0][1], torch.nn.BatchNorm1d)
+    assert len(model.neck.layers[0].down_weights[-2].weight) == 2  # second-coarsest: 2 inputs
+    batch = multi_batch()
+    out = model(batch)
+    assert out["point_mask"].shape[1] == 16 + 8 + 4  # padded to max_video_len, not to 12
+    # padded steps keep values: a second video's padding changes the first one's outputs only
+    # through its length, so the same video alone gives the same outputs
+    alone = {k: v[:1] if torch.is_tensor(v) and v.dim() else v for k, v in batch.items()}
+    torch.testing.assert_close(model(alone)["cls_logits"][0], out["cls_logits"][0])
+    # ...but not when the padding is shorter (momentkit's stride padding)
+    short = build_model({"name": "unimd", **OFFICIAL_TINY, "max_video_len": 16, "pad_to": "stride"})
+    short.load_state_dict(model.state_dict())
+    second = {k: v[1:] if torch.is_tensor(v) and v.dim() else v for k, v in batch.items()}
+    second["video_feats"], second["video_mask"] = (
+        second["video_feats"][:, :8],
+        second["video_mask"][:, :8],
+    )
+    a, b = model(second), short.eval()(second)
+    keep = a["point_mask"][0]
+    assert not torch.allclose(
+        a["cls_logits"][0][:, keep], b["cls_logits"][0][:, b["point_mask"][0]]
+    )
+    with pytest.raises(ValueError, match="model.padded_steps"):
+        UniMDConfig(**dict(TINY, padded_steps="kept_maybe")).validate()
+
+
+def test_masked_max_pool_can_pool_over_padded_zeros():
+    x = torch.tensor([[[-1.0, -5.0, -2.0, 0.0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    out, _ = masked_max_pool(x, mask, kernel_size=3, ignore_padding=False)
+    assert out.tolist() == [[[-1.0, 0.0]]]  # the padded zero wins (the official MaskMaxPool1d)
+
+
+def test_detections_are_capped_per_task():
+    """MR and TAD queries of one video: each task keeps max_seg_num (the official per-task
+    inference), instead of the TAD classes crowding the sentences out."""
+    config = UniMDConfig(**TINY, max_seg_num=2, nms_method="none")
+    points = pyramid_points([8], [(0, math.inf)])
+    logits = torch.full((1, 3, 8), -20.0)
+    logits[0, 0, 1] = 0.0  # the MR query: one weak candidate
+    logits[0, 1:, 2:6] = 5.0  # two TAD classes, strong everywhere
+    outputs = {
+        "cls_logits": logits, "reg_offsets": torch.ones(1, 3, 8, 2), "points": points,
+        "point_mask": torch.ones(1, 8, dtype=torch.bool),
+        "query_mask": torch.ones(1, 3, dtype=torch.bool), "query_task": torch.tensor([[0, 1, 1]]),
+    }  # fmt: skip
+    dets = decode_detections(outputs, [20.0], 2.0, config)[0]
+    assert len(dets[0][1]) == 1  # the MR detection survives
+    assert len(dets[1][1]) + len(dets[2][1]) == 2  # TAD: 2 over its classes
+    # grid_offset: grid point g is (g + offset) * clip_len
+    shifted = decode_detections(outputs, [20.0], 2.0, dataclasses.replace(config, grid_offset=2.0))
+    torch.testing.assert_close(shifted[0][0][0], dets[0][0] + 3.0)
+
+
+def test_soft_nms_official_arithmetic_on_ties():
+    """Equal scores: the C++ order decides (the best remaining segment is swapped to the front,
+    which moves the one it replaces back), float64 keeps input order."""
+    segs = torch.tensor([[0.0, 10.0], [20.0, 30.0], [50.0, 60.0], [40.0, 41.0]])
+    scores = torch.tensor([0.9, 0.5, 0.5, 0.7])
+    _, s64, i64 = soft_nms(segs, scores, sigma=0.5, min_score=0.001)
+    _, s32, i32 = soft_nms(segs, scores, sigma=0.5, min_score=0.001, arithmetic="official")
+    assert i64.tolist() == [0, 3, 1, 2]
+    assert i32.tolist() == [0, 3, 2, 1]  # picking 3 swaps it with 1: [0, 3, 2, 1]
+    torch.testing.assert_close(s32, s64.float())  # no overlaps: scores unchanged
+    # IoU with lengths + 1e-6: a duplicate decays by exp(-IoU^2 / sigma), IoU just below 1
+    dup = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    _, s, _ = soft_nms(dup, torch.tensor([0.9, 0.8]), sigma=0.5, arithmetic="official")
+    assert float(s[1]) == pytest.approx(0.8 * math.exp(-2.0), rel=1e-5)
+    with pytest.raises(ValueError, match="arithmetic"):
+        soft_nms(segs, scores, arithmetic="float16")  # type: ignore[arg-type]
+
+
+def test_window_clipping_modes():
+    windows = [[-2.0, 4.0], [6.0, 30.0], [40.0, 44.0]]
+    assert grid_windows(windows, 10, 2.0).tolist() == [[-0.5, 1.5], [2.5, 9.5]]
+    assert grid_windows(windows, 10, 2.0, 2.0, "none").tolist() == [
+        [-3.0, 0.0], [1.0, 13.0], [18.0, 20.0]
+    ]  # fmt: skip
+    assert grid_windows(windows, 10, 2.0, 0.5, "grid_end").tolist() == [
+        [-1.5, 1.5], [2.5, 10.0]
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="clipping"):
+        grid_windows(windows, 10, 2.0, 0.5, "both")
+
+
+def test_official_epoch_plans():
+    from momentkit.training.cotrain import official_epoch_plan
+
+    vids = {"mr": ["a", "b", "c", "m1", "m2", "m3"], "tad": ["b", "c", "d", "t1", "t2", "t3", "t4"]}
+    sync = official_epoch_plan("synchronized", vids, 2, seed=0, epoch=0)
+    joint = [b for b in sync if all(t == ("mr", "tad") for _, t in b)]
+    paired = [b for b in sync if b not in joint]
+    assert len(joint) == 1 and sorted(v for v, _ in joint[0]) == ["b", "c"]  # both tasks
+    # TAD-only {d, t1..t4} subsampled to the 4 MR-only {a, m1..m3}: 2 steps, each one TAD-only
+    # and one MR-only batch of 2 (4 units)
+    assert len(paired) == 2 and all(len(b) == 4 for b in paired)
+    assert all([t for _, t in b] == [("tad",)] * 2 + [("mr",)] * 2 for b in paired)
+    assert sorted(v for b in paired for v, _ in b[2:]) == ["a", "m1", "m2", "m3"]
+    assert len({v for b in paired for v, _ in b[:2]}) == 4  # 4 of the 5 TAD-only videos
+    rnd = official_epoch_plan("random", vids, 4, seed=0, epoch=0)
+    units = [u for b in rnd for u in b]
+    assert len(rnd) == 2 and len(units) == 8  # 11 videos, batches of 4, drop_last
+    assert all(t == (("mr", "tad") if v in "bc" else ("mr",) if v[0] in "am" else ("tad",))
+               for v, t in units)  # fmt: skip
+    assert official_epoch_plan("random", vids, 4, 0, 0) == rnd
+    with pytest.raises(ValueError, match="no official counterpart"):
+        official_epoch_plan("selective", vids, 2, 0, 0)
+
+
+def test_presets_follow_the_released_code():
+    """charades_sta / activitynet / synth_official carry every official switch; the real-data
+    presets also the values the converter reads from the official configs."""
+    from momentkit.interop.parity import Fixture
+    from momentkit.interop.unimd import model_config
+    from momentkit.training.config import build_config
+
+    fixtures = Path(__file__).parent / "fixtures" / "parity"
+    for preset in ("charades_sta", "activitynet", "synth_official"):
+        model = build_config("unimd", preset).model
+        assert {k: getattr(model, k) for k in OFFICIAL_SWITCHES} == OFFICIAL_SWITCHES, preset
+        if preset == "synth_official":
+            synth = build_config("unimd", "synth")
+            assert build_config("unimd", preset).optim == synth.optim
+            assert model.hidden_dim == synth.model.hidden_dim
+            continue
+        official, _ = model_config(Fixture(fixtures / f"unimd_{preset}").opt, Path("x.yaml"))
+        for key in ("grid_offset", "window_clipping", "loss_norm_init", "label_smoothing",
+                    "nms_sigma", "max_seg_num", "duration_thresh", "min_score", "pre_nms_topk",
+                    "regression_ranges", "mr_loss_weight", "tad_loss_weight",
+                    "center_sample_radius", "drop_path_rate", "depths",
+                    "fpn_kernel_size", "head_layers"):  # fmt: skip
+            assert getattr(model, key) == getattr(official, key), (preset, key)
+
+
+def test_cotrain_with_the_official_plan_and_switches(synth_tad, tmp_path, capsys):
+    """The official computation trains end to end (random plan); selective is refused."""
+    switches = [f"model.{k}={v if not isinstance(v, bool) else str(v).lower()}"
+                for k, v in OFFICIAL_SWITCHES.items()]  # fmt: skip
+    out = tmp_path / "official"
+    argv = cotrain_args(synth_tad, out, *switches, "--strategy", "random", "--epochs", "1")
+    assert _run_cotrain(argv) == 0
+    assert (out / "best" / "model.safetensors").exists()
+    saved = json.loads((out / "cotrain.json").read_text())["experiment"]["model"]
+    assert saved["cotrain_plan"] == "official" and saved["loss_normalizer"] == "ema"
+    from momentkit.utils.errors import MomentkitError
+
+    argv = cotrain_args(synth_tad, tmp_path / "sel", *switches, "--strategy", "selective")
+    with pytest.raises(MomentkitError, match="selective has no official counterpart"):
+        _run_cotrain(argv)
+
+
+def test_schedule_epochs_stretches_the_cosine_beyond_the_run():
+    """The official Charades run: a 10 + 60-epoch schedule stopped after epoch 20."""
+    from momentkit.training.config import OptimConfig
+    from momentkit.training.optim import lr_factor
+
+    stretched = OptimConfig(scheduler="cosine", warmup_epochs=10, schedule_epochs=70)
+    plain = OptimConfig(scheduler="cosine", warmup_epochs=10)
+    end = 20 * 5 - 1  # last step of epoch 20, 5 steps an epoch
+    assert lr_factor(plain, end, 5, 20) < 1e-3  # annealed over the 20 epochs run
+    expected = 0.5 * (1 + math.cos(math.pi * (end - 50) / (70 * 5 - 50)))
+    assert lr_factor(stretched, end, 5, 20) == pytest.approx(expected)

@@ -9,6 +9,9 @@ filled a few runs at a time::
 
     momentkit bench cotrain --data data/synth_tad --make-data 2000 500 0 \\
         --out runs/unimd --seeds 0 1 2
+
+``--preset synth_official`` trains the same budget with every switch at the released code's
+value (and its batch plans, which have no ``selective`` row).
 """
 
 from __future__ import annotations
@@ -111,11 +114,26 @@ def _train_one(data: Path, row: str, seed: int, args: argparse.Namespace, run: P
     return run_metrics(run)
 
 
+def _check_rows(args: argparse.Namespace) -> None:
+    """The official batch plans (``synth_official``) have no ``selective`` row."""
+    from momentkit.training.config import build_config
+    from momentkit.utils.errors import MomentkitError
+
+    cfg = build_config("unimd", args.preset, list(args.overrides))
+    if getattr(cfg.model, "cotrain_plan", "momentkit") == "official" and "selective" in args.rows:
+        raise MomentkitError(
+            f"preset {args.preset}: selective co-training has no official counterpart (the "
+            "released code co-trains synchronized or random); leave it out: --rows mr tad "
+            "synchronized random sequential"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Train what is missing (``--jobs`` runs at once), then print and write the table."""
     from momentkit.utils.io import atomic_write_text, write_json
 
     data, out = Path(args.data), Path(args.out)
+    _check_rows(args)
     _ensure_data(data, args.make_data)
     jobs = [
         (data, row, seed, args, out / row / f"seed{seed}")

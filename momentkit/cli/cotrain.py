@@ -13,7 +13,10 @@ Example (the synthetic MR+TAD benchmark: ``momentkit synth DATA --mode tad``)::
 
 ``--tasks mr`` / ``--tasks tad`` train one task; ``--strategy`` is ``synchronized``,
 ``selective``, ``random`` or ``sequential`` (with ``--first tad``: pre-train on TAD, then
-fine-tune on MR). See docs/unimd.md.
+fine-tune on MR). With ``model.cotrain_plan: official`` (the ``charades_sta``,
+``activitynet`` and ``synth_official`` presets) the batches are those of the released
+``train_sync.py`` / ``train_random.py``; ``selective`` is momentkit's own and refused then. See
+docs/unimd.md.
 """
 
 from __future__ import annotations

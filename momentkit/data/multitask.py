@@ -20,7 +20,9 @@ unit; :func:`collate_videos` pads items into the multi-query batch::
     query_texts, mr_annotations (per video: the MR records, for predictions)
 
 Windows are clipped to the ``num_clips * clip_len`` seconds the (truncated) features cover and
-mapped to the grid as ``seconds / clip_len - 0.5``.
+mapped to the grid as ``seconds / clip_len - grid_offset`` (0.5: clip centres; the official
+UniMD code uses ``0.5 * num_frames / feat_stride`` and clips differently, see
+:func:`grid_windows`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from momentkit.features.streams import VideoFeatureSource, l2_normalize
 from momentkit.utils.errors import FeatureError
 
 TASKS = ("mr", "tad")
+#: how annotated windows are fitted to the features (:func:`grid_windows`)
+WINDOW_CLIPPING = ("seconds", "none", "grid_end")
 
 
 @dataclass
@@ -73,6 +77,8 @@ class VideoItem:
         video: ``(T, Dv)`` float32 features.
         groups: one :class:`QueryGroup` per task.
         mr_annotations: the MR records of the video's MR group (for predictions).
+        grid_offset: grid point ``g`` is the time ``(g + grid_offset) * clip_len``.
+        window_clipping: how windows are fitted to the features (:func:`grid_windows`).
     """
 
     vid: str
@@ -81,6 +87,8 @@ class VideoItem:
     video: np.ndarray
     groups: list[QueryGroup]
     mr_annotations: list[MomentAnnotation] = field(default_factory=list)
+    grid_offset: float = 0.5
+    window_clipping: str = "seconds"
 
 
 class MultiTaskSource:
@@ -100,6 +108,10 @@ class MultiTaskSource:
         use_tef: append the temporal endpoint features.
         normalize_video: L2-normalise each stream per clip.
         normalize_text: L2-normalise the query embeddings.
+        normalize_mr_queries: with ``normalize_text``, normalise the sentence embeddings too
+            (``False``: the class embeddings only, as the official UniMD code).
+        grid_offset: see :class:`VideoItem` (UniMD's ``model.grid_offset``).
+        window_clipping: see :func:`grid_windows` (UniMD's ``model.window_clipping``).
 
     Raises:
         FeatureError: a video or query has no features, or the class features do not fit.
@@ -120,8 +132,19 @@ class MultiTaskSource:
         use_tef: bool = True,
         normalize_video: bool = True,
         normalize_text: bool = True,
+        normalize_mr_queries: bool = True,
+        grid_offset: float = 0.5,
+        window_clipping: str = "seconds",
     ) -> None:
         self.clip_len = float(clip_len)
+        self.normalize_mr_queries = normalize_mr_queries
+        self.grid_offset = float(grid_offset)
+        if window_clipping not in WINDOW_CLIPPING:
+            raise ValueError(
+                f"window_clipping must be one of {', '.join(WINDOW_CLIPPING)}, got "
+                f"{window_clipping!r}"
+            )
+        self.window_clipping = window_clipping
         self.video = VideoFeatureSource(
             [open_feature_store(s) for s in video_stores],
             normalize=normalize_video,
@@ -245,14 +268,21 @@ class MultiTaskSource:
             else:
                 raise ValueError(f"unknown task '{task}'; known: {', '.join(TASKS)}")
         return VideoItem(
-            vid, self.duration(vid), self.clip_len, self.video.get(vid), groups, records
+            vid,
+            self.duration(vid),
+            self.clip_len,
+            self.video.get(vid),
+            groups,
+            records,
+            self.grid_offset,
+            self.window_clipping,
         )
 
     def _query_embedding(self, qid: Qid) -> np.ndarray:
         assert self.mr_text is not None
         tokens = self.mr_text.get(f"qid{qid}")
         vec = tokens[-1:].astype(np.float32)  # pooler_output, or the last (EOS) token
-        return l2_normalize(vec) if self.normalize_text else vec
+        return l2_normalize(vec) if self.normalize_text and self.normalize_mr_queries else vec
 
 
 def _pooled_store(store: FeatureStore | str | Path) -> FeatureStore:
@@ -270,12 +300,32 @@ def _pooled_store(store: FeatureStore | str | Path) -> FeatureStore:
         return opened
 
 
-def grid_windows(windows: Sequence[Sequence[float]], num_clips: int, clip_len: float) -> np.ndarray:
-    """Seconds -> feature-grid ``(n, 2)``, clipped to the features' ``num_clips * clip_len``."""
+def grid_windows(
+    windows: Sequence[Sequence[float]],
+    num_clips: int,
+    clip_len: float,
+    grid_offset: float = 0.5,
+    clipping: str = "seconds",
+) -> np.ndarray:
+    """Seconds -> feature-grid ``(n, 2)``: ``seconds / clip_len - grid_offset``.
+
+    ``clipping``: ``seconds`` (momentkit) clips windows to the features' ``num_clips *
+    clip_len`` seconds first and drops those left empty; ``none`` keeps them as annotated (the
+    official Charades loader); ``grid_end`` drops windows starting at or after grid step
+    ``num_clips`` and clamps ends to it (the official ActivityNet loader). Windows whose end is
+    not after their start are always dropped.
+    """
+    if clipping not in WINDOW_CLIPPING:
+        raise ValueError(f"clipping must be one of {', '.join(WINDOW_CLIPPING)}, got {clipping!r}")
     xx = np.asarray(windows, dtype=np.float64).reshape(-1, 2)
-    xx = np.clip(xx, 0.0, num_clips * clip_len)
+    if clipping == "seconds":
+        xx = np.clip(xx, 0.0, num_clips * clip_len)
     xx = xx[xx[:, 1] > xx[:, 0]]
-    return (xx / clip_len - 0.5).astype(np.float32)
+    grid = xx / clip_len - grid_offset
+    if clipping == "grid_end":
+        grid = grid[grid[:, 0] < num_clips]
+        grid[:, 1] = np.minimum(grid[:, 1], num_clips)
+    return grid.astype(np.float32)
 
 
 def collate_videos(items: Sequence[VideoItem]) -> dict[str, Any]:
@@ -293,7 +343,11 @@ def collate_videos(items: Sequence[VideoItem]) -> dict[str, Any]:
         raise FeatureError(f"query embeddings of different widths in one batch: {sorted(dims)}")
     d = dims.pop() if dims else 1
     grids = [
-        [grid_windows(w, n, it.clip_len) for g in it.groups for w in g.windows]
+        [
+            grid_windows(w, n, it.clip_len, it.grid_offset, it.window_clipping)
+            for g in it.groups
+            for w in g.windows
+        ]
         for it, n in zip(items, lengths)
     ]
     g_max = max([len(w) for rows in grids for w in rows] + [1])
@@ -339,6 +393,7 @@ def collate_videos(items: Sequence[VideoItem]) -> dict[str, Any]:
 
 __all__ = [
     "TASKS",
+    "WINDOW_CLIPPING",
     "MultiTaskSource",
     "QueryGroup",
     "VideoItem",

@@ -13,14 +13,18 @@ UniMD's video encoder (Zeng et al., ECCV 2024, Sec. 3.1; official ``convnext_sta
   pyramid, as ActionFormer).
 
 Tensors inside this module are channels-first, ``(B, C, T)``, with a ``(B, T)`` bool mask
-(True = real step). Padded steps are zero after every block, so valid outputs do not depend on
-how much padding a batch has. A level of stride ``s`` keeps the steps ``0, s, 2s, ...`` of the
-input mask.
+(True = real step). By default (``keep_padding=False``) padded steps are zero after every block
+and normalisation, so valid outputs do not depend on how much padding a batch has. With
+``keep_padding=True`` the values a normalisation (or LayerNorm + ReLU) leaves at padded steps
+are kept, as in the official UniMD code: convolutions then read them at the edges of a video,
+and the output depends on the padded length (the official code always pads to
+``max_seq_len``). A level of stride ``s`` keeps the steps ``0, s, 2s, ...`` of the input mask.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -134,20 +138,29 @@ class ConvNeXtBlock1d(nn.Module):
 
 
 class Downsample(nn.Module):
-    """LayerNorm then a kernel-2, stride-2 convolution: halves the temporal resolution."""
+    """LayerNorm then a kernel-2, stride-2 convolution: halves the temporal resolution.
 
-    def __init__(self, dim: int) -> None:
+    Args:
+        dim: channels.
+        keep_padding: keep LayerNorm's output (its bias) at padded steps, as the official code;
+            by default it is zeroed again.
+    """
+
+    def __init__(self, dim: int, keep_padding: bool = False) -> None:
         super().__init__()
         self.norm = ChannelLayerNorm(dim, eps=1e-6)
         self.conv = MaskedConv1d(dim, dim, kernel_size=2, stride=2, padding=0)
+        self.keep_padding = keep_padding
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C, T)``, ``(B, T)`` with even ``T`` -> ``(B, C, T / 2)``, ``(B, T / 2)``.
 
-        The normalised padding is zeroed again, so the last valid step of an odd-length video
-        sees zeros (not LayerNorm's bias) as its neighbour.
+        By default the normalised padding is zeroed again, so the last valid step of an
+        odd-length video sees zeros (not LayerNorm's bias) as its neighbour.
         """
-        x = self.norm(x) * mask[:, None].to(x.dtype)
+        x = self.norm(x)
+        if not self.keep_padding:
+            x = x * mask[:, None].to(x.dtype)
         return self.conv(x, mask)
 
 
@@ -164,6 +177,8 @@ class ConvNeXtPyramid(nn.Module):
         block_kernel_size: depthwise kernel of the stem and stage blocks.
         drop_path_rate: stochastic depth rising linearly from 0 to this over the stage blocks.
         layer_scale_init: initial layer scale of every block.
+        keep_padding: keep the values LayerNorm + ReLU of the embedding and the downsamplings'
+            LayerNorm leave at padded steps (the official code); by default they are zeroed.
     """
 
     def __init__(
@@ -177,8 +192,10 @@ class ConvNeXtPyramid(nn.Module):
         block_kernel_size: int = 3,
         drop_path_rate: float = 0.0,
         layer_scale_init: float = 1e-6,
+        keep_padding: bool = False,
     ) -> None:
         super().__init__()
+        self.keep_padding = keep_padding
         self.embed = nn.ModuleList(
             MaskedConv1d(in_dim if i == 0 else dim, dim, embed_kernel_size, bias=False)
             for i in range(num_embed_convs)
@@ -199,7 +216,7 @@ class ConvNeXtPyramid(nn.Module):
                     for j in range(depth)
                 )
             )
-            self.downsample.append(Downsample(dim))
+            self.downsample.append(Downsample(dim, keep_padding))
             start += depth
         self.num_levels = 1 + len(depths)
         for m in self.modules():  # as the official backbone: zero biases
@@ -213,7 +230,9 @@ class ConvNeXtPyramid(nn.Module):
         """
         for conv, norm in zip(self.embed, self.embed_norm):
             x, mask = conv(x, mask)
-            x = F.relu(norm(x)) * mask[:, None].to(x.dtype)
+            x = F.relu(norm(x))
+            if not self.keep_padding:
+                x = x * mask[:, None].to(x.dtype)
         for block in self.stem:
             x, mask = block(x, mask)
         levels, masks = [x], [mask]
@@ -226,9 +245,15 @@ class ConvNeXtPyramid(nn.Module):
         return levels, masks
 
 
-def masked_max_pool(x: Tensor, mask: Tensor, kernel_size: int) -> tuple[Tensor, Tensor]:
-    """Stride-2 max pooling that ignores padded steps: ``(B, C, T)`` -> ``(B, C, T / 2)``."""
-    filled = x.masked_fill(~mask[:, None], float("-inf"))
+def masked_max_pool(
+    x: Tensor, mask: Tensor, kernel_size: int, ignore_padding: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Stride-2 max pooling: ``(B, C, T)`` -> ``(B, C, T / 2)``, zero at padded outputs.
+
+    ``ignore_padding``: padded input steps never win (momentkit); ``False`` pools over their
+    values as they are (zeros after a masked block), as the official ``MaskMaxPool1d``.
+    """
+    filled = x.masked_fill(~mask[:, None], float("-inf")) if ignore_padding else x
     out = F.max_pool1d(filled, kernel_size, stride=2, padding=kernel_size // 2)
     out_mask = mask[:, ::2][:, : out.shape[-1]]
     return out.masked_fill(~out_mask[:, None], 0.0), out_mask
@@ -254,37 +279,85 @@ class FusionWeights(nn.Module):
         return sum(wi * x for wi, x in zip(w, inputs))  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class BiFPNOptions:
+    """How a :class:`BiFPNLayer` treats its inputs, padding and the second-coarsest level.
+
+    Attributes:
+        input_norm: normalisation after the first layer's input projections: ``layer``
+            (LayerNorm, momentkit) or ``batch`` (BatchNorm1d with momentum 0.01 and eps 1e-3,
+            the official code; batch statistics over every step, padded ones included, in
+            training).
+        keep_padding: keep the projections' normalised values at padded steps (the official
+            code); by default they are zeroed.
+        pool_ignores_padding: the bottom-up max pooling ignores padded steps (momentkit) or
+            pools over their (zero) values (``False``, the official ``MaskMaxPool1d``).
+        second_top_inputs: inputs of the second-coarsest level's bottom-up node: 3 (its input,
+            its top-down node and the pooled finer output, like every middle level) or 2 (the
+            official code leaves out the top-down node).
+    """
+
+    input_norm: str = "layer"
+    keep_padding: bool = False
+    pool_ignores_padding: bool = True
+    second_top_inputs: int = 3
+
+    def __post_init__(self) -> None:
+        if self.input_norm not in ("layer", "batch"):
+            raise ValueError(
+                f"BiFPN input_norm must be 'layer' or 'batch', got {self.input_norm!r}"
+            )
+        if self.second_top_inputs not in (2, 3):
+            raise ValueError(
+                f"BiFPN second_top_inputs must be 2 or 3, got {self.second_top_inputs}"
+            )
+
+
+def _projection(dim: int, norm: str) -> nn.ModuleList:
+    """``[1x1 masked convolution, normalisation]`` (``layer`` or ``batch``); a list, so that the
+    tensor names (``<i>.0.conv.weight``, ``<i>.1.weight``) stay those of earlier checkpoints."""
+    norm_layer: nn.Module = (
+        ChannelLayerNorm(dim) if norm == "layer" else nn.BatchNorm1d(dim, eps=1e-3, momentum=0.01)
+    )
+    return nn.ModuleList([MaskedConv1d(dim, dim, 1), norm_layer])
+
+
 class BiFPNLayer(nn.Module):
     """One bidirectional pyramid layer (EfficientDet; UniMD's ``BiFPN1D_ConvNeXt``).
 
     Top-down, from the coarsest level: ``up_l = block(swish(fuse(in_l, upsample(up_{l+1}))))``
     (``up_top = in_top``; the finest level's result is its output). Bottom-up:
     ``out_l = block(swish(fuse(in_l, up_l, maxpool(out_{l-1}))))`` and
-    ``out_top = block(swish(fuse(in_top, maxpool(out_{top-1}))))``.
+    ``out_top = block(swish(fuse(in_top, maxpool(out_{top-1}))))``; with
+    ``options.second_top_inputs == 2`` the second-coarsest level also leaves out ``up_l``.
 
     Args:
         dim: channels.
         num_levels: pyramid levels (>= 2).
         kernel_size: depthwise kernel of the blocks and extent of the max pooling.
         project_inputs: the first layer of a stack maps each input level with a 1x1 convolution
-            (+ LayerNorm), and the bottom-up inputs of the middle levels with a second one.
+            (+ normalisation), and the bottom-up inputs of the middle levels with a second one.
+        options: input normalisation, padding and fusion choices (:class:`BiFPNOptions`).
     """
 
     def __init__(
-        self, dim: int, num_levels: int, kernel_size: int = 7, project_inputs: bool = False
+        self,
+        dim: int,
+        num_levels: int,
+        kernel_size: int = 7,
+        project_inputs: bool = False,
+        options: BiFPNOptions | None = None,
     ) -> None:
         super().__init__()
         if num_levels < 2:
             raise ValueError(f"a BiFPN needs at least 2 levels, got {num_levels}")
+        self.options = options or BiFPNOptions()
         self.num_levels = num_levels
         self.kernel_size = kernel_size
         n = num_levels
 
         def proj(count: int) -> nn.ModuleList:
-            return nn.ModuleList(
-                nn.ModuleList([MaskedConv1d(dim, dim, 1), ChannelLayerNorm(dim)])
-                for _ in range(count)
-            )
+            return nn.ModuleList(_projection(dim, self.options.input_norm) for _ in range(count))
 
         # first layer: every level's input, and (separately) the middle levels' bottom-up input
         self.lateral = proj(n) if project_inputs else None
@@ -293,14 +366,23 @@ class BiFPNLayer(nn.Module):
         self.down_blocks = nn.ModuleList(ConvNeXtBlock1d(dim, kernel_size) for _ in range(n - 1))
         self.up_weights = nn.ModuleList(FusionWeights(2) for _ in range(n - 1))
         self.down_weights = nn.ModuleList(
-            FusionWeights(3 if level < n - 1 else 2) for level in range(1, n)
+            FusionWeights(3 if self._with_up(level) else 2) for level in range(1, n)
         )
 
-    @staticmethod
-    def _project(layers: nn.ModuleList, level: int, x: Tensor, mask: Tensor) -> Tensor:
+    def _with_up(self, level: int) -> bool:
+        """Whether the bottom-up node of ``level`` (1..n-1) fuses the top-down node."""
+        n = self.num_levels
+        if level == n - 1:
+            return False
+        return not (level == n - 2 and self.options.second_top_inputs == 2)
+
+    def _project(self, layers: nn.ModuleList, level: int, x: Tensor, mask: Tensor) -> Tensor:
+        """``(B, C, T)`` -> ``(B, C, T)``: convolution, normalisation, padding re-zeroed unless
+        ``options.keep_padding``."""
         conv, norm = layers[level]
         out, _ = conv(x, mask)
-        return norm(out) * mask[:, None].to(out.dtype)
+        out = norm(out)
+        return out if self.options.keep_padding else out * mask[:, None].to(out.dtype)
 
     def forward(self, levels: Levels, masks: Masks) -> tuple[Levels, Masks]:
         """Levels ``(B, C, T_l)`` and masks ``(B, T_l)`` -> the same shapes."""
@@ -318,12 +400,14 @@ class BiFPNLayer(nn.Module):
             up[level], _ = self.up_blocks[level](fused, masks[level])
         outs: list[Tensor] = [up[0]]  # type: ignore[list-item]
         for level in range(1, n):
-            below, _ = masked_max_pool(outs[-1], masks[level - 1], self.kernel_size)
+            below, _ = masked_max_pool(
+                outs[-1], masks[level - 1], self.kernel_size, self.options.pool_ignores_padding
+            )
             below = below[..., : inputs[level].shape[-1]]
             x_in = inputs[level]
             if self.lateral_bottom_up is not None and level < n - 1:
                 x_in = self._project(self.lateral_bottom_up, level - 1, levels[level], masks[level])
-            parts = [x_in, up[level], below] if level < n - 1 else [x_in, below]
+            parts = [x_in, up[level], below] if self._with_up(level) else [x_in, below]
             fused = F.silu(self.down_weights[level - 1](parts))
             out, _ = self.down_blocks[level - 1](fused, masks[level])
             outs.append(out)
@@ -334,13 +418,18 @@ class BiFPN(nn.Module):
     """A stack of :class:`BiFPNLayer` (the first one projects its inputs)."""
 
     def __init__(
-        self, dim: int, num_levels: int, num_layers: int = 3, kernel_size: int = 7
+        self,
+        dim: int,
+        num_levels: int,
+        num_layers: int = 3,
+        kernel_size: int = 7,
+        options: BiFPNOptions | None = None,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"a BiFPN needs at least one layer, got {num_layers}")
         self.layers = nn.ModuleList(
-            BiFPNLayer(dim, num_levels, kernel_size, project_inputs=i == 0)
+            BiFPNLayer(dim, num_levels, kernel_size, project_inputs=i == 0, options=options)
             for i in range(num_layers)
         )
 
@@ -380,11 +469,16 @@ class FPN(nn.Module):
 
 
 def build_neck(
-    kind: str, dim: int, num_levels: int, num_layers: int, kernel_size: int
+    kind: str,
+    dim: int,
+    num_levels: int,
+    num_layers: int,
+    kernel_size: int,
+    options: BiFPNOptions | None = None,
 ) -> nn.Module:
-    """``bifpn`` (:class:`BiFPN`) or ``fpn`` (:class:`FPN`)."""
+    """``bifpn`` (:class:`BiFPN`, with ``options``) or ``fpn`` (:class:`FPN`)."""
     if kind == "bifpn":
-        return BiFPN(dim, num_levels, num_layers, kernel_size)
+        return BiFPN(dim, num_levels, num_layers, kernel_size, options)
     if kind == "fpn":
         return FPN(dim, num_levels)
     raise ValueError(f"unknown neck '{kind}'; use 'bifpn' or 'fpn'")
@@ -393,6 +487,7 @@ def build_neck(
 __all__ = [
     "BiFPN",
     "BiFPNLayer",
+    "BiFPNOptions",
     "ChannelLayerNorm",
     "ConvNeXtBlock1d",
     "ConvNeXtPyramid",

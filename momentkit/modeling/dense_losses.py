@@ -5,7 +5,8 @@ Every pyramid level of stride ``s`` contributes one *point* per step ``i`` at ti
 (feature-grid units: a clip index). A point is a positive of a query when it lies in the centre
 region of one of the query's segments (``|t - centre| < radius * s``, inside the segment) and the
 segment's farther boundary is within the level's regression range; among several such segments
-the shortest wins. The loss of a batch is
+the shortest wins (``target_choice="shortest"``, ActionFormer and the paper) or the last listed
+(``"last"``, the official UniMD code's class-wise targets). The loss of a batch is
 
     L = sum_{t, q} L_cls(t, q) + delta * sum_{positive (t, q)} L_reg(t, q)
 
@@ -67,7 +68,11 @@ def pyramid_points(
 
 
 def assign_targets(
-    points: Tensor, segments: Tensor, segment_mask: Tensor, center_radius: float | None = 1.5
+    points: Tensor,
+    segments: Tensor,
+    segment_mask: Tensor,
+    center_radius: float | None = 1.5,
+    target_choice: str = "shortest",
 ) -> tuple[Tensor, Tensor]:
     """Positive points and regression targets of each query (centre sampling).
 
@@ -77,12 +82,16 @@ def assign_targets(
         segment_mask: ``(N, G)`` bool, True for real segments.
         center_radius: a positive lies within ``radius * stride`` of the segment centre (and
             inside the segment); ``None`` makes every point inside the segment a candidate.
+        target_choice: which of several segments a positive point regresses: ``shortest``
+            (first of equal lengths) or ``last`` (the last listed one, the official code).
 
     Returns:
         ``(labels, targets)``: ``(N, P)`` bool positives and ``(N, P, 2)`` float distances
-        (point to start, point to end) of the assigned (shortest) segment divided by the
-        point's stride; zero where not positive.
+        (point to start, point to end) of the assigned segment divided by the point's stride;
+        zero where not positive.
     """
+    if target_choice not in ("shortest", "last"):
+        raise ValueError(f"target_choice must be 'shortest' or 'last', got {target_choice!r}")
     t, low, high, stride = (points[:, i] for i in range(4))
     start = segments[..., 0][:, None, :]  # (N, 1, G)
     end = segments[..., 1][:, None, :]
@@ -99,9 +108,14 @@ def assign_targets(
     farthest = torch.maximum(left, right)
     in_range = (farthest >= low[None, :, None]) & (farthest <= high[None, :, None])
     ok = inside & in_range & segment_mask[:, None, :]
-    lengths = (end - start).expand_as(left).masked_fill(~ok, math.inf)
-    shortest, which = lengths.min(dim=-1)  # (N, P)
-    labels = torch.isfinite(shortest)
+    if target_choice == "last":
+        order = torch.arange(ok.shape[-1], device=ok.device).expand_as(ok)
+        which = order.masked_fill(~ok, -1).argmax(dim=-1)  # (N, P)
+        labels = ok.any(dim=-1)
+    else:
+        lengths = (end - start).expand_as(left).masked_fill(~ok, math.inf)
+        shortest, which = lengths.min(dim=-1)  # (N, P)
+        labels = torch.isfinite(shortest)
     pick = which[..., None, None].expand(*which.shape, 1, 2)
     dist = torch.stack([left, right], dim=-1).gather(2, pick).squeeze(2)  # (N, P, 2)
     targets = torch.where(labels[..., None], dist / stride[None, :, None], 0.0)
@@ -153,6 +167,8 @@ def dense_loss_sums(
     valid: Tensor,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    label_smoothing: float = 0.0,
+    smoothing_classes: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Summed classification and regression losses of a set of queries.
 
@@ -162,12 +178,19 @@ def dense_loss_sums(
         labels: ``(N, P)`` bool positives.
         reg_targets: ``(N, P, 2)`` target distances.
         valid: ``(N, P)`` bool, the (query, point) pairs that count.
+        focal_alpha, focal_gamma: focal-loss settings.
+        label_smoothing: ``eps``: classification targets become ``y (1 - eps) + eps / (K + 1)``
+            with ``K = smoothing_classes`` (the official code's smoothing, ``K`` its
+            ``num_classes``); 0 disables it.
 
     Returns:
         ``(cls_sum, reg_sum, num_positives)`` scalars.
     """
     positives = labels & valid
-    focal = sigmoid_focal_loss(cls_logits, positives.to(cls_logits.dtype), focal_alpha, focal_gamma)
+    target = positives.to(cls_logits.dtype)
+    if label_smoothing > 0:
+        target = target * (1 - label_smoothing) + label_smoothing / (smoothing_classes + 1)
+    focal = sigmoid_focal_loss(cls_logits, target, focal_alpha, focal_gamma)
     cls_sum = (focal * valid).sum()
     reg_sum = diou_loss_1d(reg_offsets[positives], reg_targets[positives]).sum()
     return cls_sum, reg_sum, positives.sum()

@@ -37,6 +37,8 @@ class ConvTower(nn.Module):
         with_ln: LayerNorm after each convolution (then the convolutions have no bias).
         last_activation: apply LN + ReLU after the last convolution too (the regression tower
             does, the classification tower does not).
+        keep_padding: keep the values LN + ReLU leave at padded steps (the official code: the
+            next convolution reads them at a video's edges); by default they are zeroed.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class ConvTower(nn.Module):
         kernel_size: int = 3,
         with_ln: bool = True,
         last_activation: bool = True,
+        keep_padding: bool = False,
     ) -> None:
         super().__init__()
         self.convs = nn.ModuleList(
@@ -57,13 +60,17 @@ class ConvTower(nn.Module):
             ChannelLayerNorm(dim) if with_ln else nn.Identity() for _ in range(num_convs)
         )
         self.last_activation = last_activation
+        self.keep_padding = keep_padding
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """``(B, C_in, T)``, ``(B, T)`` -> ``(B, C, T)`` (zero at padded steps)."""
+        """``(B, C_in, T)``, ``(B, T)`` -> ``(B, C, T)`` (zero at padded steps unless
+        ``keep_padding`` and the last convolution is followed by LN + ReLU)."""
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x, _ = conv(x, mask)
             if i < len(self.convs) - 1 or self.last_activation:
-                x = F.relu(norm(x)) * mask[:, None].to(x.dtype)
+                x = F.relu(norm(x))
+                if not self.keep_padding:
+                    x = x * mask[:, None].to(x.dtype)
         return x
 
 
@@ -71,7 +78,8 @@ class QueryClassificationHead(nn.Module):
     """Query-dependent classification: ``logit = w * <conv(Z)_t, G_q> + b``.
 
     ``w`` (init 1) and ``b`` (init 0) are scalars shared by every level and query (the official
-    ``QueryScaleClassifier``); the confidence is ``sigmoid(logit)``.
+    ``QueryScaleClassifier``); the confidence is ``sigmoid(logit)``. Logits are zero at padded
+    steps (as the official head's).
 
     Args:
         in_dim: channels of the pyramid levels.
@@ -79,6 +87,7 @@ class QueryClassificationHead(nn.Module):
         num_layers: tower convolutions + the query classifier (3 in UniMD: 2 convolutions).
         kernel_size: tower kernel.
         with_ln: LayerNorm in the tower.
+        keep_padding: see :class:`ConvTower`.
     """
 
     def __init__(
@@ -88,13 +97,16 @@ class QueryClassificationHead(nn.Module):
         num_layers: int = 3,
         kernel_size: int = 3,
         with_ln: bool = True,
+        keep_padding: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if num_layers == 1 and in_dim != dim:
             raise ValueError("without tower convolutions the head width must equal in_dim")
-        self.tower = ConvTower(in_dim, dim, num_layers - 1, kernel_size, with_ln, False)
+        self.tower = ConvTower(
+            in_dim, dim, num_layers - 1, kernel_size, with_ln, False, keep_padding
+        )
         self.scale = nn.Parameter(torch.ones(()))
         self.bias = nn.Parameter(torch.zeros(()))
 
@@ -105,7 +117,8 @@ class QueryClassificationHead(nn.Module):
         out = []
         for x, mask in zip(levels, masks):
             z = self.tower(x, mask)
-            out.append(self.scale * torch.einsum("bqc,bct->bqt", queries, z) + self.bias)
+            logits = self.scale * torch.einsum("bqc,bct->bqt", queries, z) + self.bias
+            out.append(logits * mask[:, None].to(logits.dtype))
         return out
 
 
@@ -203,6 +216,8 @@ class QueryRegressionHead(nn.Module):
         with_ln: LayerNorm in the tower.
         query_layers, query_hidden_dim, query_dropout: the kernel MLP
             (:class:`QueryKernelGenerator`).
+        keep_padding: see :class:`ConvTower` (the dynamic convolution then reads the tower's
+            values at padded steps, as the official code).
     """
 
     def __init__(
@@ -217,13 +232,16 @@ class QueryRegressionHead(nn.Module):
         query_layers: int = 3,
         query_hidden_dim: int = 512,
         query_dropout: float = 0.1,
+        keep_padding: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if num_layers == 1 and in_dim != dim:
             raise ValueError("without tower convolutions the head width must equal in_dim")
-        self.tower = ConvTower(in_dim, dim, num_layers - 1, kernel_size, with_ln, True)
+        self.tower = ConvTower(
+            in_dim, dim, num_layers - 1, kernel_size, with_ln, True, keep_padding
+        )
         self.kernels = QueryKernelGenerator(
             query_dim, dim, 2, kernel_size, query_hidden_dim, query_layers, query_dropout
         )

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from momentkit.data.multitask import TASKS
-from momentkit.modeling.convnext_pyramid import ConvNeXtPyramid, build_neck
+from momentkit.data.multitask import TASKS, WINDOW_CLIPPING
+from momentkit.modeling.convnext_pyramid import BiFPNOptions, ConvNeXtPyramid, build_neck
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.dense_losses import (
     assign_targets,
@@ -95,7 +95,51 @@ class UniMDConfig(ModelConfig):
         nms_sigma: soft-NMS Gaussian width.
         iou_threshold: overlap threshold of ``linear`` and ``hard`` NMS.
         min_score: detections scoring below this after soft-NMS are dropped.
-        max_seg_num: most detections per query after NMS, and per video over all queries.
+        max_seg_num: most detections per query after NMS, and per video and task over the
+            task's queries (the official code caps MR and TAD separately).
+        pad_to: how far inputs are padded: ``stride`` (to a multiple of the coarsest stride,
+            momentkit) or ``max_len`` (to ``max_video_len``, or a multiple of the stride beyond
+            it, in training and inference: the official code).
+        padded_steps: ``zeroed`` (padded steps re-zeroed after every normalisation: outputs
+            independent of padding, momentkit) or ``kept`` (the values the embedding's LN+ReLU,
+            the downsamplings' LN, the BiFPN input projections and the head towers leave at
+            padded steps are kept and read by the next convolution: the official code).
+        bifpn_input_norm: ``layer`` (momentkit) or ``batch`` (BatchNorm1d, momentum 0.01, eps
+            1e-3: the official code) after the BiFPN's input projections.
+        bifpn_pool_padding: ``ignore`` (the bottom-up max pooling skips padded steps) or
+            ``zeros`` (pools over their zeros: the official ``MaskMaxPool1d``).
+        bifpn_second_top_inputs: inputs fused by the second-coarsest level's bottom-up node:
+            3 (like every middle level; the EfficientDet design) or 2 (the official code leaves
+            out its top-down node).
+        regression_target: the segment a positive regresses when several of its query's
+            segments qualify: ``shortest`` (ActionFormer, the paper) or ``last`` (the last
+            listed, the official class-wise assignment).
+        loss_normalizer: ``positives`` (each task's loss divided by its positives in the batch)
+            or ``ema`` (the official code: one exponential moving average of the positives,
+            shared by both tasks, updated by TAD then MR before each divides by it; kept in the
+            ``loss_norm`` buffer so that resuming continues it).
+        loss_norm_init: initial value of the moving average (official ``init_loss_norm``: 100
+            Charades, 400 ActivityNet).
+        loss_norm_momentum: its momentum (official 0.9).
+        label_smoothing: classification targets ``y (1 - e) + e / (smoothing_classes + 1)``
+            (official ``label_smoothing``: 0.1 ActivityNet, 0 elsewhere).
+        smoothing_classes: ``K`` of the smoothing (the official ``num_classes``: 1 ActivityNet).
+        nms_arithmetic: ``float64`` or ``official`` (float32, lengths + 1e-6 in the IoU, the C++
+            swap order; :func:`~momentkit.modeling.soft_nms.soft_nms`).
+        grid_offset: grid point ``g`` is the time ``(g + grid_offset) * clip_len``: 0.5 (clip
+            centres, momentkit) or the official ``0.5 * num_frames / feat_stride`` (2.0 for the
+            Charades I3D features: 16 frames every 4; 0.5 for ActivityNet's 16 every 16). Used
+            to map annotations to the grid (:mod:`momentkit.data.multitask`) and back.
+        window_clipping: how annotated windows are fitted to the features before the grid
+            (:func:`momentkit.data.multitask.grid_windows`): ``seconds`` (clipped to the
+            seconds the features cover, momentkit), ``none`` (as annotated: the official
+            Charades loader) or ``grid_end`` (windows starting after the features dropped, ends
+            clamped to them: the official ActivityNet loader).
+        normalize_mr_queries: L2-normalise the sentence embeddings (momentkit, with
+            ``data.normalize_text``); the official code normalises the class embeddings only.
+        cotrain_plan: how ``momentkit cotrain`` forms the batches of its strategies:
+            ``momentkit`` or ``official`` (the released ``train_sync.py`` /
+            ``train_random.py``; :func:`momentkit.training.cotrain.official_epoch_plan`).
     """
 
     name: str = "unimd"
@@ -133,6 +177,22 @@ class UniMDConfig(ModelConfig):
     iou_threshold: float = 0.1
     min_score: float = 0.001
     max_seg_num: int = 200
+    pad_to: str = "stride"
+    padded_steps: str = "zeroed"
+    bifpn_input_norm: str = "layer"
+    bifpn_pool_padding: str = "ignore"
+    bifpn_second_top_inputs: int = 3
+    regression_target: str = "shortest"
+    loss_normalizer: str = "positives"
+    loss_norm_init: float = 100.0
+    loss_norm_momentum: float = 0.9
+    label_smoothing: float = 0.0
+    smoothing_classes: int = 1
+    nms_arithmetic: str = "float64"
+    grid_offset: float = 0.5
+    window_clipping: str = "seconds"
+    normalize_mr_queries: bool = True
+    cotrain_plan: str = "momentkit"
     loss: LossConfig = field(default_factory=_unimd_loss)
 
     @property
@@ -193,6 +253,62 @@ class UniMDConfig(ModelConfig):
         for name in ("mr_loss_weight", "tad_loss_weight", "duration_thresh", "pre_nms_thresh"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        choices = {
+            "pad_to": ("stride", "max_len"),
+            "padded_steps": ("zeroed", "kept"),
+            "bifpn_input_norm": ("layer", "batch"),
+            "bifpn_pool_padding": ("ignore", "zeros"),
+            "regression_target": ("shortest", "last"),
+            "loss_normalizer": ("positives", "ema"),
+            "nms_arithmetic": ("float64", "official"),
+            "window_clipping": WINDOW_CLIPPING,
+            "cotrain_plan": ("momentkit", "official"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"model.{name} must be {' or '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.bifpn_second_top_inputs not in (2, 3):
+            raise ValueError(
+                f"model.bifpn_second_top_inputs must be 2 or 3, got {self.bifpn_second_top_inputs}"
+            )
+        if self.loss_norm_init <= 0 or not 0.0 <= self.loss_norm_momentum < 1.0:
+            raise ValueError(
+                "model.loss_norm_init must be > 0 and model.loss_norm_momentum in [0, 1), got "
+                f"{self.loss_norm_init} and {self.loss_norm_momentum}"
+            )
+        if not 0.0 <= self.label_smoothing < 1.0 or self.smoothing_classes < 1:
+            raise ValueError(
+                "model.label_smoothing must be in [0, 1) and model.smoothing_classes >= 1, got "
+                f"{self.label_smoothing} and {self.smoothing_classes}"
+            )
+        if self.grid_offset < 0:
+            raise ValueError(f"model.grid_offset must be >= 0, got {self.grid_offset}")
+
+    def padded_length(self, length: int) -> int:
+        """The length an input of ``length`` steps is padded to (``pad_to``)."""
+        stride = 2 ** (self.num_levels - 1)
+        if self.pad_to == "max_len" and length <= self.max_video_len:
+            length = self.max_video_len
+        return -(-length // stride) * stride
+
+
+#: the released code's value of every switch that differs from momentkit's default (see
+#: docs/unimd.md, "Faithfulness"); dataset-specific values (``grid_offset``,
+#: ``window_clipping``, ``loss_norm_init``, smoothing, NMS settings) live in the presets.
+OFFICIAL_SWITCHES: dict[str, Any] = {
+    "pad_to": "max_len",
+    "padded_steps": "kept",
+    "bifpn_input_norm": "batch",
+    "bifpn_pool_padding": "zeros",
+    "bifpn_second_top_inputs": 2,
+    "regression_target": "last",
+    "loss_normalizer": "ema",
+    "nms_arithmetic": "official",
+    "normalize_mr_queries": False,
+    "cotrain_plan": "official",
+}
 
 
 def pool_text(text_feats: Tensor, text_mask: Tensor, mode: str) -> Tensor:
@@ -213,6 +329,7 @@ class UniMD(MomentModel):
     def __init__(self, config: UniMDConfig) -> None:
         super().__init__(config)
         c = config
+        keep = c.padded_steps == "kept"
         self.video_encoder = ConvNeXtPyramid(
             c.video_dim,
             c.hidden_dim,
@@ -223,13 +340,22 @@ class UniMD(MomentModel):
             c.block_kernel_size,
             c.drop_path_rate,
             c.layer_scale_init,
+            keep_padding=keep,
         )
-        self.neck = build_neck(c.neck, c.hidden_dim, c.num_levels, c.fpn_layers, c.fpn_kernel_size)
+        options = BiFPNOptions(
+            input_norm=c.bifpn_input_norm,
+            keep_padding=keep,
+            pool_ignores_padding=c.bifpn_pool_padding == "ignore",
+            second_top_inputs=c.bifpn_second_top_inputs,
+        )
+        self.neck = build_neck(
+            c.neck, c.hidden_dim, c.num_levels, c.fpn_layers, c.fpn_kernel_size, options
+        )
         self.query_proj = (
             nn.Linear(c.text_dim, c.head_dim) if c.text_dim != c.head_dim else nn.Identity()
         )
         self.cls_head = QueryClassificationHead(
-            c.hidden_dim, c.head_dim, c.head_layers, c.head_kernel_size, c.head_with_ln
+            c.hidden_dim, c.head_dim, c.head_layers, c.head_kernel_size, c.head_with_ln, keep
         )
         self.reg_head = QueryRegressionHead(
             c.hidden_dim,
@@ -242,7 +368,12 @@ class UniMD(MomentModel):
             c.query_layers,
             c.query_hidden_dim,
             c.query_dropout,
+            keep,
         )
+        if c.loss_normalizer == "ema":
+            # the official normaliser: a moving average of the positives, updated in training
+            # (float32: the trainer's float32 cast of the outputs then passes the buffer itself)
+            self.register_buffer("loss_norm", torch.tensor(c.loss_norm_init, dtype=torch.float32))
 
     def queries(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """``(B, Q, D)`` query embeddings and ``(B, Q)`` mask of a batch.
@@ -262,13 +393,15 @@ class UniMD(MomentModel):
             ``cls_logits`` ``(B, Q, P)``; ``reg_offsets`` ``(B, Q, P, 2)`` distances to start
             and end in units of the point's stride; ``points`` ``(P, 4)`` (time in clips,
             regression range, stride); ``point_mask`` ``(B, P)``; ``query_mask`` ``(B, Q)``;
-            ``center_radius`` and ``focal_alpha`` (loss settings); on a standard batch in eval
-            mode also ``pred_spans`` ``(B, K, 2)`` and ``pred_logits`` ``(B, K, 2)``.
+            ``query_task`` ``(B, Q)`` (ids into :data:`TASKS`; MR for a standard batch);
+            ``center_radius`` and ``focal_alpha`` (loss settings); in training with
+            ``loss_normalizer="ema"`` the ``loss_norm`` buffer (the criterion updates it); on a
+            standard batch in eval mode also ``pred_spans`` ``(B, K, 2)`` and ``pred_logits``
+            ``(B, K, 2)``.
         """
         c = self.config
         video, mask = batch["video_feats"], batch["video_mask"].bool()
-        stride = 2 ** (c.num_levels - 1)
-        pad = (-video.shape[1]) % stride
+        pad = c.padded_length(video.shape[1]) - video.shape[1]
         if pad:
             video = F.pad(video, (0, 0, 0, pad))
             mask = F.pad(mask, (0, pad))
@@ -279,15 +412,21 @@ class UniMD(MomentModel):
         cls = self.cls_head(levels, masks, self.query_proj(queries))
         reg = self.reg_head(levels, masks, queries)
         points = pyramid_points([m.shape[1] for m in masks], c.ranges(), video.device)
+        query_task = batch.get("query_task")
+        if query_task is None:
+            query_task = torch.zeros_like(query_mask, dtype=torch.long)
         out: dict[str, Any] = {
             "cls_logits": torch.cat(cls, dim=-1),
             "reg_offsets": torch.cat(reg, dim=-2),
             "points": points,
             "point_mask": torch.cat(masks, dim=1),
             "query_mask": query_mask,
+            "query_task": query_task,
             "center_radius": c.center_sample_radius if c.center_sample_radius > 0 else None,
             "focal_alpha": c.focal_alpha,
         }
+        if self.training and c.loss_normalizer == "ema":
+            out["loss_norm"] = self.loss_norm
         if not self.training and "query_feats" not in batch:
             out.update(detr_proposals(out, batch, c))
         return out
@@ -301,12 +440,21 @@ def decode_detections(
 ) -> list[list[tuple[Tensor, Tensor]]]:
     """Each query's detections in seconds, best first (the official ``inference`` + NMS).
 
-    Per video: on every level the (point, query) pairs above ``pre_nms_thresh`` are ranked and
-    the best ``pre_nms_topk`` decoded into segments ``t - d_start * s, t + d_end * s``; segments
-    shorter than ``duration_thresh`` clips are dropped; each query's candidates go through
-    (soft-)NMS keeping ``max_seg_num``; the video keeps its ``max_seg_num`` best detections over
-    all queries. Grid point ``g`` is the time ``(g + 0.5) * clip_len`` (clip centres);
-    segments are clamped to ``[0, duration]``.
+    Per video and per task (MR and TAD separately, as the official code runs one inference per
+    task): on every level the (point, query) pairs of the task above ``pre_nms_thresh`` are
+    ranked and the best ``pre_nms_topk`` decoded into segments ``t - d_start * s, t + d_end *
+    s``; segments not longer than ``duration_thresh`` grid steps are dropped; each query's
+    candidates go through (soft-)NMS keeping ``max_seg_num``; the task keeps its
+    ``max_seg_num`` best detections over its queries. Grid point ``g`` is the time ``(g +
+    grid_offset) * clip_len``; segments are clamped to ``[0, duration]``.
+
+    Args:
+        outputs: the model's outputs (``cls_logits`` ``(B, Q, P)``, ``reg_offsets``,
+            ``points``, ``point_mask``, ``query_mask``, optionally ``query_task`` ``(B, Q)``;
+            without it every query is MR).
+        durations: ``(B,)`` seconds.
+        clip_len: seconds per grid step.
+        config: the inference settings.
 
     Returns:
         ``[video][query] -> (segments (n, 2) seconds, scores (n,))`` for every query of the
@@ -316,48 +464,71 @@ def decode_detections(
     reg = outputs["reg_offsets"].detach().float().cpu()
     points = outputs["points"].detach().float().cpu()
     point_mask = outputs["point_mask"].detach().cpu()
-    query_mask = outputs["query_mask"].detach().cpu()
+    query_mask = outputs["query_mask"].detach().cpu().bool()
+    task_of = outputs.get("query_task")
+    task_of = torch.zeros_like(query_mask, dtype=torch.long) if task_of is None else task_of.cpu()
     durations = torch.as_tensor(durations, dtype=torch.float32).cpu().tolist()
-    strides = points[:, 3]
-    level_ids = torch.log2(strides).round().long()
+    level_ids = torch.log2(points[:, 3]).round().long()
+    levels = [torch.nonzero(level_ids == lv).flatten() for lv in range(int(level_ids.max()) + 1)]
+    empty = (torch.zeros(0, 2), torch.zeros(0))
     results = []
     for b in range(cls.shape[0]):
-        num_q = cls.shape[1]
         prob = torch.sigmoid(cls[b]) * (point_mask[b][None] & query_mask[b][:, None])  # (Q, P)
-        cand_q, cand_p, cand_s = [], [], []
-        for level in range(int(level_ids.max()) + 1):
-            cols = torch.nonzero(level_ids == level).flatten()
-            flat = prob[:, cols].T.reshape(-1)  # official order: (T, Q) flattened
-            keep = torch.nonzero(flat > config.pre_nms_thresh).flatten()
-            scores = flat[keep]
-            top = scores.argsort(descending=True, stable=True)[: config.pre_nms_topk]
-            keep, scores = keep[top], scores[top]
-            cand_p.append(cols[keep // num_q])
-            cand_q.append(keep % num_q)
-            cand_s.append(scores)
-        q_idx, p_idx, scores = (torch.cat(x) for x in (cand_q, cand_p, cand_s))
-        t, s = points[p_idx, 0], points[p_idx, 3]
-        off = reg[b, q_idx, p_idx]
-        segs = torch.stack([t - off[:, 0] * s, t + off[:, 1] * s], dim=1)
-        long_enough = segs[:, 1] - segs[:, 0] > config.duration_thresh
-        q_idx, segs, scores = q_idx[long_enough], segs[long_enough], scores[long_enough]
-        per_query: list[tuple[Tensor, Tensor]] = []
-        all_q, all_segs, all_scores = [], [], []
-        for q in range(num_q):
-            sel = q_idx == q
-            qs, qsc = _suppress(segs[sel], scores[sel], config)
-            all_q.append(torch.full((len(qsc),), q, dtype=torch.long))
-            all_segs.append(qs)
-            all_scores.append(qsc)
-        q_cat, seg_cat, sc_cat = torch.cat(all_q), torch.cat(all_segs), torch.cat(all_scores)
-        top = sc_cat.argsort(descending=True, stable=True)[: config.max_seg_num]
-        q_cat, seg_cat, sc_cat = q_cat[top], seg_cat[top], sc_cat[top]
-        seconds = ((seg_cat + 0.5) * clip_len).clamp(0.0, durations[b])
-        for q in range(num_q):
-            sel = q_cat == q
-            per_query.append((seconds[sel], sc_cat[sel]))
+        per_query: list[tuple[Tensor, Tensor]] = [empty] * cls.shape[1]
+        for task_id in range(len(TASKS)):
+            rows = torch.nonzero(query_mask[b] & (task_of[b] == task_id)).flatten()
+            if not len(rows):
+                continue
+            q_idx, segs, scores = _decode_task(prob[rows], reg[b, rows], points, levels, config)
+            seconds = ((segs + config.grid_offset) * clip_len).clamp(0.0, durations[b])
+            for q in range(len(rows)):
+                sel = q_idx == q
+                per_query[int(rows[q])] = (seconds[sel], scores[sel])
         results.append(per_query)
     return results
+
+
+def _decode_task(
+    prob: Tensor, reg: Tensor, points: Tensor, levels: list[Tensor], config: UniMDConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One task's detections of one video, grid units, best first, ``max_seg_num`` at most.
+
+    Args:
+        prob: ``(Q, P)`` confidences (0 at padded points).
+        reg: ``(Q, P, 2)`` distances.
+        points: ``(P, 4)``.
+        levels: the point indices of each level.
+
+    Returns:
+        ``(query (n,), segments (n, 2), scores (n,))``.
+    """
+    num_q = prob.shape[0]
+    cand_q, cand_p, cand_s = [], [], []
+    for cols in levels:
+        flat = prob[:, cols].T.reshape(-1)  # official order: (T, Q) flattened
+        keep = torch.nonzero(flat > config.pre_nms_thresh).flatten()
+        scores = flat[keep]
+        top = scores.argsort(descending=True, stable=True)[: config.pre_nms_topk]
+        keep, scores = keep[top], scores[top]
+        cand_p.append(cols[keep // num_q])
+        cand_q.append(keep % num_q)
+        cand_s.append(scores)
+    q_idx, p_idx, scores = (torch.cat(x) for x in (cand_q, cand_p, cand_s))
+    t, s = points[p_idx, 0], points[p_idx, 3]
+    off = reg[q_idx, p_idx]
+    segs = torch.stack([t - off[:, 0] * s, t + off[:, 1] * s], dim=1)
+    long_enough = segs[:, 1] - segs[:, 0] > config.duration_thresh
+    q_idx, segs, scores = q_idx[long_enough], segs[long_enough], scores[long_enough]
+    all_q, all_segs, all_scores = [], [], []
+    for q in range(num_q):  # per query (class) NMS, in query order
+        sel = q_idx == q
+        qs, qsc = _suppress(segs[sel], scores[sel], config)
+        all_q.append(torch.full((len(qsc),), q, dtype=torch.long))
+        all_segs.append(qs)
+        all_scores.append(qsc)
+    q_cat, seg_cat, sc_cat = torch.cat(all_q), torch.cat(all_segs), torch.cat(all_scores)
+    top = sc_cat.argsort(descending=True, stable=True)[: config.max_seg_num]
+    return q_cat[top], seg_cat[top], sc_cat[top]
 
 
 def _suppress(segs: Tensor, scores: Tensor, config: UniMDConfig) -> tuple[Tensor, Tensor]:
@@ -373,6 +544,7 @@ def _suppress(segs: Tensor, scores: Tensor, config: UniMDConfig) -> tuple[Tensor
         iou_threshold=config.iou_threshold,
         min_score=config.min_score,
         max_num=config.max_seg_num,
+        arithmetic=config.nms_arithmetic,  # type: ignore[arg-type]
     )
     return kept_segs, kept_scores
 
@@ -409,9 +581,12 @@ def detr_proposals(
 class UniMDCriterion(nn.Module):
     """UniMD's loss on a multi-query batch (Eq. 3), per task normalised and weighted.
 
-    For each task ``k`` (MR, TAD): ``L_k = (sum focal + delta * sum DIoU) / max(1, positives_k)``
-    over its queries; the total is ``sum_k w_k L_k`` with ``w = (mr_loss_weight,
-    tad_loss_weight)`` and ``delta = loss.weights["loss_reg"]``.
+    For each task ``k`` (MR, TAD): ``L_k = (sum focal + delta * sum DIoU) / N_k`` over its
+    queries; the total is ``sum_k w_k L_k`` with ``w = (mr_loss_weight, tad_loss_weight)`` and
+    ``delta = loss.weights["loss_reg"]``. ``N_k`` is ``max(1, positives_k)``
+    (``loss_normalizer="positives"``) or, as the official code, the moving average
+    ``N <- m N + (1 - m) max(1, positives_k)`` shared by the tasks, updated by TAD then by MR
+    (``"ema"``; the model's ``loss_norm`` buffer holds ``N`` between steps).
 
     Needs ``batch["query_segments"]`` ``(B, Q, G, 2)`` (feature-grid units),
     ``batch["segment_mask"]`` ``(B, Q, G)`` and ``batch["query_task"]`` ``(B, Q)`` (ids into
@@ -427,6 +602,7 @@ class UniMDCriterion(nn.Module):
 
     def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         """``{loss_cls_<task>, loss_reg_<task>}`` (weighted) for each task present, and ``loss``."""
+        c = self.config
         cls, reg = outputs["cls_logits"], outputs["reg_offsets"]
         b, q, p = cls.shape
         segments = batch["query_segments"].to(cls.device)
@@ -436,13 +612,17 @@ class UniMDCriterion(nn.Module):
             segments.flatten(0, 1),
             seg_mask.flatten(0, 1),
             outputs["center_radius"],
+            c.regression_target,
         )
         query_mask = outputs["query_mask"].bool()
         valid = (outputs["point_mask"][:, None, :] & query_mask[..., None]).reshape(b * q, p)
         task = batch["query_task"].to(cls.device).reshape(b * q)
+        ema = c.loss_normalizer == "ema"
+        norm_state = outputs.get("loss_norm") if ema else None
+        norm_value = float(norm_state) if norm_state is not None else c.loss_norm_init
         terms: dict[str, Tensor] = {}
-        for task_id, name in enumerate(TASKS):
-            rows = (task == task_id) & query_mask.reshape(b * q)
+        for name in ("tad", "mr") if ema else TASKS:
+            rows = (task == TASKS.index(name)) & query_mask.reshape(b * q)
             if not bool(rows.any()):
                 continue
             cls_sum, reg_sum, num_pos = dense_loss_sums(
@@ -451,19 +631,31 @@ class UniMDCriterion(nn.Module):
                 labels[rows],
                 targets[rows],
                 valid[rows],
-                self.config.focal_alpha,
-                self.config.loss.focal_gamma,
+                c.focal_alpha,
+                c.loss.focal_gamma,
+                c.label_smoothing,
+                c.smoothing_classes,
             )
-            scale = self.task_weights[name] / num_pos.clamp(min=1).float()
+            if ema:
+                m = c.loss_norm_momentum
+                norm_value = m * norm_value + (1 - m) * max(int(num_pos), 1)
+                norm: Tensor | float = norm_value
+            else:
+                norm = num_pos.clamp(min=1).float()
+            scale = self.task_weights[name] / norm
             terms[f"loss_cls_{name}"] = self.cls_weight * cls_sum * scale
             terms[f"loss_reg_{name}"] = self.reg_weight * reg_sum * scale
         if not terms:
             raise ValueError("the batch has no query of a known task (query_task / query_mask)")
+        if norm_state is not None:
+            with torch.no_grad():
+                norm_state.fill_(norm_value)
         terms["loss"] = sum(terms.values())  # type: ignore[assignment]
         return terms
 
 
 __all__ = [
+    "OFFICIAL_SWITCHES",
     "TASKS",
     "UniMD",
     "UniMDConfig",

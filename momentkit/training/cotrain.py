@@ -12,6 +12,14 @@ UniMD (Zeng et al., ECCV 2024, Sec. 3.3) fuses the two tasks in training in two 
   ``random``        (video, task) units of both tasks are shuffled together, so a batch mixes
                     tasks and a video's two tasks usually land in different steps;
 
+  with ``model.cotrain_plan = "official"`` the batches are those of the released code instead
+  (:func:`official_epoch_plan`): ``synchronized`` (``train_sync.py``) subsamples the larger of
+  the TAD-only and MR-only video sets to the smaller one each epoch and pairs one TAD-only and
+  one MR-only batch into one step (twice the batch size), besides batches of videos annotated
+  for both tasks (each with both); ``random`` (``train_random.py``) shuffles the videos, each
+  carrying every task it has; both drop the last incomplete batch. ``selective`` has no
+  official counterpart (it is momentkit's own);
+
 - **sequential** pre-training (the paper's ablation b): train on one task, then fine-tune the
   same weights on the other (two runs, ``RUN_DIR/pretrain_<task>`` and
   ``RUN_DIR/finetune_<task>``).
@@ -143,8 +151,63 @@ class CoTrainSpec:
 
 
 # -------------------------------------------------------------------------------- batch plans
-def _chunks(units: Sequence[Unit], size: int) -> list[list[Unit]]:
-    return [list(units[i : i + size]) for i in range(0, len(units), size)]
+PLANS = ("momentkit", "official")
+
+
+def _chunks(units: Sequence[Unit], size: int, drop_last: bool = False) -> list[list[Unit]]:
+    end = len(units) - len(units) % size if drop_last else len(units)
+    return [list(units[i : i + size]) for i in range(0, end, size)]
+
+
+def official_epoch_plan(
+    strategy: str,
+    vids_by_task: Mapping[str, Sequence[str]],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+) -> list[list[Unit]]:
+    """The batches of one epoch as the released UniMD code forms them (drop-last loaders).
+
+    - one task: its videos shuffled (``train_random.py --data_type mr|tad``);
+    - ``random``: every video, with all the tasks it has, shuffled (``train_random.py``);
+    - ``synchronized`` (``train_sync.py``): ``n = min(#TAD-only, #MR-only)`` videos drawn from
+      each single-task set; the i-th batch of TAD-only and the i-th batch of MR-only videos form
+      one step of ``2 * batch_size`` units; the videos with both tasks form batches of their
+      own (each video with both tasks); the steps are shuffled together.
+
+    Raises:
+        ValueError: ``selective`` (no official counterpart) or an unknown strategy.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = np.random.default_rng((seed, epoch, 0x0FF1))
+    tasks = [t for t in TASKS if vids_by_task.get(t)]
+
+    def shuffled(items: list[Any]) -> list[Any]:
+        return [items[i] for i in rng.permutation(len(items))]
+
+    if len(tasks) == 1:
+        units = [(v, (tasks[0],)) for v in sorted(vids_by_task[tasks[0]])]
+        return _chunks(shuffled(units), batch_size, drop_last=True)
+    mr, tad = set(vids_by_task["mr"]), set(vids_by_task["tad"])
+    if strategy == "random":
+        units = [(v, tuple(t for t in TASKS if v in (mr, tad)[TASKS.index(t)]))
+                 for v in sorted(mr | tad)]  # fmt: skip
+        return _chunks(shuffled(units), batch_size, drop_last=True)
+    if strategy != "synchronized":
+        raise ValueError(
+            f"strategy '{strategy}' has no official counterpart (the released code has "
+            "synchronized and random co-training); use model.cotrain_plan=momentkit"
+        )
+    both = sorted(mr & tad)
+    only = {"tad": sorted(tad - mr), "mr": sorted(mr - tad)}
+    n = min(len(only["tad"]), len(only["mr"]))
+    drawn = {t: shuffled(only[t])[:n] for t in ("tad", "mr")}
+    tad_batches = _chunks([(v, ("tad",)) for v in drawn["tad"]], batch_size, drop_last=True)
+    mr_batches = _chunks([(v, ("mr",)) for v in drawn["mr"]], batch_size, drop_last=True)
+    joint = _chunks(shuffled([(v, TASKS) for v in both]), batch_size, drop_last=True)
+    batches = joint + [a + b for a, b in zip(tad_batches, mr_batches)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def epoch_plan(
@@ -210,9 +273,14 @@ class PlannedBatches(Dataset):
         tasks: Sequence[str],
         batch_size: int,
         seed: int,
+        plan: str = "momentkit",
     ) -> None:
+        if plan not in PLANS:
+            raise ConfigError(None, None, "model.cotrain_plan", f"unknown plan '{plan}'",
+                              f"Use one of: {', '.join(PLANS)}")  # fmt: skip
         self.source = source
         self.strategy = strategy
+        self.plan_kind = plan
         self.vids_by_task = {t: source.vids(t) for t in tasks}
         if not any(self.vids_by_task.values()):
             raise ConfigError(
@@ -227,10 +295,9 @@ class PlannedBatches(Dataset):
     def plan(self, epoch: int) -> list[list[Unit]]:
         """The batches of ``epoch`` (cached)."""
         if epoch not in self._plans:
+            make = official_epoch_plan if self.plan_kind == "official" else epoch_plan
             self._plans = {
-                epoch: epoch_plan(
-                    self.strategy, self.vids_by_task, self.batch_size, self.seed, epoch
-                )
+                epoch: make(self.strategy, self.vids_by_task, self.batch_size, self.seed, epoch)
             }
         return self._plans[epoch]
 
@@ -446,6 +513,9 @@ def load_cotrain_data(cfg: ExperimentConfig, spec: CoTrainSpec, run_dir: str | P
         use_tef=d.use_tef,
         normalize_video=d.normalize_video,
         normalize_text=d.normalize_text,
+        normalize_mr_queries=getattr(cfg.model, "normalize_mr_queries", True),
+        grid_offset=getattr(cfg.model, "grid_offset", 0.5),
+        window_clipping=getattr(cfg.model, "window_clipping", "seconds"),
     )
     train = MultiTaskSource(
         d.video_features, mr_annotations=mr_train, tad_videos=tad_train, **common
@@ -498,7 +568,8 @@ def _stage(
         logger.info("initialised from %s", init_from)
     world = dist_info.world_size
     per_process = math.ceil(cfg.trainer.batch_size / world)
-    train_set = PlannedBatches(data.train, strategy, tasks, per_process, cfg.trainer.seed)
+    plan = getattr(cfg.model, "cotrain_plan", "momentkit")
+    train_set = PlannedBatches(data.train, strategy, tasks, per_process, cfg.trainer.seed, plan)
     stage_cfg = dataclasses.replace(
         cfg, trainer=dataclasses.replace(cfg.trainer, batch_size=world, epochs=epochs)
     )
@@ -582,6 +653,16 @@ def cotrain(
         raise ConfigError(
             None, None, "model.name", f"co-training needs unimd, got {cfg.model_name}"
         )
+    if (
+        getattr(cfg.model, "cotrain_plan", "momentkit") == "official"
+        and spec.strategy == "selective"
+    ):
+        raise ConfigError(
+            None, None, "--strategy",
+            "selective has no official counterpart (the released code co-trains synchronized "
+            "or random); it is momentkit's own",
+            "Use --strategy synchronized/random, or --set model.cotrain_plan=momentkit",
+        )  # fmt: skip
     run_dir = Path(run_dir)
     dist_info = dist_info or DistInfo(device=resolve_device(cfg.trainer.device))
     configure_determinism(cfg.trainer.deterministic)
@@ -612,6 +693,7 @@ def cotrain(
 
 
 __all__ = [
+    "PLANS",
     "STRATEGIES",
     "CoEvaluation",
     "CoTrainData",
@@ -626,4 +708,5 @@ __all__ = [
     "default_best_metric",
     "epoch_plan",
     "load_cotrain_data",
+    "official_epoch_plan",
 ]

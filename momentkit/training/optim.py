@@ -62,6 +62,7 @@ def lr_factor(cfg: OptimConfig, step: int, steps_per_epoch: int, total_epochs: i
     elif cfg.scheduler == "warmup_multistep":
         factor = cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
     elif cfg.scheduler == "cosine":
+        total_epochs = getattr(cfg, "schedule_epochs", None) or total_epochs
         total_steps = max(1, total_epochs * steps_per_epoch - warmup_steps)
         progress = min(1.0, max(0.0, (step - warmup_steps) / total_steps))
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
