@@ -156,13 +156,18 @@ def test_video_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert query in text
     assert (out / "highlights.png").read_bytes()[:4] == b"\x89PNG"
     doc = json.loads((out / "results.json").read_text())
-    assert doc["video"] == "charades_demo.mp4"
+    (video,) = doc["videos"]
+    assert (video["video"], video["num_clips"]) == ("charades_demo.mp4", 16)
     assert [r["query"] for r in doc["results"]] == list(DEMO_QUERIES)
+    frame = 1001 / 15000
     for result in doc["results"]:
         assert 1 <= len(result["moments"]) <= 3 and len(result["saliency"]) == 16
         exported = ["clip" in m for m in result["moments"]]  # the best moment only
         assert exported == [True] + [False] * (len(exported) - 1)
-    assert len(list((out / "clips").glob("q*_1_*.mp4"))) == 3
+        best = result["moments"][0]  # cut frame-accurately: it covers the moment, to a frame
+        assert best["start"] - frame < best["clip"]["start"] <= best["start"]
+        assert best["end"] <= best["clip"]["end"] < best["end"] + frame + 1e-6
+    assert len(list((out / "clips").glob("charades-demo_q*_1_*.mp4"))) == 3
     # the one query the zero-shot bridge gets right: the doorway, crossed in the first seconds
     assert doc["results"][0]["moments"][0]["end"] <= 8.0
 

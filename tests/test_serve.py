@@ -228,7 +228,10 @@ def test_search_video_json(client):
     data = response.json()
     assert set(data) == {"video", "results", "seconds"} and data["video"]["id"] == ids["a.mp4"]
     red, blue = data["results"]
-    assert set(red) == {"query", "moments", "saliency", "clip_len", "duration"}
+    assert set(red) == {
+        "query", "moments", "saliency", "clip_len", "duration", "min_relevance",
+        "best_relevance", "no_confident_match",
+    }  # fmt: skip
     assert red["query"] == "red" and len(red["saliency"]) == 5 and red["clip_len"] == 2.0
     assert 1 <= len(red["moments"]) <= 3
     assert (red["moments"][0]["start"], red["moments"][0]["end"]) == (6.0, 10.0)
@@ -243,7 +246,10 @@ def test_search_an_upload_then_the_library(client, tmp_path):
     result = client.post(f"/api/videos/{video['id']}/search", json={"queries": ["white"]}).json()
     assert result["results"][0]["moments"][0]["start"] == 4.0
     lib = client.post("/api/search", json={"query": "green", "top_k": 4}).json()
-    assert set(lib) == {"query", "moments", "videos", "timings"}
+    assert set(lib) == {
+        "query", "moments", "videos", "timings", "min_relevance", "best_relevance",
+        "no_confident_match",
+    }  # fmt: skip
     assert lib["moments"][0]["name"] == "b.mp4"
     assert lib["moments"][0]["video"] == ids_of(client)["b.mp4"]
     assert lib["moments"][0]["url"].endswith("/file")
@@ -345,3 +351,34 @@ def test_serve_cli_arguments():
         serve.run(parser.parse_args(["--port", "70000"]))
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.com")
+
+
+def test_relevance_threshold_and_full_precision(client):
+    """``min_relevance`` reaches the predictor and the engine; a search with no moment above it
+    says so; numbers are the predictor's own, unrounded."""
+    url = f"/api/videos/{ids_of(client)['a.mp4']}/search"
+    plain = client.post(url, json={"queries": ["red"], "top_k": 3}).json()["results"][0]
+    service = client.service  # type: ignore[attr-defined]
+    ref = service.resolve(ids_of(client)["a.mp4"])
+    (want,) = service.predictor().predict(service._encoding(ref), ["red"], top_k=3)
+    assert [m["score"] for m in plain["moments"]] == [float(m.score) for m in want.moments]
+    assert [m["relevance"] for m in plain["moments"]] == [m.relevance for m in want.moments]
+    best = plain["moments"][0]["relevance"]
+    kept = client.post(url, json={"queries": ["red"], "min_relevance": best}).json()["results"][0]
+    assert kept["moments"] and all(m["relevance"] >= best for m in kept["moments"])
+    assert not kept["no_confident_match"] and kept["min_relevance"] == best
+    # "white" is nowhere in a.mp4: no moment is confident at the top of the scale
+    none = client.post(url, json={"queries": ["white"], "min_relevance": 1.0}).json()
+    white = none["results"][0]
+    assert white["best_relevance"] < 1.0 and white["moments"] == []
+    assert white["no_confident_match"]
+    # green is all of b.mp4 and nowhere else: only b's moment is left above 0.5
+    lib = client.post("/api/search", json={"query": "green", "min_relevance": 0.5}).json()
+    assert lib["min_relevance"] == 0.5 and not lib["no_confident_match"]
+    assert [m["name"] for m in lib["moments"]] == ["b.mp4"]
+    assert lib["moments"][0]["relevance"] >= 0.5
+    for bad in (-0.1, 1.5, "high"):
+        assert client.post(url, json={"queries": ["red"], "min_relevance": bad}).status_code == 422
+        assert (
+            client.post("/api/search", json={"query": "r", "min_relevance": bad}).status_code == 422
+        )

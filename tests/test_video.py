@@ -22,6 +22,7 @@ from momentkit.video import (  # noqa: E402
     probe,
     sample_times,
 )
+from momentkit.video.cut import cut_clip_into  # noqa: E402
 from momentkit.video.write import write_audio, write_video  # noqa: E402
 
 DEMO = Path(__file__).parents[1].parent / "shared" / "media" / "charades_demo.mp4"
@@ -196,7 +197,7 @@ def test_frame_request_validates():
 
 
 def test_cut_clip_stream_copy_starts_on_keyframe(demo, tmp_path):
-    cut = cut_clip(demo, 18.0, 22.0, tmp_path / "copy.mp4")
+    cut = cut_clip(demo, 18.0, 22.0, tmp_path / "copy.mp4", reencode=False)
     # the demo's keyframes are at 0 s and 16.68 s: a stream copy must start at 16.68 s
     assert cut.start == pytest.approx(16.683, abs=0.01)
     info = probe(cut.path)
@@ -205,11 +206,47 @@ def test_cut_clip_stream_copy_starts_on_keyframe(demo, tmp_path):
     assert (info.width, info.height) == (480, 270)
 
 
-def test_cut_clip_reencode_is_frame_accurate(demo, tmp_path):
-    cut = cut_clip(demo, 5.0, 10.0, tmp_path / "exact.mp4", reencode=True)
-    frame = 1001 / 15000
-    assert abs(cut.start - 5.0) < frame and abs(cut.end - 10.0) < frame
-    assert probe(cut.path).duration == pytest.approx(5.0, abs=frame)
+def decoded_frame_times(path: Path) -> list[float]:
+    """Presentation time (s) of every video frame of ``path``, decoded with PyAV."""
+    import av
+
+    with av.open(str(path)) as c:
+        return [float(f.time) for f in c.decode(video=0)]
+
+
+@pytest.mark.parametrize("start,end", [(5.0, 10.0), (10.0, 14.0), (14.0, 28.0), (28.0, 31.0)])
+def test_cut_clip_is_frame_accurate_by_default(demo, tmp_path, start, end):
+    """The default cut covers [start, end) and at most one frame more at each end: its frames
+    are the source frames on screen from ``start`` until ``end``."""
+    frame = 1001 / 15000  # the demo runs at 14.985 fps
+    cut = cut_clip(demo, start, end, tmp_path / "exact.mp4")
+    end = min(end, 30.697)  # the video ends at 30.697 s
+    assert start - frame < cut.start <= start and end <= cut.end < end + frame + 1e-6
+    times = decoded_frame_times(cut.path)
+    assert times[0] == pytest.approx(0.0, abs=1e-6)  # the file starts with its first frame
+    # the source frames on screen during [start, end): same count, same spacing
+    source = [t for t in decoded_frame_times(demo) if t + frame > start + 1e-6 and t < end]
+    assert len(times) == len(source)
+    assert cut.start + times[-1] == pytest.approx(source[-1], abs=1e-3)
+    assert cut.start + times[-1] + frame == pytest.approx(cut.end, abs=1e-3)
+    assert probe(cut.path).duration == pytest.approx(cut.end - cut.start, abs=frame)
+
+
+def test_cut_clip_into_names_the_file_after_the_real_span(demo, tmp_path):
+    def name(s: float, e: float) -> str:
+        return f"clip_{s:.2f}-{e:.2f}.mp4"
+
+    fast = cut_clip_into(demo, 10.0, 14.0, tmp_path, name, reencode=False)
+    assert fast.start == 0.0 and fast.path.name == f"clip_0.00-{fast.end:.2f}.mp4"
+    assert decoded_frame_times(fast.path)[0] == 0.0 and fast.end >= 14.0
+    exact = cut_clip_into(demo, 18.0, 22.0, tmp_path, name)
+    assert exact.path.name == "clip_17.95-22.02.mp4"
+    for bad in ("../escape.mp4", "sub/x.mp4", ".hidden.mp4", "/tmp/abs.mp4", ""):
+        with pytest.raises(ValueError, match="not a plain file name"):
+            cut_clip_into(demo, 1.0, 2.0, tmp_path / "out", lambda s, e, b=bad: b)
+    # nothing else was written, in the folder or beside it
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [fast.path.name, exact.path.name]
+    assert not (tmp_path.parent / "escape.mp4").exists()
 
 
 def test_cut_clip_keeps_rotation_and_audio(tmp_path):

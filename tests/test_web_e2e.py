@@ -3,16 +3,23 @@
 The server runs on 127.0.0.1 with the real zero-shot ``offline`` predictor and a library of two
 videos made from the Charades demo clip (a copy, and its last 22 s re-encoded). The browser
 uploads the demo clip, searches it, checks the timeline (saliency curve + moments), plays a
-moment (the video seeks to its start and pauses at its end), then searches the library and
-plays a result from a library video.
+moment (the video seeks to its start and pauses at its end), downloads the moments as JSON and
+CSV, searches the library with a new query (the moments panel must follow it, not keep the
+previous query's moments) and plays a result from a library video; a minimum relevance above
+every moment gives the "no confident match" message. A second page at 420 px width must not
+overflow, and the timeline's last time label must stay inside the viewport.
 
-Set ``MOMENTKIT_WRITE_SCREENSHOT=1`` to save the final page as ``docs/screenshot.png``.
+Set ``MOMENTKIT_WRITE_SCREENSHOT=1`` to save the final page as ``docs/screenshot.png``, and
+``MOMENTKIT_SCREENSHOT_DIR=DIR`` to keep the desktop and 420 px screenshots there.
 Install: ``apt-get install -y chromium && pip install playwright`` (Playwright's own browser
 download is not needed; ``MOMENTKIT_CHROMIUM`` may name another Chromium binary).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -31,8 +38,9 @@ from momentkit.serving.app import create_app  # noqa: E402
 from momentkit.video import cut_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO.parent / "shared" / "media" / "charades_demo.mp4"
+DEMO = REPO / "momentkit" / "examples" / "charades_demo.mp4"
 QUERY = "a person drinks from a cup"
+NEW_QUERY = "a person sits down"
 
 
 def find_chromium() -> str | None:
@@ -127,10 +135,36 @@ def test_upload_search_timeline_play_and_library(server):
                 timeout=int((end - start) * 1000) + 15_000,
             )
             assert "active" in (first.get_attribute("class") or "")
+            assert page.locator("#moments-for").inner_text() == f"for “{QUERY}”"
+            assert "relevance 0." in page.locator("#moments .moment").first.inner_text()
 
-            # search the whole library and play a result from one of its videos
+            # download the moments: the JSON is the server's answer, the CSV the same numbers
+            data = json.loads(downloaded(page, "#download-moments-json", ".json"))
+            (result,) = data["results"]
+            assert data["video"]["name"] == "my demo clip.mp4" and result["query"] == QUERY
+            rows = list(csv.DictReader(io.StringIO(downloaded(page, "#download-moments-csv"))))
+            assert [(float(r["start"]), float(r["end"]), float(r["score"])) for r in rows] == [
+                (m["start"], m["end"], m["score"]) for m in result["moments"]
+            ]
+            assert [float(r["relevance"]) for r in rows] == [
+                m["relevance"] for m in result["moments"]
+            ]
+            assert {r["query"] for r in rows} == {QUERY} and rows[0]["vid"] == "my demo clip"
+
+            # search the whole library with a new query: the panel of this video (an upload,
+            # no library candidate) must not keep the moments of the previous query
+            page.fill("#query", NEW_QUERY)
             page.click("#search-library")
             page.wait_for_selector("#library-results .library-moment", timeout=60_000)
+            assert page.locator("#library-for").inner_text() == f"for “{NEW_QUERY}”"
+            assert page.locator("#moments .moment").count() == 0
+            assert page.locator("#timeline rect.moment").count() == 0
+            note = page.locator("#no-moments").inner_text()
+            assert NEW_QUERY in note and "not among its candidate videos" in note
+            lib_rows = list(csv.DictReader(io.StringIO(downloaded(page, "#download-library-csv"))))
+            assert {r["query"] for r in lib_rows} == {NEW_QUERY}
+            assert [int(r["rank"]) for r in lib_rows] == list(range(1, len(lib_rows) + 1))
+            assert all(r["video"].startswith("kitchen_") for r in lib_rows)
             hit = page.locator("#library-results .library-moment").first
             video_id = hit.get_attribute("data-video")
             start = float(hit.get_attribute("data-start"))
@@ -148,6 +182,14 @@ def test_upload_search_timeline_play_and_library(server):
                 "() => document.querySelector('#player').paused",
                 timeout=int((end - start) * 1000) + 15_000,
             )
+            # the panel now shows that library video's moments for the new query, labelled
+            assert page.locator("#moments-for").inner_text() == f"for “{NEW_QUERY}”"
+            assert page.locator("#moments .moment").count() >= 1
+            spans = [
+                (float(b.get_attribute("data-start")), float(b.get_attribute("data-end")))
+                for b in page.locator("#moments .moment").all()
+            ]
+            assert (start, end) in spans
             shot = (
                 REPO / "docs" / "screenshot.png"
                 if os.environ.get("MOMENTKIT_WRITE_SCREENSHOT") == "1"
@@ -155,6 +197,75 @@ def test_upload_search_timeline_play_and_library(server):
             )
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+            keep_screenshot(shot, "desktop.png")
+
+            # a minimum relevance above every moment: the page says there is no confident match
+            page.fill("#min-score", "0.999")
+            page.click("#search-video")
+            page.wait_for_selector("#no-moments:has-text('No confident match')", timeout=60_000)
+            message = page.locator("#no-moments").inner_text()
+            best = float(message.split("best relevance ")[1].split(" <")[0])
+            assert 0.0 <= best < 0.999
+            assert message == (
+                f"No confident match for “{NEW_QUERY}” in this video "
+                f"(best relevance {best:.3f} < 0.999)."
+            )
         finally:
             browser.close()
     assert errors == [], errors
+
+
+def downloaded(page, button: str, suffix: str = ".csv") -> str:
+    """Click ``button`` and return the text of the file it downloads."""
+    with page.expect_download() as info:
+        page.click(button)
+    download = info.value
+    assert download.suggested_filename.startswith("momentkit-")
+    assert download.suggested_filename.endswith(suffix)
+    return Path(download.path()).read_text(encoding="utf-8")
+
+
+def keep_screenshot(shot: Path, name: str) -> None:
+    folder = os.environ.get("MOMENTKIT_SCREENSHOT_DIR")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(folder) / name)
+
+
+def test_narrow_page_does_not_overflow(server):
+    """At 420 px the page fits the viewport and the timeline's last time label is inside it."""
+    base, tmp = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 420, "height": 900})
+            page.set_default_timeout(30_000)
+            page.goto(base)
+            page.wait_for_selector("body[data-ready='1']")
+            # the 30.7 s video: its last tick (0:30) lies at the right end of the timeline
+            page.click(".video-item:has-text('kitchen_morning.mp4')")
+            page.fill("#query", QUERY)
+            page.click("#search-video")
+            page.wait_for_selector("#moments .moment", timeout=60_000)
+            page.click("#search-library")
+            page.wait_for_selector("#library-results .library-moment", timeout=60_000)
+            sizes = page.evaluate(
+                """() => ({scroll: document.documentElement.scrollWidth, inner: innerWidth})"""
+            )
+            assert sizes["scroll"] <= sizes["inner"], sizes
+            label = page.evaluate(
+                """() => {
+                    const ticks = [...document.querySelectorAll('#timeline .tick')];
+                    const last = ticks[ticks.length - 1].getBoundingClientRect();
+                    const svg = document.querySelector('#timeline').getBoundingClientRect();
+                    return {text: ticks[ticks.length - 1].textContent, left: last.left,
+                            right: last.right, svgRight: svg.right, inner: innerWidth};
+                }"""
+            )
+            assert label["text"] == "0:30", label
+            assert label["right"] <= label["svgRight"] <= label["inner"], label
+            shot = tmp / "narrow.png"
+            page.screenshot(path=str(shot), full_page=True)
+            keep_screenshot(shot, "narrow-420.png")
+        finally:
+            browser.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import tempfile
 import time
 from collections.abc import Iterator
@@ -96,7 +97,9 @@ def run_video(args: argparse.Namespace) -> int:
     """Zero-shot search of the example video; writes the plot, JSON results and clips."""
     from rich.console import Console
 
-    from momentkit.cli.search import export_moments, results_json, results_table
+    from momentkit.cli.output import clip_progress
+    from momentkit.cli.search import print_no_match, results_document, results_table
+    from momentkit.export import export_clips, from_results
     from momentkit.inference.plot import plot_highlights
     from momentkit.inference.predictor import Predictor
     from momentkit.utils.io import write_json
@@ -112,8 +115,8 @@ def run_video(args: argparse.Namespace) -> int:
         )
         with console.status("loading the offline encoder (EfficientNet-Lite0 + MiniLM)"):
             predictor = Predictor.zero_shot("offline")
-        with console.status("decoding and encoding the video"):
-            video = predictor.encode_video(video_path)
+        with clip_progress(console, "decoding and encoding the video", "clips") as progress:
+            video = predictor.encode_video(video_path, progress=progress)
         console.print(
             f"encoded {video.duration:.1f} s of video as {video.num_clips} clips of "
             f"{video.clip_len:g} s ({time.perf_counter() - start:.1f} s so far)",
@@ -121,12 +124,26 @@ def run_video(args: argparse.Namespace) -> int:
         )
         with console.status("scoring the queries"):
             results = predictor.predict(video, list(DEMO_QUERIES), top_k=3)
-        cuts = export_moments(video_path, results, out / "clips", per_query=1)
+        qids = range(1, len(results) + 1)
+        answers = from_results(str(video_path), video_path.stem, qids, results)
+        export_clips(answers, out / "clips", per_query=1)
+        # the results name the video by its file name (the path may be a temporary copy)
+        answers = [dataclasses.replace(a, video=video_path.name) for a in answers]
         plot = plot_highlights(results, out / "highlights.png", title=video_path.name)
-        doc = results_json(video_path.name, predictor.description, results, cuts, plot)
-        write_json(out / "results.json", doc)
-    for result in results:
-        console.print(results_table(result))
+        row = {
+            "video": video_path.name,
+            "vid": video_path.stem,
+            "duration": float(video.duration),
+            "clip_len": float(video.clip_len),
+            "num_clips": int(video.num_clips),
+            "plot": str(plot),
+        }
+        write_json(out / "results.json", results_document(predictor.description, [row], answers))
+    for answer in answers:
+        if answer.no_confident_match:
+            print_no_match(console, answer)
+        else:
+            console.print(results_table(answer))
     console.print(f"what the video shows: {VIDEO_STORY}.", soft_wrap=True, markup=False)
     console.print(
         f"wrote {plot}, {out / 'results.json'} and the best moment of each query in "

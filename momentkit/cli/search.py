@@ -1,46 +1,87 @@
-"""``momentkit search``: find the moments of a video that match natural-language queries.
+"""``momentkit search``: find the moments of videos that match natural-language queries.
 
 Examples::
 
     momentkit search kitchen.mp4 "someone opens the fridge"                    # zero-shot
     momentkit search kitchen.mp4 "someone opens the fridge" "a man cuts onions" \\
         --checkpoint runs/qd_detr --plot curve.png --export-clips clips/
-    momentkit search talk.mp4 "a chart on the slide" --encoder clip:openai/clip-vit-base-patch32
+    momentkit search "videos/*.mp4" --queries-file queries.txt --export csv:moments.csv
+    momentkit search a.mp4 --video b.mp4 "a dog" --export "srt:subs/{video}.srt"
+    momentkit search "val/*.mp4" --queries-file val.jsonl --export qvh:preds.jsonl
+
+The first argument is a video (a path or a quoted glob), every further one a query; ``--video``
+adds videos and ``--queries-file`` adds queries (one per line, or QVHighlights JSON Lines whose
+``vid`` pairs each query with its video). Each video is decoded and encoded once for all its
+queries.
 
 A clip-trimming checkpoint (``momentkit.models.trimming``) selects a few clips of a long video
 per query and runs its MR model on those only (``--no-trim``: on every clip, in sliding
 windows); any other checkpoint reads long videos through sliding windows. Without
 ``--checkpoint`` the zero-shot predictor scores clips by text-clip similarity (the
-``offline`` encoder by default). The video is decoded and encoded once for all queries. The
-output is a table of moments per query (or JSON with ``--json``); ``--plot`` draws the
-highlight curves and ``--export-clips`` cuts each listed moment out as its own file (a stream
-copy starting at the keyframe before the moment, or frame-accurate with ``--reencode``).
+``offline`` encoder by default). The output is a table of moments per query (or JSON with
+``--json``); ``--plot`` draws the highlight curves, ``--export`` writes other formats
+(:mod:`momentkit.export`) and ``--export-clips`` cuts each listed moment out as its own file
+(frame-accurate; ``--fast-cut``: a stream copy from the keyframe before the moment).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from momentkit.inference.results import QueryResult
-    from momentkit.video.cut import Cut
+from momentkit.cli.output import add_output_arguments
 
-HELP = "find the moments of a video matching text queries (trained checkpoint or zero-shot)"
+if TYPE_CHECKING:
+    from momentkit.export.model import Answer
+
+HELP = "find the moments of videos matching text queries (trained checkpoint or zero-shot)"
 
 SPARK = "▁▂▃▄▅▆▇█"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``momentkit search``."""
-    parser.add_argument("video", metavar="VIDEO", help="the video file")
-    parser.add_argument("queries", nargs="+", metavar="QUERY", help="one or more text queries")
+    parser.usage = (
+        "%(prog)s VIDEO [QUERY ...] [--video VIDEO ...] [--queries-file FILE ...] [options]"
+    )
+    parser.add_argument(
+        "video",
+        metavar="VIDEO",
+        help='the video file, or a quoted glob of several ("videos/*.mp4", "**" for sub-folders)',
+    )
+    queries = parser.add_argument(
+        "queries",
+        nargs="+",
+        default=[],
+        metavar="QUERY",
+        help="text queries (none needed when --queries-file gives them)",
+    )
+    # "+" rather than "*": argparse then leaves the queries to a later group of words, so
+    # options may still come between VIDEO and them (`search v.mp4 --top 3 "q"`); not required,
+    # so --queries-file alone is enough (run() checks that some query was given)
+    queries.required = False
+    parser.add_argument(
+        "--video",
+        dest="videos",
+        action="append",
+        default=[],
+        metavar="VIDEO",
+        help="another video file or glob (repeatable)",
+    )
+    parser.add_argument(
+        "--queries-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="queries, one per line (# starts a comment), or QVHighlights JSON Lines (.jsonl: "
+        "'query', optional 'qid' and 'vid'; a 'vid' asks the query of that video only); "
+        "repeatable",
+    )
     parser.add_argument(
         "--checkpoint",
         metavar="RUN_DIR",
@@ -72,16 +113,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with a clip-trimming checkpoint, run its MR model on every clip (sliding "
         "windows) instead of on the clips it selects",
     )
-    parser.add_argument("--plot", metavar="OUT.png", help="write the highlight curves here")
-    parser.add_argument(
-        "--export-clips", metavar="DIR", help="cut every listed moment into a file in DIR"
+    add_output_arguments(
+        parser,
+        plot_help="write the highlight curves here (one panel per query); with several videos "
+        "put {video} in the file name (curves/{video}.png)",
     )
     parser.add_argument(
-        "--reencode",
+        "--json",
         action="store_true",
-        help="re-encode exported clips so they start exactly on the moment (slower)",
+        help="print the results as one JSON document (progress goes to stderr)",
     )
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
 
 
@@ -110,50 +151,6 @@ def build_predictor(args: argparse.Namespace) -> Any:
     return Predictor.zero_shot(encoders[0], clip_len=args.clip_len, device=device)
 
 
-def slugify(text: str, max_len: int = 40) -> str:
-    """A file-name-safe version of ``text``: lower case, ``-`` between words, at most
-    ``max_len`` characters."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:max_len].rstrip("-") or "query"
-
-
-def export_moments(
-    video: str | Path,
-    results: Sequence[QueryResult],
-    out_dir: str | Path,
-    *,
-    per_query: int | None = None,
-    reencode: bool = False,
-) -> list[list[Cut]]:
-    """Cut the moments of every result out of ``video`` into ``out_dir``.
-
-    Files are named ``q<query number>_<query slug>_<rank>_<start>-<end><ext>``; a stream copy
-    keeps the video's container, a re-encode writes ``.mp4``.
-
-    Args:
-        video: the source video.
-        results: the queries' results.
-        out_dir: the folder (created).
-        per_query: moments cut per query, best first (``None``: all).
-        reencode: frame-accurate cuts (see :func:`momentkit.video.cut_clip`).
-
-    Returns:
-        Per result, the written :class:`~momentkit.video.cut.Cut` of each moment, in order.
-    """
-    from momentkit.video.cut import cut_clip
-
-    out_dir = Path(out_dir)
-    suffix = ".mp4" if reencode else (Path(video).suffix or ".mp4")
-    cuts: list[list[Cut]] = []
-    for qi, result in enumerate(results, start=1):
-        row = []
-        for rank, m in enumerate(result.moments[:per_query], start=1):
-            name = f"q{qi}_{slugify(result.query)}_{rank}_{m.start:.1f}-{m.end:.1f}{suffix}"
-            row.append(cut_clip(video, m.start, m.end, out_dir / name, reencode=reencode))
-        cuts.append(row)
-    return cuts
-
-
 def sparkline(values: Sequence[float], width: int = 60) -> str:
     """``values`` as a line of block characters, resampled to at most ``width`` characters."""
     import numpy as np
@@ -168,100 +165,213 @@ def sparkline(values: Sequence[float], width: int = 60) -> str:
     return "".join(SPARK[int(i)] for i in levels)
 
 
-def results_table(result: QueryResult, cuts: Sequence[Cut] | None = None) -> Any:
-    """A rich ``Table`` of one query's moments (rank, start, end, length, score, clip file)."""
-    from rich.markup import escape
+def results_table(answer: Answer) -> Any:
+    """A rich ``Table`` of one query's moments in one video: rank, start, end, length, raw
+    score, calibrated relevance, and the span the exported clip really covers."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"[bold]{escape(result.query)}[/bold]", title_justify="left")
+    from momentkit.cli.output import relevance_text
+
+    table = Table(title=Text(answer.query, style="bold"), title_justify="left")
     table.add_column("#", justify="right")
-    for name in ("start (s)", "end (s)", "length (s)", "score"):
+    for name in ("start (s)", "end (s)", "length (s)", "score", "relevance"):
         table.add_column(name, justify="right")
-    if cuts:
-        table.add_column("clip", overflow="fold")
-    for rank, m in enumerate(result.moments, start=1):
-        row = [str(rank), f"{m.start:.1f}", f"{m.end:.1f}", f"{m.length:.1f}", f"{m.score:.4g}"]
-        if cuts:
-            row.append(cuts[rank - 1].path.name if rank <= len(cuts) else "")
+    cut = any(m.clip is not None for m in answer.moments)
+    if cut:
+        table.add_column("clip covers (s)", justify="right")
+    for m in answer.moments:
+        row: list[Any] = [
+            str(m.rank),
+            f"{m.start:.2f}",
+            f"{m.end:.2f}",
+            f"{m.end - m.start:.2f}",
+            f"{m.score:.4g}",
+            relevance_text(m.relevance),
+        ]
+        if cut:
+            row.append(f"{m.clip.start:.2f}-{m.clip.end:.2f}" if m.clip is not None else "")
         table.add_row(*row)
-    table.caption = f"saliency {sparkline(result.saliency)}"
+    table.caption = f"saliency {sparkline(answer.saliency)}"
     table.caption_justify = "left"
     return table
 
 
-def results_json(
-    video: str | Path,
-    description: str,
-    results: Sequence[QueryResult],
-    cuts: Sequence[Sequence[Cut]] | None = None,
-    plot: str | Path | None = None,
-) -> dict[str, Any]:
-    """The JSON document ``--json`` prints: the video, the predictor and every query's moments
-    (with the exported clip, when cut) and saliency."""
-    rows = []
-    for i, result in enumerate(results):
-        row = result.to_dict()
-        for j, moment in enumerate(row["moments"]):
-            if cuts and j < len(cuts[i]):
-                cut = cuts[i][j]
-                moment["clip"] = {
-                    "path": str(cut.path),
-                    "start": round(cut.start, 4),
-                    "end": round(cut.end, 4),
-                }
-        rows.append(row)
-    first = results[0]
+def answer_dict(answer: Answer) -> dict[str, Any]:
+    """One result of the JSON document: the query, its video, moments (with the exported
+    clip's real span), saliency and the threshold outcome; full float precision."""
     return {
-        "video": str(video),
-        "duration": round(first.duration, 4),
-        "clip_len": first.clip_len,
-        "predictor": description,
-        "plot": str(plot) if plot is not None else None,
-        "results": rows,
+        "qid": answer.qid,
+        "query": answer.query,
+        "video": answer.video,
+        "vid": answer.vid,
+        "moments": [m.to_dict() for m in answer.moments],
+        "saliency": [float(x) for x in answer.saliency],
+        "clip_len": float(answer.clip_len),
+        "duration": float(answer.duration),
+        "min_relevance": answer.min_relevance,
+        "best_relevance": answer.best_relevance,
+        "no_confident_match": answer.no_confident_match,
     }
 
 
+def results_document(
+    description: str,
+    videos: Sequence[dict[str, Any]],
+    answers: Sequence[Answer],
+    failed: Sequence[dict[str, str]] = (),
+) -> dict[str, Any]:
+    """The JSON document ``--json`` prints: the predictor, the videos searched, every query's
+    result in every video, and the videos that could not be read."""
+    return {
+        "predictor": description,
+        "videos": list(videos),
+        "results": [answer_dict(a) for a in answers],
+        "failed": list(failed),
+    }
+
+
+def print_no_match(console: Any, answer: Answer) -> None:
+    """The "no confident match" line of an answer."""
+    from momentkit.cli.output import no_match_line
+
+    line = no_match_line(
+        answer.query, Path(answer.video).name, answer.best_relevance, answer.min_relevance
+    )
+    console.print(line, soft_wrap=True, markup=False, highlight=False, style="yellow")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Encode the video, answer the queries, print, plot and export."""
+    """Encode each video once, answer its queries, print, plot and export."""
     from rich.console import Console
 
+    from momentkit.cli.inputs import collect_queries, expand_videos, pair, reject_video_paths
+    from momentkit.cli.output import check_min_score, clip_progress, threshold_kwargs
+    from momentkit.export import ExportTarget, export_clips, from_results, video_ids
+    from momentkit.export.paths import fill, unique_slugs
     from momentkit.utils.errors import MomentkitError
+    from momentkit.video.decode import VideoError
 
     if args.top < 1:
         raise MomentkitError(f"--top must be >= 1, got {args.top}")
+    check_min_score(args.min_score)
+    targets = [ExportTarget.parse(spec) for spec in args.export]
+    queries = collect_queries(args.queries, args.queries_file)
+    reject_video_paths(queries)
+    videos = expand_videos([args.video, *args.videos])
+    vids = video_ids(videos)
+    plan, unmatched = pair(videos, vids, queries)
+    if not plan:
+        raise MomentkitError(
+            f"no query is for these videos: the 'vid' of every query ({unmatched[0].where}: "
+            f"{unmatched[0].vid!r}, ...) names none of the {len(videos)} video(s) given; a video's "
+            "vid is its file name without the extension"
+        )
+    for target in targets:
+        target.check(len(plan))
+    if args.plot and len(plan) > 1 and "{video}" not in args.plot:
+        raise MomentkitError(
+            f"--plot {args.plot}: several videos are searched; put {{video}} in the file name, "
+            "e.g. --plot curves/{video}.png"
+        )
+    slugs = unique_slugs([vid for _, vid, _ in plan])
+    fast = args.fast_cut and not args.reencode
+
     # with --json, stdout holds only the JSON document; progress goes to stderr
     console = Console(stderr=args.json)
-    start = time.perf_counter()
+    if unmatched:
+        console.print(
+            f"skipped {len(unmatched)} queries whose vid names none of the videos given "
+            f"(first: {unmatched[0].where}, vid {unmatched[0].vid!r})",
+            soft_wrap=True,
+            markup=False,
+            style="yellow",
+        )
     with console.status("loading the predictor"):
         predictor = build_predictor(args)
-    with console.status(f"encoding {args.video}"):
-        video = predictor.encode_video(args.video)
-    encoded = time.perf_counter()
-    with console.status(f"scoring {len(args.queries)} queries"):
-        results = predictor.predict(video, args.queries, top_k=args.top)
-    cuts = None
-    if args.export_clips:
-        cuts = export_moments(args.video, results, args.export_clips, reencode=args.reencode)
-    if args.plot:
-        from momentkit.inference.plot import plot_highlights
+    kwargs = threshold_kwargs(predictor.predict, args.min_score)
+    answers: list[Answer] = []
+    video_rows: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    for index, (video, vid, video_queries) in enumerate(plan, start=1):
+        counter = f"[{index}/{len(plan)}] " if len(plan) > 1 else ""
+        start = time.perf_counter()
+        try:
+            with clip_progress(console, f"{counter}encoding {video.name}", "clips") as progress:
+                encoding = predictor.encode_video(video, progress=progress)
+        except VideoError as e:
+            if len(plan) == 1:
+                raise
+            console.print(f"error: {e}", markup=False, style="red", soft_wrap=True)
+            failed.append({"video": str(video), "error": str(e)})
+            continue
+        encoded = time.perf_counter() - start
+        results = predictor.predict(
+            encoding, [q.text for q in video_queries], top_k=args.top, **kwargs
+        )
+        mine = from_results(str(video), vid, [q.qid for q in video_queries], results)
+        if args.export_clips:
+            with clip_progress(console, f"{counter}cutting {video.name}", "clips") as progress:
+                export_clips(mine, args.export_clips, fast=fast, progress=progress)
+        plot = None
+        if args.plot:
+            from momentkit.inference.plot import plot_highlights
 
-        plot_highlights(results, args.plot, title=Path(args.video).name)
+            plot = fill(args.plot, "video", slugs[vid]) if "{video}" in args.plot else args.plot
+            plot_highlights(results, plot, title=video.name)
+        video_rows.append(
+            {
+                "video": str(video),
+                "vid": vid,
+                "duration": float(encoding.duration),
+                "clip_len": float(encoding.clip_len),
+                "num_clips": int(encoding.num_clips),
+                "encode_seconds": encoded,
+                "plot": None if plot is None else str(plot),
+            }
+        )
+        answers += mine
+        if not args.json:
+            _print_video(console, video, encoding, predictor.description, encoded, mine, plot)
+    document = results_document(predictor.description, video_rows, answers, failed)
+    written = {t.spec: t.write(answers, document) for t in targets}
     if args.json:
-        doc = results_json(args.video, predictor.description, results, cuts, args.plot)
-        sys.stdout.write(json.dumps(doc) + "\n")
-        return 0
+        sys.stdout.write(json.dumps(document) + "\n")
+    else:
+        if args.export_clips:
+            count = sum(1 for a in answers for m in a.moments if m.clip is not None)
+            mode = "stream copies from the keyframe before" if fast else "frame-accurate"
+            console.print(f"wrote {count} clips ({mode}) to {args.export_clips}", markup=False)
+        for spec, paths in written.items():
+            shown = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+            console.print(f"wrote {spec.split(':')[0]}: {shown}", markup=False, soft_wrap=True)
+        if failed:
+            console.print(
+                f"{len(failed)} of {len(plan)} videos could not be read", style="red", markup=False
+            )
+    return 1 if failed else 0
+
+
+def _print_video(
+    console: Any,
+    video: Path,
+    encoding: Any,
+    description: str,
+    seconds: float,
+    answers: Sequence[Answer],
+    plot: str | Path | None,
+) -> None:
     console.print(
-        f"{args.video}: {video.duration:.1f} s, {video.num_clips} clips of {video.clip_len:g} s; "
-        f"{predictor.description} (encoded in {encoded - start:.1f} s)",
+        f"{video}: {encoding.duration:.1f} s, {encoding.num_clips} clips of "
+        f"{encoding.clip_len:g} s; {description} (encoded in {seconds:.1f} s)",
         soft_wrap=True,
         markup=False,
         highlight=False,
     )
-    for i, result in enumerate(results):
-        console.print(results_table(result, cuts[i] if cuts else None))
-    if cuts:
-        count = sum(len(c) for c in cuts)
-        console.print(f"wrote {count} clips to {args.export_clips}", markup=False)
-    if args.plot:
-        console.print(f"wrote the highlight curves to {args.plot}", markup=False)
-    return 0
+    for answer in answers:
+        if answer.no_confident_match:
+            print_no_match(console, answer)
+        else:
+            console.print(results_table(answer))
+    if plot is not None:
+        console.print(f"wrote the highlight curves to {plot}", markup=False, soft_wrap=True)

@@ -28,19 +28,22 @@ def plot_highlights(
     *,
     moments_per_query: int = 3,
     title: str | None = None,
+    panel_titles: Sequence[str] | None = None,
     dpi: int = 110,
 ) -> Path:
-    """Write the highlight curves of ``results`` (one panel per query) to the PNG ``path``.
+    """Write the highlight curves of ``results`` (one panel per result) to the PNG ``path``.
 
     Each panel plots the saliency of every clip as a step curve over the seconds the clip
-    covers, and shades the query's ``moments_per_query`` best moments, labelled by rank and
-    score.
+    covers, and shades the result's ``moments_per_query`` best moments, labelled by rank and
+    calibrated relevance (the raw score when there is none). A result with no confident match
+    (every moment below its relevance threshold) says so in its panel.
 
     Args:
-        results: the queries' results (all of one video).
+        results: the results: the queries of one video, or one query in several videos.
         path: the PNG file to write (parents are created).
         moments_per_query: moments shaded per panel.
         title: figure title (default: none).
+        panel_titles: one title per panel (default: each result's query).
         dpi: resolution.
 
     Returns:
@@ -54,13 +57,16 @@ def plot_highlights(
 
     if not results:
         raise ValueError("plot_highlights needs at least one result")
+    if panel_titles is not None and len(panel_titles) != len(results):
+        raise ValueError(f"{len(panel_titles)} panel titles for {len(results)} results")
     path = Path(path)
     duration = max(r.duration for r in results)
     fig = Figure(figsize=(10, 1.0 + 1.8 * len(results)), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(results), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, result in zip(axes, results):
-        _panel(ax, result, moments_per_query)
+    titles = panel_titles if panel_titles is not None else [r.query for r in results]
+    for ax, result, panel_title in zip(axes, results, titles):
+        _panel(ax, result, moments_per_query, panel_title)
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(0, duration if duration > 0 else 1)
     if title:
@@ -70,7 +76,12 @@ def plot_highlights(
     return path
 
 
-def _panel(ax: Axes, result: QueryResult, moments_per_query: int) -> None:
+def moment_label(rank: int, score: float, relevance: float | None) -> str:
+    """``#1 rel 0.62`` (calibrated) or ``#1 0.00191`` (raw score)."""
+    return f"#{rank} {score:.3g}" if relevance is None else f"#{rank} rel {relevance:.2f}"
+
+
+def _panel(ax: Axes, result: QueryResult, moments_per_query: int, title: str) -> None:
     """Draw one query's saliency steps and shaded moments on ``ax``."""
     saliency = np.asarray(result.saliency, dtype=np.float64)
     edges = np.minimum(np.arange(len(saliency) + 1) * result.clip_len, result.duration)
@@ -83,7 +94,7 @@ def _panel(ax: Axes, result: QueryResult, moments_per_query: int) -> None:
         color = MOMENT_COLORS[(rank - 1) % len(MOMENT_COLORS)]
         ax.axvspan(moment.start, moment.end, color=color, alpha=0.25 if rank == 1 else 0.15)
         ax.annotate(
-            f"#{rank} {moment.score:.3g}",
+            moment_label(rank, moment.score, getattr(moment, "relevance", None)),
             xy=(moment.start, 1.0),
             xycoords=("data", "axes fraction"),
             xytext=(2, -2 - 10 * (rank - 1)),  # stacked: moments may share a start
@@ -92,6 +103,10 @@ def _panel(ax: Axes, result: QueryResult, moments_per_query: int) -> None:
             fontsize=8,
             color=color,
         )
-    ax.set_title(result.query, loc="left", fontsize=10)
+    if getattr(result, "no_confident_match", False):
+        best = getattr(result, "best_relevance", None)
+        note = "no confident match" + ("" if best is None else f" (best relevance {best:.2f})")
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=9)
+    ax.set_title(title, loc="left", fontsize=10)
     ax.set_ylabel("saliency")
     ax.grid(axis="x", alpha=0.3)

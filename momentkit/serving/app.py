@@ -10,11 +10,13 @@
     POST /api/videos                upload a video (multipart field "file") -> 201 {video}
     GET  /api/videos/{id}           {video}
     GET  /api/videos/{id}/file      the video's bytes; HTTP Range requests give 206 (seeking)
-    POST /api/videos/{id}/search    {"queries": [...], "top_k": 10} -> {video, results:
-                                    [{query, moments: [{start, end, score}], saliency,
-                                    clip_len, duration}], seconds}
-    POST /api/search                {"query": "...", "top_k": 10} -> the library's best moments
-                                    across videos (404 without a library)
+    POST /api/videos/{id}/search    {"queries": [...], "top_k": 10, "min_relevance": null} ->
+                                    {video, results: [{query, moments: [{start, end, score,
+                                    relevance}], saliency, clip_len, duration, min_relevance,
+                                    best_relevance, no_confident_match}], seconds}
+    POST /api/search                {"query": "...", "top_k": 10, "min_relevance": null} -> the
+                                    library's best moments across videos (404 without a
+                                    library)
 
 Requests never name files: videos are named by ids the server made. Uploads over the limit get
 413, non-video uploads 415.
@@ -78,6 +80,7 @@ class VideoSearch(BaseModel):
 
     queries: list[str] = Field(min_length=1, max_length=20)
     top_k: int = Field(default=10, ge=1, le=100)
+    min_relevance: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class LibrarySearch(BaseModel):
@@ -86,6 +89,7 @@ class LibrarySearch(BaseModel):
     query: str = Field(min_length=1, max_length=500)
     top_k: int = Field(default=10, ge=1, le=100)
     videos: int = Field(default=5, ge=1, le=50)
+    min_relevance: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 def static_dir() -> Path:
@@ -208,14 +212,15 @@ def create_app(
 
     @app.post("/api/videos/{video_id}/search")
     def search_video(video_id: str, body: VideoSearch) -> dict[str, Any]:
-        return service.search_video(video_id, _clean_queries(body.queries), body.top_k)
+        queries = _clean_queries(body.queries)
+        return service.search_video(video_id, queries, body.top_k, body.min_relevance)
 
     @app.post("/api/search")
     def search_library(body: LibrarySearch) -> dict[str, Any]:
         if service.library is None:
             raise HTTPException(404, "this server has no library (start it with --db)")
         (query,) = _clean_queries([body.query])
-        return service.search_library(query, body.top_k, body.videos)
+        return service.search_library(query, body.top_k, body.videos, body.min_relevance)
 
     return app
 

@@ -9,6 +9,7 @@ a time (the models use every core anyway).
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 import time
@@ -25,12 +26,28 @@ from momentkit.library.library import Library
 from momentkit.library.protocols import EncodingPredictor
 from momentkit.library.store import VideoRecord
 from momentkit.serving.uploads import UploadStore
+from momentkit.utils.errors import MomentkitError
 
 LIBRARY_ID = re.compile(r"l-([1-9][0-9]{0,17})")
 
 
 class NotFound(Exception):
     """No video with that id (or one that may not be served)."""
+
+
+class ThresholdUnsupported(MomentkitError):
+    """A relevance threshold was asked of a predictor without calibrated relevance."""
+
+
+def _threshold(func: Callable[..., Any], min_relevance: float | None) -> dict[str, Any]:
+    """``{"min_relevance": ...}`` for ``func`` when a threshold is asked (``{}`` otherwise)."""
+    if min_relevance is None:
+        return {}
+    if "min_relevance" not in inspect.signature(func).parameters:
+        raise ThresholdUnsupported(
+            "this server's predictor gives no calibrated relevance; search without a minimum"
+        )
+    return {"min_relevance": min_relevance}
 
 
 @dataclass(frozen=True)
@@ -186,31 +203,49 @@ class VideoService:
             self._cache.popitem(last=False)
         return encoding
 
-    def search_video(self, video_id: str, queries: list[str], top_k: int) -> dict[str, Any]:
-        """Moments and saliency of each query in one video (JSON-ready)."""
+    def search_video(
+        self,
+        video_id: str,
+        queries: list[str],
+        top_k: int,
+        min_relevance: float | None = None,
+    ) -> dict[str, Any]:
+        """Moments and saliency of each query in one video (JSON-ready, full precision); with
+        ``min_relevance``, only moments whose calibrated relevance reaches it.
+
+        Raises:
+            NotFound: no such video.
+            ThresholdUnsupported: ``min_relevance`` with a predictor that has no calibration.
+        """
         ref = self.resolve(video_id)
         start = time.perf_counter()
         with self._model_lock:
             encoding = self._encoding(ref)
-            results = self.predictor().predict(encoding, queries, top_k=top_k)
+            predictor = self.predictor()
+            kwargs = _threshold(predictor.predict, min_relevance)
+            results = predictor.predict(encoding, queries, top_k=top_k, **kwargs)
         return {
             "video": ref.to_dict(),
-            "results": [r.to_dict(decimals=6) for r in results],
+            "results": [r.to_dict() for r in results],
             "seconds": round(time.perf_counter() - start, 3),
         }
 
-    def search_library(self, query: str, top_k: int, n_videos: int) -> dict[str, Any]:
+    def search_library(
+        self, query: str, top_k: int, n_videos: int, min_relevance: float | None = None
+    ) -> dict[str, Any]:
         """The best moments across the library (JSON-ready; ids instead of paths).
 
         Raises:
             NotFound: the server has no library.
+            ThresholdUnsupported: ``min_relevance`` with a predictor that has no calibration.
         """
         if self.library is None:
             raise NotFound("library")
         with self._model_lock:
             engine = self.engine()
             assert engine is not None
-            result = engine.query(query, top_k=top_k, n_videos=n_videos)
+            kwargs = _threshold(engine.query, min_relevance)
+            result = engine.query(query, top_k=top_k, n_videos=n_videos, **kwargs)
         data = result.to_dict()
         for item in data["moments"] + data["videos"]:
             item.pop("path", None)

@@ -1,9 +1,12 @@
 """Cutting a moment out of a video as its own file, with PyAV.
 
-By default the cut is a remux (stream copy): packets are copied without re-encoding, which is
-fast and lossless but can only start on a keyframe, so the clip starts at the last keyframe at
-or before ``start`` (:class:`Cut` reports the span actually written). ``reencode=True``
-decodes and re-encodes the video for a frame-accurate start; audio is still copied.
+By default the cut is frame-accurate: the video is decoded from the keyframe before the moment
+and the frames shown during ``[start, end)`` are re-encoded (H.264, ``veryfast``), so the clip
+covers the moment and at most one frame more at each end; audio packets are copied, shifted to
+stay in sync. ``reencode=False`` is a remux (stream copy): packets are copied without
+re-encoding, which is fast and lossless but can only start on a keyframe, so the clip starts at
+the last keyframe at or before ``start``, possibly seconds early. :class:`Cut` reports the span
+actually written either way, and :func:`cut_clip_into` names the file after it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -47,8 +51,9 @@ def cut_clip(
     end: float,
     dst: str | Path,
     *,
-    reencode: bool = False,
+    reencode: bool = True,
     codec: str = "libx264",
+    preset: str | None = "veryfast",
 ) -> Cut:
     """Write seconds ``[start, end)`` of ``src`` to ``dst`` (format from ``dst``'s extension).
 
@@ -57,50 +62,115 @@ def cut_clip(
         start, end: seconds from the start of the video; an ``end`` past the video's end
             stops there.
         dst: the output file, written atomically (a crash leaves no partial file).
-        reencode: re-encode the video so the clip starts exactly at ``start`` (slower);
-            otherwise copy packets, starting at the keyframe at or before ``start``.
-        codec: the video encoder used when ``reencode`` is set.
+        reencode: frame-accurate (default): re-encode the frames shown in ``[start, end)``, so
+            the clip starts within one frame of ``start``; ``False``: copy packets, starting
+            at the keyframe at or before ``start`` (fast, lossless, may start seconds early).
+        codec: the video encoder used when re-encoding.
+        preset: the encoder's speed preset (``libx264``/``libx265`` only; ``None``: the
+            encoder's default).
 
     Returns:
-        The written :class:`Cut` with the span it really covers: a stream copy starts on a
-        keyframe and may end a few frames after ``end`` (frames reordered for B-frames).
+        The written :class:`Cut` with the span it really covers: a re-encoded clip starts with
+        the frame on screen at ``start`` and ends with the frame on screen just before ``end``
+        (so it covers ``[start, end)`` and at most one frame more at each end); a stream copy
+        starts on a keyframe and may end a few frames after ``end`` (B-frame reordering).
 
     Raises:
         ValueError: ``start``/``end`` do not give a non-empty span inside the video.
         VideoError: the source cannot be read, or the output cannot be written.
     """
+    dst = Path(dst)
+    return _cut(src, start, end, dst.parent, lambda s, e: dst.name, reencode, codec, preset)
+
+
+def cut_clip_into(
+    src: str | Path,
+    start: float,
+    end: float,
+    directory: str | Path,
+    name: Callable[[float, float], str],
+    *,
+    reencode: bool = True,
+    codec: str = "libx264",
+    preset: str | None = "veryfast",
+) -> Cut:
+    """:func:`cut_clip` into ``directory``, the file named by ``name(span_start, span_end)``.
+
+    The name is chosen once the clip is written, from the span it really covers, so a stream
+    copy that starts on an earlier keyframe says so in its name. It must be a plain file name
+    (no folder, not hidden): the file cannot land outside ``directory``.
+
+    Raises:
+        ValueError: a bad span, or ``name`` returned something that is not a plain file name.
+        VideoError: as :func:`cut_clip`.
+    """
+    return _cut(src, start, end, Path(directory), name, reencode, codec, preset, check=True)
+
+
+def _cut(
+    src: str | Path,
+    start: float,
+    end: float,
+    directory: Path,
+    name: Callable[[float, float], str],
+    reencode: bool,
+    codec: str,
+    preset: str | None,
+    check: bool = False,
+) -> Cut:
     import av
 
-    src, dst = Path(src), Path(dst)
+    src = Path(src)
     if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
         raise ValueError(f"need 0 <= start < end, got start={start}, end={end}")
+    requested = name(start, end)  # the name of the requested span, until the real one is known
+    if check:
+        _check_name(requested, directory)
     inp, video = open_video(src)
     duration = declared_duration(video)
     if duration is not None and start >= duration:
         inp.close()
         raise ValueError(f"{src}: start {start} s is past the end of the video ({duration:.2f} s)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=dst.suffix, dir=dst.parent)
+    intended = directory / requested
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".cut.", suffix=intended.suffix, dir=directory)
     os.close(fd)
     os.chmod(tmp, default_file_mode())
     try:
         origin = stream_start(video) or 0.0
-        out = av.open(tmp, "w", format=_format_for(dst))
+        out = av.open(tmp, "w", format=_format_for(Path(tmp)))
         try:
             if reencode:
-                span = _reencode(inp, video, out, origin + start, origin + end, codec, src)
+                span = _reencode(inp, video, out, origin + start, origin + end, codec, preset, src)
             else:
                 span = _remux(inp, video, out, origin + start, origin + end, src)
         finally:
             out.close()
+        first, last = span[0] - origin, span[1] - origin
+        filename = name(first, last)
+        if check:
+            _check_name(filename, directory)
+        dst = directory / filename
         os.replace(tmp, dst)
     except av.FFmpegError as e:
-        raise VideoError(dst, f"cannot write the clip ({ffmpeg_message(e)})") from None
+        raise VideoError(intended, f"cannot write the clip ({ffmpeg_message(e)})") from None
     finally:
         inp.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    return Cut(dst, span[0] - origin, span[1] - origin)
+    return Cut(dst, first, last)
+
+
+def _check_name(filename: str, directory: Path) -> None:
+    """``filename`` must be a plain, visible file name that stays inside ``directory``."""
+    path = (directory / filename).resolve()
+    if (
+        not filename
+        or filename != Path(filename).name
+        or filename.startswith(".")
+        or path.parent != directory.resolve()
+    ):
+        raise ValueError(f"clip file name {filename!r} is not a plain file name in {directory}")
 
 
 def _format_for(dst: Path) -> str | None:
@@ -156,13 +226,24 @@ def _remux(
 
 
 def _reencode(
-    inp: Any, video: Any, out: Any, start: float, end: float, codec: str, src: Path
+    inp: Any,
+    video: Any,
+    out: Any,
+    start: float,
+    end: float,
+    codec: str,
+    preset: str | None,
+    src: Path,
 ) -> tuple[float, float]:
-    """Decode from the keyframe before ``start`` and encode the frames shown in ``[start, end)``."""
+    """Decode from the keyframe before ``start`` and encode the frames on screen during
+    ``[start, end)``: from the one shown at ``start`` to the last one starting before ``end``.
+    Audio packets from that first frame on are copied, shifted like the video."""
     import av
 
     rate = video.average_rate or video.guessed_rate or Fraction(30)
     v_out = out.add_stream(codec, rate=rate)
+    if preset and codec in ("libx264", "libx265"):
+        v_out.options = {"preset": preset}
     ctx = video.codec_context
     # 4:2:0 needs even sizes: an odd width or height is scaled to the even size below it.
     v_out.width, v_out.height = ctx.width - ctx.width % 2, ctx.height - ctx.height % 2
@@ -173,13 +254,24 @@ def _reencode(
     inp.seek(round(start / video.time_base), stream=video, backward=True, any_frame=False)
     first = last = None  # seconds: first frame encoded, end of the last one
     shift = 0  # pts of the first frame encoded
+    pending: list[Any] = []  # audio packets seen before the first frame was known
     rotation = None
     done = False
+
+    def copy_audio(packet: Any) -> None:
+        t = _seconds(packet.pts, packet.time_base)
+        if first is not None and first - 1e-6 <= t < end:
+            _copy_packet(packet, a_out[packet.stream.index], first, out)
+
     for packet in inp.demux(video, *inp.streams.audio):
         if packet.stream.index != video.index:
-            t = _seconds(packet.pts, packet.time_base) if packet.pts is not None else -1.0
-            if start <= t < end:
-                _copy_packet(packet, a_out[packet.stream.index], start, out)
+            if packet.pts is None:
+                continue
+            if first is None:
+                if _seconds(packet.pts, packet.time_base) < end:
+                    pending.append(packet)
+            else:
+                copy_audio(packet)
             continue
         try:
             frames = packet.decode()
@@ -194,13 +286,16 @@ def _reencode(
                     v_out.set_display_rotation(rotation)
             t = float(frame.time)
             dur = _seconds(frame.duration, frame.time_base) if frame.duration else 1 / float(rate)
-            if t >= end:
+            if t >= end - 1e-6:
                 done = True
                 break
-            if t < start - 1e-6:
+            if t + dur <= start + 1e-6:  # off screen before the moment starts
                 continue
             if first is None:
                 first, shift = t, frame.pts
+                for held in pending:
+                    copy_audio(held)
+                pending.clear()
             last = t + dur
             image = frame.reformat(width=v_out.width, height=v_out.height, format="yuv420p")
             image.pts = frame.pts - shift

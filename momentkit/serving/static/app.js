@@ -23,17 +23,24 @@ const els = {
   meta: $("#video-meta"),
   player: $("#player"),
   timeline: $("#timeline"),
+  minScore: $("#min-score"),
   moments: $("#moments"),
+  momentsFor: $("#moments-for"),
+  momentsDownloads: $("#moments-downloads"),
   noMoments: $("#no-moments"),
   libraryPanel: $("#library-panel"),
+  libraryFor: $("#library-for"),
   libraryResults: $("#library-results"),
+  libraryEmpty: $("#library-empty"),
 };
 
 const state = {
   info: null,
   videos: [],
   current: null, // the selected video {id, name, source, duration, url}
-  result: null, // {query, moments, saliency, clip_len, duration} for the current video
+  result: null, // {query, moments, saliency, clip_len, duration, ...} for the current video
+  resultNote: "", // why the moments panel is empty (set when a library search clears it)
+  library: null, // the last library search's answer
   active: -1, // index of the moment being played
   stopAt: null, // seconds at which playback pauses (end of the moment being played)
 };
@@ -62,6 +69,102 @@ function svgNode(tag, attrs = {}, className = "") {
   for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
   if (className) el.setAttribute("class", className);
   return el;
+}
+
+function fmtRelevance(value) {
+  return value === null || value === undefined ? "-" : value.toFixed(2);
+}
+
+// best to three decimals, with more digits when rounding would make it reach the threshold
+function belowText(best, threshold) {
+  let text = best.toFixed(3);
+  if (threshold !== null && threshold !== undefined && Number(text) >= threshold) {
+    text = (Math.floor(best * 1000) / 1000).toFixed(3);
+    if (Number(text) >= threshold) text = best.toPrecision(6);
+  }
+  return text;
+}
+
+// "No confident match for “q” in this video (best relevance 0.123 < 0.5)."
+function noMatchText(query, where, best, threshold) {
+  if (best === null || best === undefined) return `No confident match for “${query}” in ${where} (no calibrated relevance).`;
+  const limit = threshold === null || threshold === undefined ? "" : ` < ${threshold}`;
+  return `No confident match for “${query}” in ${where} (best relevance ${belowText(best, threshold)}${limit}).`;
+}
+
+function minScore() {
+  const raw = els.minScore.value.trim();
+  if (!raw) return null;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < 0 || value > 1) throw new Error("min relevance must be a number from 0 to 1");
+  return value;
+}
+
+// ----------------------------------------------------------------------------- downloads
+function slug(text) {
+  return (text || "results").toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40) || "results";
+}
+
+function download(name, type, text) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = node("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+// RFC 4180: quote every field holding a comma, a quote or a line break; double the quotes
+function csvField(value) {
+  if (value === null || value === undefined) return "";
+  const text = String(value);
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function csvText(header, rows) {
+  return [header, ...rows].map((row) => row.map(csvField).join(",")).join("\r\n") + "\r\n";
+}
+
+// the columns of `momentkit search --export csv:` (no exported clips on the page)
+const CSV_COLUMNS = ["qid", "query", "video", "vid", "rank", "start", "end", "score", "relevance"];
+
+function stem(name) {
+  return name.replace(/\.[^.]*$/, "");
+}
+
+function videoCsv(download) {
+  const rows = [];
+  download.results.forEach((r, qi) => {
+    r.moments.forEach((m, i) => {
+      rows.push([qi + 1, r.query, download.video.name, stem(download.video.name), i + 1, m.start, m.end, m.score, m.relevance]);
+    });
+  });
+  return csvText(CSV_COLUMNS, rows);
+}
+
+function libraryCsv(data) {
+  const rows = data.moments.map((m, i) => [
+    1, data.query, m.name, stem(m.name), i + 1, m.start, m.end, m.score, m.relevance, m.moment_score, m.video_score,
+  ]);
+  return csvText([...CSV_COLUMNS, "moment_score", "video_score"], rows);
+}
+
+function downloadMoments(format) {
+  const data = state.result?.download;
+  if (!data) return;
+  const name = `momentkit-${slug(stem(data.video.name))}-${slug(data.results[0]?.query)}`;
+  if (format === "json") download(`${name}.json`, "application/json", JSON.stringify(data, null, 2) + "\n");
+  else download(`${name}.csv`, "text/csv", videoCsv(data));
+}
+
+function downloadLibrary(format) {
+  const data = state.library;
+  if (!data) return;
+  const name = `momentkit-library-${slug(data.query)}`;
+  if (format === "json") download(`${name}.json`, "application/json", JSON.stringify(data, null, 2) + "\n");
+  else download(`${name}.csv`, "text/csv", libraryCsv(data));
 }
 
 function errorDetail(data, response) {
@@ -128,6 +231,7 @@ function selectVideo(id, { keepResult = false } = {}) {
   }
   if (!keepResult) {
     state.result = null;
+    state.resultNote = "";
     state.active = -1;
     renderMoments();
   }
@@ -196,8 +300,9 @@ async function searchVideo() {
     const data = await postJSON(`/api/videos/${encodeURIComponent(state.current.id)}/search`, {
       queries: [query],
       top_k: 10,
+      min_relevance: minScore(),
     });
-    showResult(data.results[0]);
+    showResult({ ...data.results[0], download: data });
     setStatus(els.searchStatus, `${data.results[0].moments.length} moments in ${data.seconds.toFixed(2)} s`);
   } catch (err) {
     setStatus(els.searchStatus, `search failed: ${err.message}`, true);
@@ -215,8 +320,20 @@ async function searchLibrary() {
   setBusy(true);
   setStatus(els.searchStatus, "searching the library…");
   try {
-    const data = await postJSON("/api/search", { query, top_k: 10 });
+    const data = await postJSON("/api/search", { query, top_k: 10, min_relevance: minScore() });
     renderLibrary(data);
+    // the moments panel follows the new query: this video's answer to it, or nothing
+    const mine = state.current && data.videos.find((v) => v.video === state.current.id);
+    if (mine) showResult(libraryVideoResult(data, mine));
+    else {
+      state.result = null;
+      state.resultNote = state.current
+        ? `“${query}” was searched across the library; ${state.current.name} is not among its candidate videos. Search video to find its moments.`
+        : "";
+      state.active = -1;
+      renderMoments();
+      drawTimeline();
+    }
     const t = data.timings || {};
     setStatus(
       els.searchStatus,
@@ -232,9 +349,17 @@ async function searchLibrary() {
 
 function showResult(result) {
   state.result = result;
+  state.resultNote = "";
   state.active = -1;
   renderMoments();
   drawTimeline();
+}
+
+// one candidate video of a library answer, as the moments panel shows it (and downloads it)
+function libraryVideoResult(data, video) {
+  const result = { query: data.query, ...video };
+  const named = { id: video.video, name: video.name, source: "library", duration: video.duration, url: video.url };
+  return { ...result, download: { video: named, results: [result] } };
 }
 
 // ------------------------------------------------------------------------------- moments
@@ -253,10 +378,14 @@ function momentButton(rank, label, sub, onClick) {
 
 function renderMoments() {
   els.moments.replaceChildren();
-  const moments = state.result?.moments ?? [];
+  const result = state.result;
+  const moments = result?.moments ?? [];
+  els.momentsFor.hidden = !result;
+  els.momentsFor.textContent = result ? `for “${result.query}”` : "";
+  els.momentsDownloads.hidden = !result?.download;
   moments.forEach((m, i) => {
     const label = `${fmtTime(m.start)} – ${fmtTime(m.end)}`;
-    const sub = `${(m.end - m.start).toFixed(1)} s · score ${m.score.toPrecision(3)}`;
+    const sub = `${(m.end - m.start).toFixed(1)} s · relevance ${fmtRelevance(m.relevance)} · score ${m.score.toPrecision(3)}`;
     const button = momentButton(i + 1, label, sub, () => playMoment(i));
     button.classList.add("moment");
     button.dataset.start = m.start;
@@ -267,22 +396,31 @@ function renderMoments() {
     els.moments.append(li);
   });
   els.noMoments.hidden = moments.length > 0;
-  if (state.result && !moments.length) {
-    els.noMoments.hidden = false;
-    els.noMoments.textContent = "No moment found for this query.";
+  if (result && !moments.length) {
+    els.noMoments.textContent = result.no_confident_match
+      ? noMatchText(result.query, "this video", result.best_relevance, result.min_relevance)
+      : "No moment found for this query.";
+  } else if (!result) {
+    els.noMoments.textContent = state.resultNote || "Pick or upload a video, then describe a moment.";
   }
 }
 
 function renderLibrary(data) {
+  state.library = data;
   els.libraryPanel.hidden = false;
   els.libraryResults.replaceChildren();
+  els.libraryFor.textContent = `for “${data.query}”`;
+  els.libraryEmpty.hidden = data.moments.length > 0;
+  els.libraryEmpty.textContent = data.no_confident_match
+    ? noMatchText(data.query, "the library", data.best_relevance, data.min_relevance)
+    : "No moment found for this query.";
   data.moments.forEach((m, i) => {
     const label = `${fmtTime(m.start)} – ${fmtTime(m.end)}`;
-    const sub = `${m.name} · relevance ${m.score.toPrecision(3)}`;
+    const sub = `${m.name} · relevance ${fmtRelevance(m.relevance)} · score ${m.score.toPrecision(3)}`;
     const button = momentButton(i + 1, label, sub, () => {
       const video = data.videos.find((v) => v.video === m.video);
       selectVideo(m.video, { keepResult: true });
-      if (video) showResult({ query: data.query, ...video });
+      if (video) showResult(libraryVideoResult(data, video));
       const index = (state.result?.moments ?? []).findIndex(
         (x) => Math.abs(x.start - m.start) < 1e-3 && Math.abs(x.end - m.end) < 1e-3,
       );
@@ -370,9 +508,12 @@ function drawTimeline() {
   const step = steps.find((s) => ((x1 - x0) * s) / duration >= 90) || steps[steps.length - 1];
   for (let t = 0; t <= duration + 1e-6; t += step) {
     svg.append(svgNode("line", { x1: x(t), x2: x(t), y1: top, y2: bottom }, "grid"));
-    const label = svgNode("text", { x: x(t), y: height - 5, "text-anchor": t === 0 ? "start" : "middle" }, "tick");
+    const label = svgNode("text", { x: x(t), y: height - 5, "text-anchor": "middle" }, "tick");
     label.textContent = fmtTime(t).replace(/\.0$/, "");
     svg.append(label);
+    // keep the label inside the timeline: a tick near either end is labelled inwards
+    const half = (label.getComputedTextLength?.() || 24) / 2;
+    label.setAttribute("x", Math.min(Math.max(x(t), half + 1), width - half - 1));
   }
 
   const result = state.result;
@@ -406,7 +547,7 @@ function drawTimeline() {
       const rect = svgNode("rect", { x: x(m.start), y: top + 3, width: w, height: BAND - 4, rx: 3 }, cls);
       rect.dataset.index = i;
       const title = svgNode("title");
-      title.textContent = `#${i + 1} ${fmtTime(m.start)} – ${fmtTime(m.end)} (score ${m.score.toPrecision(3)})`;
+      title.textContent = `#${i + 1} ${fmtTime(m.start)} – ${fmtTime(m.end)} (relevance ${fmtRelevance(m.relevance)}, score ${m.score.toPrecision(3)})`;
       rect.append(title);
       rect.addEventListener("click", (event) => {
         event.stopPropagation();
@@ -452,6 +593,10 @@ async function init() {
     searchVideo();
   });
   els.searchLibrary.addEventListener("click", searchLibrary);
+  $("#download-moments-json").addEventListener("click", () => downloadMoments("json"));
+  $("#download-moments-csv").addEventListener("click", () => downloadMoments("csv"));
+  $("#download-library-json").addEventListener("click", () => downloadLibrary("json"));
+  $("#download-library-csv").addEventListener("click", () => downloadLibrary("csv"));
   els.fileInput.addEventListener("change", () => {
     if (els.fileInput.files.length) upload(els.fileInput.files[0]);
     els.fileInput.value = "";
