@@ -391,6 +391,11 @@ def test_zero_shot_offline_on_the_real_demo_video(offline_zero_shot: Predictor):
     # one query at a time gives the same saliency
     (alone,) = offline_zero_shot.predict(video, queries[1:], top_k=3)
     np.testing.assert_allclose(alone.saliency, cup.saliency, rtol=1e-4, atol=1e-7)
+    # ... and the same relevance: it must not depend on the other queries of the batch
+    assert [m.relevance for m in alone.moments] == [m.relevance for m in cup.moments]
+    # a query the video does not show ranks below one it does
+    (dog,) = offline_zero_shot.predict(video, ["a dog jumps over a fence"], top_k=3)
+    assert door.best_relevance > 0.9 > dog.best_relevance
 
 
 # ------------------------------------------------------------------------------ results, plot

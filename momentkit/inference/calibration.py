@@ -11,6 +11,9 @@ answer, on the same clips, to a bank of reference captions of everyday scenes
     s_b = mean saliency of reference caption b over the same clips      (b = 1..B)
     relevance = (#{b: s_b < s_q} + 0.5 #{b: s_b = s_q}) / B
 
+(``s_b = s_q`` within float32 rounding, 1e-5 of the largest saliency, so that a query's
+relevance does not depend on which other queries share its batch)
+
 i.e. the share of unrelated captions the predictor finds less relevant to this stretch of video
 than the query. It is a rank, so its scale does not depend on the predictor, the video or the
 query: 0.5 is "as relevant as a typical unrelated caption", 0.95 "more relevant than 95 % of
@@ -39,6 +42,8 @@ import numpy as np
 from momentkit.inference.results import Moment, QueryResult
 from momentkit.inference.similarity import temporal_nms
 
+#: saliencies closer than this fraction of the largest one count as ties (float32 rounding)
+TIE_RTOL = 1e-5
 #: de-duplication: IoU and nesting (overlap / shorter span) at which a worse moment is dropped
 DEDUP_IOU = 0.5
 DEDUP_CONTAINMENT = 0.8
@@ -80,12 +85,16 @@ def bank_relevance(
     q = np.asarray(query_saliency, dtype=np.float64)
     ref = np.asarray(reference_saliency, dtype=np.float64)
     n = min(len(q), ref.shape[1])
+    # saliencies within float32 rounding of each other are ties: a query's saliency moves by
+    # ~1e-9 with the other queries of its batch, which must not change its relevance
+    tol = TIE_RTOL * max(float(np.abs(ref).max(initial=0.0)), float(np.abs(q).max(initial=0.0)))
     out = np.zeros(len(spans))
     for i, (start, end) in enumerate(np.asarray(spans, dtype=np.float64).reshape(-1, 2)):
         first, last = clip_range(clip_len, n, float(start), float(end))
         s_q = q[first:last].mean()
         s_b = ref[:, first:last].mean(1)
-        out[i] = (np.sum(s_b < s_q) + 0.5 * np.sum(s_b == s_q)) / len(s_b)
+        tied = np.abs(s_b - s_q) <= tol
+        out[i] = (np.sum((s_b < s_q) & ~tied) + 0.5 * np.sum(tied)) / len(s_b)
     return out
 
 

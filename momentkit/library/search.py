@@ -74,16 +74,16 @@ class LibraryMoment:
     video_score: float
     relevance: float | None = None
 
-    def to_dict(self, decimals: int = 4) -> dict[str, Any]:
+    def to_dict(self, decimals: int | None = None) -> dict[str, Any]:
         """JSON-ready: ``video_id``, ``path``, ``name``, ``start``, ``end`` (rounded to
-        ``decimals``), the scores and the relevance at full precision (zero-shot scores can be
-        1e-4 apart)."""
+        ``decimals`` when given), the scores and the relevance at full precision (zero-shot
+        scores can be 1e-4 apart)."""
         return {
             "video_id": self.video.id,
             "path": str(self.video.path),
             "name": self.video.name,
-            "start": round(self.start, decimals),
-            "end": round(self.end, decimals),
+            "start": self.start if decimals is None else round(self.start, decimals),
+            "end": self.end if decimals is None else round(self.end, decimals),
             "score": float(self.score),
             "moment_score": float(self.moment_score),
             "video_score": float(self.video_score),
