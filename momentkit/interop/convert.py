@@ -133,6 +133,8 @@ class Converted:
     model: MomentModel
     experiment: dict[str, Any]
     report: ConversionReport
+    #: the pipeline record of the training features (:func:`features_record`), if known
+    features: dict[str, Any] | None = None
 
 
 def map_tensors(
@@ -231,6 +233,16 @@ def map_tensors(
     return state, mapped, unused
 
 
+def jsonable(value: Any) -> Any:
+    """An option value as JSON for the report: scalars and lists as they are, anything else
+    (a ``torch.device``, a path) as its string."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
 def _names(names: Sequence[str], limit: int = 8) -> str:
     more = f" ... ({len(names)} in all)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
@@ -305,8 +317,23 @@ def write_converted(converted: Converted, out_dir: str | Path) -> Path:
         converted.model,
         model_config=converted.model.config.to_dict(),
         experiment=converted.experiment,
-        extra_files={REPORT_NAME: converted.report.to_dict()},
+        extra_files={
+            REPORT_NAME: converted.report.to_dict(),
+            **({"features.json": converted.features} if converted.features else {}),
+        },
     )
+
+
+def features_record(pipeline: str, *, clip_len: float = 2.0, **kwargs: Any) -> dict[str, Any]:
+    """The pipeline record (``features.json``) of the features an official checkpoint was
+    trained on, for :func:`write_converted` (``Converted.features``): e.g.
+    ``features_record("clip_slowfast")`` for Lighthouse/Moment-DETR/QD-DETR QVHighlights
+    checkpoints (``v_feat_types`` ``slowfast_clip``), ``features_record("clip")`` for CLIP-only
+    ones. ``kwargs`` (``mode``, ``video_streams``, ``text_stream``, ``text_dim``) go to
+    :func:`momentkit.extraction.record.make_record`."""
+    from momentkit.extraction.record import make_record
+
+    return make_record(pipeline, clip_len=clip_len, **kwargs)
 
 
 def experiment_dict(model_config: Any, **sections: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from momentkit.interop.convert import (
     Converted,
     TensorRule,
     experiment_dict,
+    jsonable,
     map_tensors,
 )
 
@@ -431,7 +432,7 @@ def convert(checkpoint: Any, path: Path, **options: Any) -> Converted:
         mapped=mapped,
         unused=unused,
         derived=[[k, v] for k, v in DERIVED.items()],
-        options={k: _jsonable(opt[k]) for k in read},
+        options={k: jsonable(opt[k]) for k in read},
         notes=_notes(checkpoint, opt),
     )
     experiment = experiment_dict(config, **experiment_sections(opt))
@@ -469,14 +470,6 @@ _OPTIONAL = (
     "no_norm_vfeat",
     "no_norm_tfeat",
 )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return str(value)
 
 
 def _notes(checkpoint: Mapping[str, Any], opt: Mapping[str, Any]) -> list[str]:

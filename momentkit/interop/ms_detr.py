@@ -33,6 +33,7 @@ from momentkit.interop.convert import (
     Converted,
     TensorRule,
     experiment_dict,
+    jsonable,
     map_tensors,
 )
 
@@ -416,18 +417,10 @@ def convert(checkpoint: Any, path: Path, **options: Any) -> Converted:
         mapped=mapped,
         unused=unused,
         derived=[[k, v] for k, v in derived.items()],
-        options={k: _jsonable(v) for k, v in sorted(opt.items())},
+        options={k: jsonable(v) for k, v in sorted(opt.items())},
         notes=_notes(checkpoint, opt),
     )
     return Converted(model, experiment_dict(config, **experiment_sections(opt)), report)
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return str(value)
 
 
 def _notes(checkpoint: Mapping[str, Any], opt: Mapping[str, Any]) -> list[str]:
