@@ -278,7 +278,7 @@ def test_a_failed_transaction_rolls_back_completely(tmp_path):
 
         store._conn = FailingStreams()  # type: ignore[assignment]
         a = next(v for v in store.videos() if v.name == "a.mp4")
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(LibraryError, match="disk I/O error; the device reported"):
             store.add_video(
                 FileStat(a.path, 1, 1), "x", 4.0, 2.0, {"clip": np.ones((2, 3))}, 0.1, a.id
             )

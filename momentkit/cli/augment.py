@@ -103,6 +103,12 @@ def run(args: argparse.Namespace) -> int:
     if args.per_generator < 1:
         raise MomentkitError(f"--per-generator must be >= 1, got {args.per_generator}")
     annotations = load_annotations(args.annotations)
+    if not annotations:
+        from momentkit.utils.errors import FormatError
+
+        raise FormatError(
+            args.annotations, None, None, "holds no queries", "Give one JSON row per query"
+        )
     lexicon = load_lexicon(args.lexicon)
     synth_encoder = None
     if args.synth is not None:
@@ -148,7 +154,12 @@ def _write_encoder_features(
     from momentkit.encoders import build_encoder
     from momentkit.features.base import text_key
     from momentkit.utils.io import atomic_write_bytes
+    from momentkit.utils.paths import safe_child
 
+    paths = {
+        it.entry.aug_id: safe_child(out, f"{text_key(it.entry.aug_id)}.npz", "aug_id")
+        for it in items
+    }
     out.mkdir(parents=True, exist_ok=True)
     encoder = build_encoder(args.text_encoder, device=args.device)
     if encoder.text_stream is None:
@@ -158,4 +169,4 @@ def _write_encoder_features(
         feats = encoder.encode_text([it.entry.query for it in chunk])
         for it, f in zip(chunk, feats, strict=True):
             arrays = {"last_hidden_state": f.last_hidden_state, "pooler_output": f.pooler_output}
-            atomic_write_bytes(out / f"{text_key(it.entry.aug_id)}.npz", npz_bytes(arrays))
+            atomic_write_bytes(paths[it.entry.aug_id], npz_bytes(arrays))

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             f"--clip-len must be a positive number of seconds, got {args.clip_len}"
         )
     db = Path(args.db)
-    created = not db.exists()
+    created = _create_exclusively(db)  # only the run that made the file may remove it
     try:
         with LibraryStore(db, create=True) as store:
             spec = args.encoder or store.encoder or "offline"
@@ -106,10 +106,33 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _create_exclusively(db: object) -> bool:
+    """Create the empty database file unless it exists; whether this call created it.
+
+    ``O_EXCL`` makes one of two runs started together the creator, so a run that fails (for
+    instance because the other holds the indexing lock) never removes the other's library.
+    """
+    import os
+    from pathlib import Path
+
+    from momentkit.utils.errors import MomentkitError
+
+    path = Path(str(db))
+    if path.is_dir():
+        raise MomentkitError(f"{path}: is a folder; give the library's database file (--db)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
 def _remove_database(db: object) -> None:
     """Delete a library database this run created (with SQLite's side files)."""
     from pathlib import Path
 
     path = Path(str(db))
-    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        p.unlink(missing_ok=True)
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)

@@ -91,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, MomentkitError | FileNotFoundError):
             print(f"momentkit {args.command}: error: {e}", file=sys.stderr)
             return 2
+        if isinstance(e, OSError | UnicodeError):  # file system and encoding: name the path
+            from momentkit.utils.errors import describe_os_error
+
+            print(f"momentkit {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+            return 2
         raise
 
 

@@ -46,8 +46,16 @@ def run(args: argparse.Namespace) -> int:
     """Predict and write ``--out``."""
     from momentkit.data.records import load_annotations, save_predictions
     from momentkit.training.pipeline import predict
+    from momentkit.utils.io import output_target
 
+    output_target(args.out)  # refuse a folder or a device before the work, not after
     annotations = load_annotations(args.annotations)
+    if not annotations:
+        from momentkit.utils.errors import FormatError
+
+        raise FormatError(
+            args.annotations, None, None, "holds no queries", "Give one JSON row per query"
+        )
     predictions = predict(
         args.checkpoint,
         annotations,

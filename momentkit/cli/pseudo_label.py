@@ -96,20 +96,26 @@ def _encode_captions(args: argparse.Namespace, captions: list) -> dict:
     from momentkit.encoders import EncoderError, build_encoder
     from momentkit.extraction.pipeline import save_npz
     from momentkit.features import text_key
+    from momentkit.utils.paths import safe_child
 
+    out = Path(args.text_out)
+    # every file name is checked before anything is written (a qid is data: never a path)
+    paths = {
+        c.qid: safe_child(out, f"{text_key(c.qid)}.npz", "qid", source=args.captions, line=c.line)
+        for c in captions
+    }
     encoder = build_encoder(args.text_encoder, device=args.device)
     if encoder.text_stream is None:
         raise EncoderError(
             f"encoder '{args.text_encoder}' has no text tower; pick one with a text stream "
             "(clip:..., siglip:..., offline) or pass --text-features"
         )
-    out = Path(args.text_out)
     vectors = {}
     for i in range(0, len(captions), args.batch_size):
         chunk = captions[i : i + args.batch_size]
         for cap, feats in zip(chunk, encoder.encode_text([c.caption for c in chunk]), strict=True):
             save_npz(
-                out / f"{text_key(cap.qid)}.npz",
+                paths[cap.qid],
                 last_hidden_state=feats.last_hidden_state,
                 pooler_output=feats.pooler_output,
             )
@@ -127,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         label_corpus,
         load_captions,
     )
-    from momentkit.utils.errors import FeatureError
+    from momentkit.utils.errors import FeatureError, FormatError
 
     if args.text_encoder and not args.text_out:
         print("momentkit pseudo-label: error: --text-encoder needs --text-out DIR", file=sys.stderr)
@@ -139,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"momentkit pseudo-label: error: {e}", file=sys.stderr)
         return 2
     captions = load_captions(args.captions)
+    if not captions:
+        raise FormatError(args.captions, None, None, "holds no captions", "One JSON row a caption")
     videos = open_feature_store(args.video_features)
     if args.text_features:
         store = StoreTextSource(args.text_features)
@@ -165,4 +173,11 @@ def run(args: argparse.Namespace) -> int:
     save_annotations(args.out, annotations)
     print(report.summary())
     print(f"wrote {len(annotations)} pseudo-labelled queries to {args.out}")
-    return 0 if annotations else 1
+    if not annotations:
+        print(
+            "momentkit pseudo-label: error: no caption could be labelled (see the reasons "
+            "above); check that --video-features holds the captions' videos",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

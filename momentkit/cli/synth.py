@@ -13,8 +13,6 @@ import argparse
 import dataclasses
 from typing import Any
 
-import yaml
-
 from momentkit.cli.common import add_set_argument
 from momentkit.utils.errors import MomentkitError
 
@@ -86,6 +84,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     listing the valid ones.
     """
     from momentkit.data.synth import SynthConfig
+    from momentkit.utils.yamlio import parse_yaml_value
 
     fields = {f.name for f in dataclasses.fields(SynthConfig)}
     out: dict[str, Any] = {}
@@ -97,6 +96,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise MomentkitError(
                 f"--set {key}: not a SynthConfig field; valid: {', '.join(sorted(fields))}"
             )
-        value = yaml.safe_load(text)
+        value = parse_yaml_value(text, f"--set {key}")
         out[key] = tuple(value) if isinstance(value, list) else value
     return out

@@ -152,6 +152,16 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.training.distributed import cleanup_distributed, init_distributed
     from momentkit.training.pipeline import train
 
+    if args.resume and not Path(args.out).is_dir():
+        raise ConfigError(
+            args.out,
+            None,
+            None,
+            "--resume: no such run folder"
+            if not Path(args.out).exists()
+            else "--resume: not a run folder",
+            "Check the --out path of the run to continue, or drop --resume to start a new run",
+        )
     cfg = resolve_config(args)
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))

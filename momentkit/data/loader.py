@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from momentkit.data.records import MomentAnnotation
+from momentkit.data.records import MomentAnnotation, check_clip_ids, check_clip_len
 from momentkit.features.base import FeatureStore, text_key
 from momentkit.features.loading import open_feature_store
 from momentkit.features.streams import TextFeatureSource, VideoFeatureSource
@@ -232,6 +232,10 @@ class MomentDataset(Dataset[MomentItem]):
         if isinstance(video_stores, str | Path):
             video_stores = [video_stores]
         self.annotations = list(annotations)
+        clip_len = check_clip_len(clip_len, "data.clip_len")
+        # clip ids of moment data (QVHighlights-style rows) against their durations, before any
+        # epoch; highlight-only rows (TVSum, YouTube Highlights) number clips by their labels
+        check_clip_ids([a for a in self.annotations if a.relevant_windows], clip_len)
         self.video = VideoFeatureSource(
             [open_feature_store(s, cache=cache) for s in video_stores],
             normalize=normalize_video,

@@ -31,6 +31,13 @@ from momentkit.utils.io import iter_jsonl, write_jsonl
 
 Qid = int | str
 
+#: longest video accepted, in seconds (11.6 days): a larger ``duration`` is a unit mistake (ms?)
+#: and would size per-clip arrays of terabytes
+MAX_DURATION = 1e6
+#: how far a ground-truth window may end past ``duration`` (releases round the two differently;
+#: ActivityNet Captions ends 5 windows 0.01 s past the video)
+WINDOW_SLACK = 1.0
+
 _ANNOTATION_KEYS = (
     "qid",
     "query",
@@ -146,6 +153,8 @@ class MomentAnnotation:
     saliency_scores: list[list[float]] = field(default_factory=list)
     domain: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``(file, line)`` the record was read from (for error messages; not part of the row)
+    source: tuple[str | None, int | None] = field(default=(None, None), compare=False, repr=False)
 
     @classmethod
     def from_dict(
@@ -161,7 +170,22 @@ class MomentAnnotation:
         duration = obj["duration"]
         if not _is_number(duration) or duration <= 0:
             raise where.error("duration", f"expected a positive number, got {duration!r}")
+        if duration > MAX_DURATION:
+            raise where.error(
+                "duration",
+                f"{duration!r} seconds is more than {MAX_DURATION:g} s ({MAX_DURATION / 86400:.1f} "
+                "days)",
+                "Durations are in seconds; check the unit",
+            )
         windows = _windows(obj.get("relevant_windows"), "relevant_windows", where, False)
+        for i, (start, end) in enumerate(windows):
+            if start < 0 or start > duration or end > duration + WINDOW_SLACK:
+                raise where.error(
+                    f"relevant_windows[{i}]",
+                    f"[{start}, {end}] is outside the {duration} s video",
+                    "Windows are [start, end] seconds within 0 and duration; fix the window or "
+                    "the duration",
+                )
         clip_ids = obj.get("relevant_clip_ids") or []
         if not isinstance(clip_ids, list) or not all(
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in clip_ids
@@ -174,7 +198,7 @@ class MomentAnnotation:
             raise where.error(
                 "saliency_scores", "expected a list of per-annotator score lists, e.g. [[1, 2, 3]]"
             )
-        if scores and len(scores) != len(clip_ids):
+        if len(scores) != len(clip_ids):
             raise where.error(
                 "saliency_scores",
                 f"has {len(scores)} rows but relevant_clip_ids has {len(clip_ids)} entries",
@@ -182,7 +206,9 @@ class MomentAnnotation:
             )
         domain = obj.get("domain")
         extra = {k: v for k, v in obj.items() if k not in _ANNOTATION_KEYS and k != "domain"}
-        return cls(qid, query, vid, duration, windows, clip_ids, scores, domain, extra)
+        record = cls(qid, query, vid, duration, windows, clip_ids, scores, domain, extra)
+        record.source = (str(path) if path is not None else None, line)
+        return record
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON row (QVHighlights schema), with ``extra`` fields restored."""
@@ -259,6 +285,71 @@ class MomentPrediction:
             row["pred_saliency_scores"] = self.pred_saliency_scores
         row.update(self.extra)
         return row
+
+
+def check_clip_len(clip_len: Any, what: str = "clip_len") -> float:
+    """``clip_len`` as a float when it is a finite number of seconds > 0.
+
+    Raises:
+        FormatError: naming ``what`` (e.g. ``--clip-len``), for 0, negatives, NaN, inf.
+    """
+    if not _is_number(clip_len) or clip_len <= 0:
+        raise FormatError(
+            what,
+            None,
+            None,
+            f"expected a positive number of seconds per clip, got {clip_len!r}",
+            "QVHighlights, TACoS and ActivityNet features use 2, Charades-STA 1",
+        )
+    return float(clip_len)
+
+
+def num_clips(duration: float, clip_len: float, partial_last: bool = False) -> int:
+    """Clips of a ``duration`` s video cut in ``clip_len`` s clips.
+
+    Args:
+        partial_last: count a last clip that the video ends inside of (``ceil``: the clips of
+            TVSum and YouTube Highlights' per-clip labels); ``False``: the official QVHighlights
+            rule ``int(duration / clip_len)`` (its evaluator's arrays have that many columns).
+    """
+    if partial_last:
+        return max(1, math.ceil(duration / clip_len - 1e-9))
+    return int(duration / clip_len)
+
+
+def check_clip_ids(
+    annotations: Iterable[MomentAnnotation],
+    clip_len: float,
+    path: str | Path | None = None,
+    *,
+    partial_last: bool = True,
+) -> None:
+    """Refuse ``relevant_clip_ids`` beyond the clips of the video (see :func:`num_clips`).
+
+    The one check of clip ids against durations: the training data use it on moment rows (a
+    last partial clip counted: a clip must start inside the video), the QVHighlights evaluator
+    with the official count. Highlight-only rows (TVSum, YouTube Highlights) number their clips
+    by their labels, not by the duration.
+
+    Raises:
+        FormatError: naming the file and line of the record (``path`` when the record does not
+            know its own), the qid and the clip count.
+    """
+    clip_len = check_clip_len(clip_len)
+    for a in annotations:
+        if not a.relevant_clip_ids:
+            continue
+        n, top = num_clips(a.duration, clip_len, partial_last), max(a.relevant_clip_ids)
+        if top >= n:
+            file, line = a.source
+            raise FormatError(
+                file or path,
+                line,
+                "relevant_clip_ids",
+                f"qid {a.qid!r}: clip id {top} is beyond the {n} clips of a {a.duration} s "
+                f"video cut in {clip_len} s clips",
+                "Check duration and the clip length",
+            )
 
 
 def _check_unique(qids: Sequence[Qid], lines: Sequence[int], path: str | Path) -> None:

@@ -50,7 +50,8 @@ import numpy as np
 
 from momentkit.data.records import MomentAnnotation, save_annotations
 from momentkit.utils.errors import MomentkitError
-from momentkit.utils.io import write_json, write_jsonl
+from momentkit.utils.io import read_json, write_json, write_jsonl
+from momentkit.utils.paths import safe_child
 from momentkit.utils.registry import Registry
 
 FORMAT_VERSION = 1
@@ -795,6 +796,34 @@ def _install(staging: Path, outdir: Path, rel: str) -> None:
     os.replace(src, dst)
 
 
+def check_overwrite(outdir: Path, existing: list[str], overwrite: bool) -> None:
+    """Refuse to replace the files ``existing`` of ``outdir`` unless ``overwrite`` and
+    ``outdir`` holds a benchmark this tool wrote (its ``synth_config.json`` marker): a folder
+    of other data is never replaced, even with ``--force``.
+
+    Raises:
+        MomentkitError: naming the folder, what it holds and what to do.
+    """
+    if not existing:
+        return
+    if not overwrite:
+        raise MomentkitError(
+            f"{outdir} already holds {', '.join(existing)}. Pass overwrite=True (--force on the "
+            "command line) to replace them, or choose another folder"
+        )
+    marker = outdir / CONFIG_FILE
+    try:
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != "momentkit-synth":
+        raise MomentkitError(
+            f"{outdir} holds {', '.join(existing)} but is not a benchmark written by `momentkit "
+            f"synth` (no valid {CONFIG_FILE}); --force replaces only those. Choose another "
+            "folder, or move these files away"
+        )
+
+
 def write_sample(
     config: SynthConfig, world: World, split: str, index: int, root: Path
 ) -> tuple[MomentAnnotation, dict[str, Any]]:
@@ -805,9 +834,9 @@ def write_sample(
     """
     ann, latent, streams, text = generate_sample(config, world, split, index)
     for name, array in streams.items():
-        path = root / STREAM_DIRS[name] / f"{ann.vid}.npz"
+        path = safe_child(root / STREAM_DIRS[name], f"{ann.vid}.npz", "vid")
         path.write_bytes(npz_bytes({"features": array}, config.compress))
-    path = root / STREAM_DIRS["clip_text"] / f"qid{ann.qid}.npz"
+    path = safe_child(root / STREAM_DIRS["clip_text"], f"qid{ann.qid}.npz", "qid")
     path.write_bytes(npz_bytes(text, config.compress))
     return ann, latent
 
@@ -838,12 +867,7 @@ def generate(
 
     start = time.perf_counter()
     outdir = Path(outdir)
-    existing = [rel for rel in _outputs() if (outdir / rel).exists()]
-    if existing and not overwrite:
-        raise MomentkitError(
-            f"{outdir} already holds {', '.join(existing)}. Pass overwrite=True (--force on the "
-            "command line) to replace them, or choose another folder"
-        )
+    check_overwrite(outdir, [rel for rel in _outputs() if (outdir / rel).exists()], overwrite)
     outdir.mkdir(parents=True, exist_ok=True)
     sizes = split_sizes(config)
     jobs = [(split, i) for split, n in sizes.items() for i in range(n)]
@@ -894,10 +918,15 @@ def load_synth_config(outdir: str | Path) -> SynthConfig:
     path = Path(outdir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file; is {outdir} a `momentkit synth` folder?")
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    if meta.get("format") != "momentkit-synth":
+    meta = read_json(path, "a synth_config.json")
+    if not isinstance(meta, dict) or meta.get("format") != "momentkit-synth":
         raise MomentkitError(f"{path}: not written by `momentkit synth` (format field)")
-    return SynthConfig.from_dict(meta["config"])
+    if not isinstance(meta.get("config"), dict):
+        raise MomentkitError(f"{path}: field 'config': missing. Re-run `momentkit synth`")
+    try:
+        return SynthConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise MomentkitError(f"{path}: field 'config': {e}. Re-run `momentkit synth`") from None
 
 
 # modes defined in their own modules register themselves in SYNTH_MODES when imported

@@ -50,6 +50,7 @@ from momentkit.data.synth import (
     _orthonormal_rows,
     annotate,
     build_world,
+    check_overwrite,
     draw_query,
     encode_text,
     latent_row,
@@ -60,6 +61,7 @@ from momentkit.data.synth import (
 )
 from momentkit.utils.errors import MomentkitError
 from momentkit.utils.io import write_json, write_jsonl
+from momentkit.utils.paths import safe_child
 
 LONG_MODE = "long"
 #: shortest video the ``long`` mode plans (seconds)
@@ -269,12 +271,7 @@ def write_long_benchmark(
     dirs = dict(STREAM_DIRS) | ({BAM_STREAM: BAM_DIR} if features.bam else {})
     outputs = [f"annotations/{s}.jsonl" for s in SPLITS] + [f"latent/{s}.jsonl" for s in SPLITS]
     outputs += [*dirs.values(), CONFIG_FILE]
-    existing = [rel for rel in outputs if (outdir / rel).exists()]
-    if existing and not overwrite:
-        raise MomentkitError(
-            f"{outdir} already holds {', '.join(existing)}. Pass overwrite=True (--force on the "
-            "command line) to replace them, or choose another folder"
-        )
+    check_overwrite(outdir, [rel for rel in outputs if (outdir / rel).exists()], overwrite)
     outdir.mkdir(parents=True, exist_ok=True)
     generator = LongVideoGenerator(config, features)
     sizes = split_sizes(config)
@@ -287,9 +284,9 @@ def write_long_benchmark(
         for split, i in tqdm(jobs, desc="synth long", unit="video", disable=not progress):
             sample = generator.sample(split, i)
             for name, array in sample.streams.items():
-                path = staging / dirs[name] / f"{sample.annotation.vid}.npz"
+                path = safe_child(staging / dirs[name], f"{sample.annotation.vid}.npz", "vid")
                 path.write_bytes(npz_bytes({"features": array}, config.compress))
-            path = staging / dirs["clip_text"] / f"qid{sample.annotation.qid}.npz"
+            path = safe_child(staging / dirs["clip_text"], f"qid{sample.annotation.qid}.npz", "qid")
             path.write_bytes(npz_bytes(sample.text, config.compress))
             sample.streams = {}  # keep only the records in memory
             rows[split].append(sample)

@@ -31,7 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from momentkit.data.records import MomentAnnotation, MomentPrediction
+from momentkit.data.records import (
+    MomentAnnotation,
+    MomentPrediction,
+    check_clip_ids,
+    check_clip_len,
+)
+from momentkit.data.records import num_clips as clip_count
 from momentkit.evaluation.average_precision import (
     cross_iou,
     detection_ap,
@@ -150,6 +156,37 @@ def eval_moment_retrieval(
     return out
 
 
+#: most bytes the dense per-clip ground truth of one evaluation may take (8 GiB)
+MAX_SALIENCY_BYTES = 8 << 30
+
+
+def _check_size(
+    annotations: Sequence[MomentAnnotation],
+    num_clips: Sequence[int],
+    num_a: int,
+    clip_len: float,
+    gt_path: str | Path | None,
+) -> None:
+    """Refuse ground truth whose dense ``(Q, A, max clips)`` scores would not fit in memory."""
+    if not num_clips:
+        return
+    longest = max(range(len(num_clips)), key=num_clips.__getitem__)
+    # float64 ground truth, its 3 binarised levels and the scores: about 5 such arrays
+    size = 5 * 8 * len(num_clips) * num_a * num_clips[longest]
+    if size > MAX_SALIENCY_BYTES:
+        ann = annotations[longest]
+        file, line = ann.source
+        raise FormatError(
+            file or gt_path,
+            line,
+            "duration",
+            f"qid {ann.qid!r}: a {ann.duration} s video in {clip_len} s clips has "
+            f"{num_clips[longest]} clips; scoring {len(num_clips)} queries at that length needs "
+            f"{size / 2**30:.0f} GiB",
+            "Check the duration (seconds) and the clip length, or score long videos apart",
+        )
+
+
 def _ground_truth_saliency(
     annotations: Sequence[MomentAnnotation], clip_len: float, gt_path: str | Path | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -164,9 +201,11 @@ def _ground_truth_saliency(
             "Give every clip the same number of annotator scores",
         )
     num_a = num_annotators.pop() if num_annotators else 1
-    num_clips = [int(a.duration / clip_len) for a in annotations]
+    clip_len = check_clip_len(clip_len)
+    num_clips = [clip_count(a.duration, clip_len) for a in annotations]
+    _check_size(annotations, num_clips, num_a, clip_len, gt_path)
     full = np.zeros((len(annotations), num_a, max(num_clips, default=0)))
-    for i, (ann, n) in enumerate(zip(annotations, num_clips)):
+    for i, ann in enumerate(annotations):
         if not ann.relevant_clip_ids:
             raise FormatError(
                 gt_path,
@@ -176,15 +215,7 @@ def _ground_truth_saliency(
                 "Highlight metrics need relevant_clip_ids and saliency_scores; drop "
                 "pred_saliency_scores from the predictions to evaluate moments only",
             )
-        if n == 0 or max(ann.relevant_clip_ids) >= n:
-            raise FormatError(
-                gt_path,
-                None,
-                "relevant_clip_ids",
-                f"qid {ann.qid!r}: clip id {max(ann.relevant_clip_ids)} is beyond the {n} clips "
-                f"of a {ann.duration} s video cut in {clip_len} s clips",
-                "Check duration and the clip length",
-            )
+        check_clip_ids([ann], clip_len, gt_path, partial_last=False)  # the official count
         if any(len(row) != num_a for row in ann.saliency_scores):
             raise FormatError(
                 gt_path,
@@ -261,7 +292,7 @@ class QVHighlightsEvaluator(Evaluator):
         gt_path: str | Path | None = None,
     ) -> None:
         super().__init__(annotations, match_number=match_number, gt_path=gt_path)
-        self.clip_len = clip_len
+        self.clip_len = check_clip_len(clip_len)
         self.verbose = verbose
 
     def _check(

@@ -20,6 +20,10 @@ from momentkit.utils.errors import FeatureError
 # and ``pooler_output`` (one vector).
 DEFAULT_FIELDS: tuple[str, ...] = ("features", "last_hidden_state", "pooler_output")
 
+#: most bytes one feature array may take when read (1 GiB: 8 hours of 2304-d SlowFast features
+#: at 2 s clips take 33 MiB); a file declaring more is refused before anything is allocated
+MAX_ARRAY_BYTES = 1 << 30
+
 
 @runtime_checkable
 class FeatureStore(Protocol):

@@ -7,14 +7,22 @@ Query features: ``<dir>/qid<qid>.npz`` holding ``last_hidden_state`` ``(tokens, 
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from momentkit.features.base import DEFAULT_FIELDS, as_2d, check_dim, check_finite
+from momentkit.features.base import (
+    DEFAULT_FIELDS,
+    MAX_ARRAY_BYTES,
+    as_2d,
+    check_dim,
+    check_finite,
+)
 from momentkit.utils.errors import FeatureError
+from momentkit.utils.paths import unsafe_name_reason
 
 
 def select_field(names: list[str], field: str | None, source: str) -> str:
@@ -40,25 +48,81 @@ def select_field(names: list[str], field: str | None, source: str) -> str:
     )
 
 
+def _check_member(archive: zipfile.ZipFile, name: str, file: Path) -> None:
+    """Refuse array ``name`` of ``archive`` when it would take more than
+    :data:`~momentkit.features.base.MAX_ARRAY_BYTES` once read.
+
+    Reads the sizes the archive declares before anything is decompressed in full: the zip
+    entry's uncompressed size (a zip bomb declares a huge one, or decompresses past a small one,
+    which zipfile stops at) and the shape and dtype of the ``.npy`` header (numpy allocates that
+    much before reading the data).
+    """
+    try:
+        info = archive.getinfo(f"{name}.npy")
+    except KeyError:
+        return  # an array numpy stores otherwise: np.load reports it
+    limit = MAX_ARRAY_BYTES
+    if info.file_size > limit + 65536:
+        raise FeatureError(
+            f"{file}: array '{name}' declares {info.file_size / 2**20:.0f} MiB once "
+            f"decompressed, more than the {limit / 2**20:.0f} MiB a feature array may take. "
+            "The file is damaged or not a feature file; re-extract it"
+        )
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        header = f.tell()
+    count = math.prod(shape)
+    size = count * dtype.itemsize
+    if size > limit or size > max(info.file_size - header, 0):
+        raise FeatureError(
+            f"{file}: array '{name}' declares shape {tuple(shape)} of {dtype} "
+            f"({size / 2**20:.1f} MiB) but "
+            + (
+                f"a feature array may take at most {limit / 2**20:.0f} MiB"
+                if size > limit
+                else f"the archive holds {max(info.file_size - header, 0)} bytes of data"
+            )
+            + ". The file is damaged or not a feature file; re-extract it"
+        )
+
+
 def read_npz(file: Path, field: str | None) -> tuple[np.ndarray, str]:
     """Read one feature array from ``file``; returns ``(array (L, D) float32, field name)``.
 
+    The sizes the file declares are checked before its array is read (:func:`_check_member`),
+    so a crafted file cannot make the reader allocate or decompress without bound.
+
     Raises:
-        FeatureError: the file is unreadable, or the array is not numeric, (L, D) or (D,), finite.
+        FeatureError: the file is unreadable, too large, or the array is not numeric, (L, D)
+            or (D,), finite.
     """
     try:
+        if not zipfile.is_zipfile(file):
+            if not file.exists():
+                raise FileNotFoundError(file)
+            raise FeatureError(
+                f"{file}: cannot read the file (not a zip archive). It is damaged or not written "
+                "by numpy.savez; re-extract or re-download it"
+            )
+        with zipfile.ZipFile(file) as archive:
+            names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+            name = select_field(names, field, str(file))
+            _check_member(archive, name, file)
         npz = np.load(file, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise FeatureError(f"{file}: not a .npz archive. Save features with numpy.savez")
         with npz:
-            name = select_field(list(npz.files), field, str(file))
             array = npz[name]
     except (FeatureError, FileNotFoundError):
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, NotImplementedError) as e:
         raise FeatureError(
-            f"{file}: cannot read the file ({e}). It is damaged or not written by numpy.savez; "
-            "re-extract or re-download it"
+            f"{file}: cannot read the file ({type(e).__name__}: {e}). It is damaged or not "
+            "written by numpy.savez; re-extract or re-download it"
         ) from None
     if array.dtype.kind not in "fiu":
         raise FeatureError(f"{file}: array '{name}' has dtype {array.dtype}; expected numbers")
@@ -135,7 +199,19 @@ class NpzFeatureStore:
         return self._dim
 
     def file(self, key: str) -> Path:
-        """The file holding ``key``'s features."""
+        """The file holding ``key``'s features.
+
+        Raises:
+            FeatureError: ``key`` is not a plain file name (a path separator, ``..``, NUL): a
+                key from an annotation file never reads outside the directory.
+        """
+        reason = unsafe_name_reason(f"{key}.npz")
+        if reason is not None:
+            what = "query" if key.startswith("qid") else "video"
+            raise FeatureError(
+                f"{self.path}: the {what} id {key!r} cannot name a feature file ({reason}). "
+                "Ids must be plain names; fix the annotation"
+            )
         return self.path / f"{key}.npz"
 
     def get(self, key: str, max_rows: int | None = None) -> np.ndarray:

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from momentkit.features.base import FeatureStore, check_finite
-from momentkit.utils.errors import FeatureError
-from momentkit.utils.io import write_json
+from momentkit.utils.errors import FeatureError, MomentkitError
+from momentkit.utils.io import output_error, write_json
 
 FORMAT = "momentkit-packed-features"
 VERSION = 1
@@ -61,7 +61,7 @@ class PackedFeatureStore:
             )
         try:
             index = json.loads(index_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise FeatureError(
                 f"{index_file}: unreadable index ({e}). Re-run `momentkit pack`"
             ) from None
@@ -69,11 +69,9 @@ class PackedFeatureStore:
         self.dtype = np.dtype(index["dtype"])
         self._dim = int(index["dim"])
         self.rows = int(index["rows"])
-        self.field: str | None = index.get("field")
-        self.source: str | None = index.get("source")
-        self._items: dict[str, tuple[int, int]] = {
-            k: (int(v[0]), int(v[1])) for k, v in index["items"].items()
-        }
+        self.field: str | None = _optional_str(index, "field", index_file)
+        self.source: str | None = _optional_str(index, "source", index_file)
+        self._items: dict[str, tuple[int, int]] = _check_items(index, index_file)
         data_file = self.path / DATA_NAME
         expected = self.rows * self._dim * self.dtype.itemsize
         actual = data_file.stat().st_size if data_file.is_file() else -1
@@ -96,8 +94,13 @@ class PackedFeatureStore:
         if index.get("dtype") not in DTYPES:
             raise FeatureError(f"{index_file}: field 'dtype': expected one of {DTYPES}")
         for name in ("dim", "rows"):
-            if not isinstance(index.get(name), int) or index[name] < 0:
-                raise FeatureError(f"{index_file}: field '{name}': expected a count")
+            if not _is_count(index.get(name)):
+                raise FeatureError(
+                    f"{index_file}: field '{name}': expected a non-negative integer, got "
+                    f"{index.get(name)!r}"
+                )
+        if index["dim"] < 1:
+            raise FeatureError(f"{index_file}: field 'dim': expected at least 1 channel")
         if not isinstance(index.get("items"), dict):
             raise FeatureError(f"{index_file}: field 'items': expected an object")
 
@@ -158,6 +161,43 @@ class PackedFeatureStore:
         return view.astype(np.float32)
 
 
+def _optional_str(index: dict[str, Any], name: str, index_file: Path) -> str | None:
+    value = index.get(name)
+    if value is not None and not isinstance(value, str):
+        raise FeatureError(f"{index_file}: field '{name}': expected a string, got {value!r}")
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_items(index: dict[str, Any], index_file: Path) -> dict[str, tuple[int, int]]:
+    """``key -> (first row, rows)`` of a read index, each inside the ``rows`` of ``data.bin``.
+
+    Raises:
+        FeatureError: naming the item whose entry is not two non-negative integers or
+            reaches past the data.
+    """
+    rows = index["rows"]
+    items: dict[str, tuple[int, int]] = {}
+    for key, value in index["items"].items():
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_count(v) for v in value)):
+            raise FeatureError(
+                f"{index_file}: field 'items.{key}': expected [first_row, rows] as two "
+                f"non-negative integers, got {value!r}. The index was modified; re-run "
+                "`momentkit pack`"
+            )
+        first, count = value
+        if first + count > rows:
+            raise FeatureError(
+                f"{index_file}: field 'items.{key}': rows {first}..{first + count} reach past "
+                f"the {rows} rows of {DATA_NAME}. The index was modified; re-run `momentkit pack`"
+            )
+        items[key] = (first, count)
+    return items
+
+
 def _write_data(
     source: FeatureStore, keys: Iterable[str], data_file: Path, dtype: np.dtype
 ) -> tuple[dict[str, list[int]], int]:
@@ -209,8 +249,7 @@ def pack_features(
     out = Path(out)
     if dtype not in DTYPES:
         raise FeatureError(f"unsupported dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
-    if out.exists() and not overwrite:
-        raise FeatureError(f"{out}: already exists. Pass --overwrite to replace it")
+    _check_output(Path(source.path), out, overwrite)
     keys = source.keys()
     if not keys:
         raise FeatureError(f"{source.path}: no feature files to pack")
@@ -232,19 +271,84 @@ def pack_features(
         }
         write_json(tmp / INDEX_NAME, index, indent=None)
         _replace_dir(tmp, out, overwrite)
+    except OSError as e:  # disk full, read-only, ...: name the store, leave nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, MomentkitError):
+            raise
+        raise output_error(out, e, "write the packed store") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PackedFeatureStore(out)
 
 
-def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and then deleted."""
-    if not out.exists():
-        os.replace(tmp, out)
+def _check_output(src: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an output that is, holds or lies inside the source, and any existing output that
+    is not a packed store this tool wrote (``--overwrite`` deletes only those).
+
+    Raises:
+        FeatureError: naming the path and what to do instead.
+    """
+    a, b = src.resolve(), out.resolve()
+    if a == b:
+        raise FeatureError(
+            f"{out}: is the source folder itself. Give another OUT_DIR (packing never "
+            "replaces its source)"
+        )
+    if b.is_relative_to(a) or a.is_relative_to(b):
+        inside = "inside the source" if b.is_relative_to(a) else "a folder holding the source"
+        raise FeatureError(f"{out}: is {inside} {src}. Give an OUT_DIR outside the source folder")
+    _check_replaceable(out, overwrite)
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse an existing ``out`` unless ``overwrite`` and it is empty or a packed store."""
+    if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
         raise FeatureError(f"{out}: already exists. Pass --overwrite to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise FeatureError(
+            f"{out}: is not a packed feature store (it is a "
+            f"{'symbolic link' if out.is_symlink() else 'file'}); --overwrite replaces only a "
+            "store written by `momentkit pack`. Remove it yourself or choose another OUT_DIR"
+        )
+    names = {e.name for e in os.scandir(out)}
+    if not names:
+        return  # an empty folder: nothing to lose
+    if not is_packed_store(out) or not _is_our_index(out / INDEX_NAME):
+        raise FeatureError(
+            f"{out}: is not a packed feature store (no momentkit {INDEX_NAME}); --overwrite "
+            "replaces only a store written by `momentkit pack`. Remove it yourself or choose "
+            "another OUT_DIR"
+        )
+    others = sorted(names - {INDEX_NAME, DATA_NAME})
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise FeatureError(
+            f"{out}: holds files that are not part of a packed store ({shown}); --overwrite "
+            "would delete them. Move them away or choose another OUT_DIR"
+        )
+
+
+def _is_our_index(index_file: Path) -> bool:
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(index, dict) and index.get("format") == FORMAT
+
+
+def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and then deleted.
+
+    ``out`` is checked again right before (:func:`_check_replaceable`): only an empty folder
+    or a store written by :func:`pack_features` is ever deleted.
+    """
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    _check_replaceable(out, overwrite)
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
     os.rmdir(old)
     os.replace(out, old)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from momentkit.data.records import check_clip_len
 from momentkit.library.files import FileStat, file_sha256, plan_changes, scan_videos, stat_file
 from momentkit.library.protocols import EncodingPredictor
 from momentkit.library.space import RetrievalSpace
@@ -114,6 +115,7 @@ class Indexer:
     Raises:
         LibraryError: the library was indexed with another encoder or clip length.
         EncoderError: ``spec`` gives no space shared by clips and queries.
+        FormatError: ``clip_len`` is not a positive number of seconds.
     """
 
     def __init__(
@@ -131,7 +133,7 @@ class Indexer:
         self._predictor = predictor
         self.progress = progress
         self.retry_failed = retry_failed
-        self.clip_len = float(clip_len)
+        self.clip_len = check_clip_len(clip_len, "clip_len")  # 0, negative, NaN: refused
         store.bind(spec, self.space.stream, self.clip_len)
 
     def predictor(self) -> EncodingPredictor:
@@ -145,7 +147,12 @@ class Indexer:
 
         Raises:
             FileNotFoundError: ``root`` is not a directory.
+            IndexLockedError: another indexing run holds the library (one at a time).
         """
+        with self.store.index_lock():
+            return self._run(root)
+
+    def _run(self, root: str | Path) -> IndexReport:
         start = time.perf_counter()
         started_at = time.time()
         root = Path(root).resolve()

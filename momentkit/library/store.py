@@ -23,6 +23,7 @@ in WAL mode, so a server can read while ``momentkit index`` writes.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -93,6 +94,46 @@ CREATE TABLE IF NOT EXISTS runs(
 
 class LibraryError(MomentkitError):
     """A library database that cannot be used as asked (missing, other encoder, other schema)."""
+
+
+class IndexLockedError(LibraryError):
+    """Another indexing run holds the library."""
+
+
+_READONLY_MARKERS = ("readonly database", "read-only", "unable to open database file")
+
+
+def _is_readonly_error(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be written (not that it is damaged)."""
+    if isinstance(error, PermissionError):
+        return True
+    lowered = str(error).lower()
+    return isinstance(error, sqlite3.OperationalError) and any(
+        m in lowered for m in _READONLY_MARKERS
+    )
+
+
+def _library_error(path: Path, error: sqlite3.Error) -> LibraryError:
+    """A one-line error for an SQLite failure, naming the library and what to do."""
+    text = str(error)
+    lowered = text.lower()
+    if "full" in lowered:
+        hint = (
+            "the disk is full: free some space and run again (the videos committed so far are "
+            "kept, the library is consistent)"
+        )
+    elif any(m in lowered for m in _READONLY_MARKERS):
+        hint = (
+            "it cannot be written here (read-only file system, or no write permission on the "
+            "file or its folder): search it, or index into a writable --db"
+        )
+    elif "locked" in lowered or "busy" in lowered:
+        hint = "another process holds it: wait for it to finish and run again"
+    elif "disk i/o" in lowered:
+        hint = "the device reported an I/O error: check the disk"
+    else:
+        hint = "the database may be damaged: re-index into a new --db"
+    return LibraryError(f"{path}: {text}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -193,31 +234,122 @@ class LibraryStore:
     The connection is shared by the threads of a server; every method holds a lock.
     """
 
-    def __init__(self, path: str | Path, *, create: bool = False) -> None:
+    def __init__(self, path: str | Path, *, create: bool = False, readonly: bool = False) -> None:
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        if self.path.is_dir():
+            raise LibraryError(
+                f"{self.path}: is a folder, not a library database. Give the --db file"
+            )
+        if (not create or readonly) and not self.path.is_file():
             raise LibraryError(
                 f"{self.path}: no such library. Build it with `momentkit index VIDEO_DIR "
                 f"--db {self.path}`"
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
+        #: opened read-only: asked for, or the file or its folder cannot be written (a library
+        #: on read-only media is still searchable)
+        self.readonly = readonly
+        if not readonly:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = self._connect(readonly=False)
+                return
+            except LibraryError as e:
+                if create and not self.path.is_file():
+                    raise
+                if not _is_readonly_error(e.__cause__ or e):
+                    raise
+            except OSError as e:
+                raise LibraryError(
+                    f"{self.path}: cannot create the library's folder ({e.strerror}). Give a "
+                    "--db path in a writable folder"
+                ) from None
+            self.readonly = True
+        self._conn = self._connect(readonly=True)
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        """A connection set up for the library (WAL, foreign keys), schema checked.
+
+        Read-only: the file is opened with ``mode=ro``, or ``immutable=1`` where SQLite cannot
+        create the shared-memory file beside it (read-only media) and no write-ahead log holds
+        changes that are not yet in the file.
+        """
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._init_schema()
+            if readonly:
+                conn = self._connect_readonly()
+            else:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+                )
+        except sqlite3.Error as e:
+            raise _library_error(self.path, e) from e
+        self._conn = conn
+        try:
+            if not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            if readonly:
+                self._check_schema()
+            else:
+                self._init_schema()
+        except LibraryError:
+            conn.close()
+            raise
         except sqlite3.DatabaseError as e:
-            self._conn.close()
+            conn.close()
+            if isinstance(e, sqlite3.OperationalError) and _is_readonly_error(e):
+                raise _library_error(self.path, e) from e
+            if isinstance(e, sqlite3.OperationalError) and "full" in str(e):
+                raise _library_error(self.path, e) from e
             raise LibraryError(
                 f"{self.path}: not a momentkit library database ({e}). Give another --db path"
             ) from None
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        from urllib.parse import quote
+
+        uri = f"file:{quote(str(self.path.resolve()))}"
+        conn = sqlite3.connect(
+            f"{uri}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            raise LibraryError(
+                f"{self.path}: cannot be read here: the folder is read-only and {wal.name} "
+                "holds changes not yet merged into the library. Open it once where it is "
+                "writable (any `momentkit query` merges them), or copy the three files to a "
+                "writable folder"
+            )
+        return sqlite3.connect(
+            f"{uri}?immutable=1", uri=True, isolation_level=None, check_same_thread=False
+        )
+
+    def _check_schema(self) -> None:
+        """The checks of :meth:`_init_schema` without writing (read-only stores)."""
+        tables = {
+            r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if not {"meta", "videos", "clips", "streams"} <= tables:
+            raise LibraryError(
+                f"{self.path}: not a momentkit library database (tables missing). Give "
+                "another --db path"
+            )
+        version = self.get_meta("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise LibraryError(
+                f"{self.path}: library schema version {version}, this momentkit reads "
+                f"version {SCHEMA_VERSION}. Re-index into a new --db file"
+            )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -236,6 +368,47 @@ class LibraryStore:
                     f"{self.path}: library schema version {version}, this momentkit reads "
                     f"version {SCHEMA_VERSION}. Re-index into a new --db file"
                 )
+
+    @contextlib.contextmanager
+    def index_lock(self) -> Iterator[None]:
+        """Hold the library's indexing lock (``<db>.lock``, an OS file lock released when the
+        process ends, even by ``kill -9``): one indexing run at a time.
+
+        Raises:
+            IndexLockedError: another process holds it.
+        """
+        try:
+            import fcntl
+        except ImportError:  # no POSIX locks: SQLite's own locking still keeps rows consistent
+            yield
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise LibraryError(
+                f"{lock_path}: cannot create the indexing lock ({e.strerror}); index into a "
+                "--db in a writable folder"
+            ) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+                raise IndexLockedError(
+                    f"{self.path}: another `momentkit index` is running on this library"
+                    + (f" (process {holder})" if holder else "")
+                    + "; wait for it to finish, then run again (it indexes only what is left)"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Close the connection."""
@@ -259,17 +432,31 @@ class LibraryStore:
             if self._conn.in_transaction:  # nested: part of the enclosing transaction
                 yield
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            if self.readonly:
+                raise LibraryError(
+                    f"{self.path}: the library is read-only here (the file, its folder or the "
+                    "file system cannot be written); it can be searched, not changed. Index "
+                    "into a writable --db"
+                )
             try:
-                yield
-                if bump:
-                    self._conn.execute(
-                        "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'"
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    if bump:
+                        self._conn.execute(
+                            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                            "WHERE key='generation'"
+                        )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may have rolled back already (disk full, I/O error): do not hide
+                    # the error that caused it behind "cannot rollback"
+                    if self._conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                raise _library_error(self.path, e) from e
 
     # -- meta ------------------------------------------------------------------------------------
 
@@ -405,6 +592,27 @@ class LibraryStore:
             shapes = {k: a.shape for k, a in arrays.items()}
             raise ValueError(f"{stat.path}: streams must be (T, D) with one T, got {shapes}")
         num = next(iter(lengths.values()))
+        try:
+            return self._insert_video(
+                stat, sha256, duration, clip_len, arrays, num, encode_seconds, replace
+            )
+        except sqlite3.IntegrityError as e:  # another writer added this path meanwhile
+            raise LibraryError(
+                f"{stat.path}: was added to {self.path} by another process at the same time "
+                f"({e}); run the index again to reconcile"
+            ) from None
+
+    def _insert_video(
+        self,
+        stat: FileStat,
+        sha256: str,
+        duration: float,
+        clip_len: float,
+        arrays: Mapping[str, np.ndarray],
+        num: int,
+        encode_seconds: float,
+        replace: int | None,
+    ) -> int:
         with self.transaction():
             if replace is not None:
                 self._conn.execute("DELETE FROM videos WHERE id=?", (int(replace),))

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
@@ -35,8 +34,9 @@ from momentkit.modeling.mlp import InputProjection
 from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
 from momentkit.modeling.transformer import ACTIVATIONS
 from momentkit.utils.errors import FormatError
-from momentkit.utils.io import atomic_write_bytes, write_json
+from momentkit.utils.io import atomic_write_bytes, read_text, write_json
 from momentkit.utils.registry import Registry
+from momentkit.utils.weights import check_finite_weights, read_safetensors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -276,6 +276,31 @@ class DETRConfig(ModelConfig):
             raise ValueError(
                 f"model.align_alpha_warmup_steps must be >= 0, got {self.align_alpha_warmup_steps}"
             )
+        if (size := _estimated_parameters(self)) > MAX_PARAMETERS:  # before anything allocates
+            raise ValueError(
+                f"model of about {size / 1e9:.1f} billion parameters (hidden_dim "
+                f"{self.hidden_dim}, dim_feedforward {self.dim_feedforward}, video_dim "
+                f"{self.video_dim}); at most {MAX_PARAMETERS / 1e9:g} billion are accepted: "
+                "lower model.hidden_dim or model.dim_feedforward"
+            )
+
+
+#: largest model a config may describe (4 GB of float32 weights; the papers' are 5-50 million)
+MAX_PARAMETERS = 1_000_000_000
+
+
+def _estimated_parameters(c: DETRConfig) -> int:
+    """A rough count of the weights and buffers a DETR config describes (input projections,
+    transformer layers, query and position tables, Distill Align queues)."""
+    h, ff = c.hidden_dim, c.dim_feedforward
+    layer = 4 * h * h + 2 * h * ff
+    return (
+        (c.video_dim + c.text_dim) * h
+        + 2 * c.n_input_proj * h * h
+        + (c.enc_layers + 2 * c.dec_layers) * layer
+        + (c.num_queries + c.max_video_len + c.max_text_len) * h
+        + (2 * c.align_queue_size * h if c.distill_align else 0)
+    )
 
 
 def build_inputs(
@@ -381,17 +406,25 @@ class MomentModel(nn.Module):
                     f"{path}: no such file (expected a save_pretrained directory)"
                 )
         try:
-            data = json.loads(config_path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(config_path, "a model config"))
         except json.JSONDecodeError as e:
             raise FormatError(config_path, e.lineno, None, f"invalid JSON: {e.msg}") from None
+        except RecursionError:
+            raise FormatError(config_path, None, None, "invalid JSON: nested too deeply") from None
         config = config_from_dict(data, source=config_path)
         model_cls = MODELS.get(config.name)
         if not issubclass(model_cls, cls):
             raise FormatError(
                 config_path, None, "name", f"holds a '{config.name}' model, not a {cls.__name__}"
             )
-        model = model_cls(config)
-        state = load_file(weights_path, device=str(device))
+        try:  # a config.json edited by hand fails the model's own checks (e.g. dropout 2.0)
+            model = model_cls(config)
+        except (ValueError, TypeError) as e:
+            raise FormatError(
+                config_path, None, None, str(e), "Fix the value, or re-save the checkpoint"
+            ) from None
+        state = read_safetensors(weights_path, device=str(device))
+        check_finite_weights(state, weights_path)
         missing, unexpected = _state_mismatch(model, state)
         if missing or unexpected:
             raise FormatError(

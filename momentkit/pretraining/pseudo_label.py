@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from momentkit.data.records import MomentAnnotation
+from momentkit.data.records import MAX_DURATION, WINDOW_SLACK, MomentAnnotation
 from momentkit.structures.spans import window_to_clip_ids
 from momentkit.utils.errors import FeatureError, FormatError
 from momentkit.utils.io import iter_jsonl
@@ -110,6 +110,7 @@ def clip_similarities(video: np.ndarray, text: np.ndarray) -> np.ndarray:
 
 def interval_clips(start: float, end: float, clip_len: float, num_clips: int) -> np.ndarray:
     """Indices of the clips (of ``num_clips``) that the ``[start, end]`` seconds overlap."""
+    end = min(end, max(num_clips * clip_len, start))  # never a list longer than the video
     ids = np.asarray(window_to_clip_ids([start, end], clip_len), dtype=np.int64)
     return ids[ids < num_clips]
 
@@ -245,8 +246,16 @@ def load_captions(path: str | Path) -> list[Caption]:
         duration = _number(obj, "duration", path, line)
         if not 0 <= start < end:
             raise FormatError(path, line, "end", f"interval [{start}, {end}] is empty or negative")
-        if duration <= 0:
-            raise FormatError(path, line, "duration", f"expected > 0 seconds, got {duration}")
+        if not 0 < duration <= MAX_DURATION:
+            raise FormatError(
+                path, line, "duration", f"expected > 0 seconds, at most {MAX_DURATION:g}, got "
+                f"{duration}", "Durations are in seconds; check the unit",
+            )  # fmt: skip
+        if end > duration + WINDOW_SLACK:
+            raise FormatError(
+                path, line, "end", f"interval [{start}, {end}] is outside the {duration} s video",
+                "Give start and end in seconds within the duration",
+            )  # fmt: skip
         qid = obj.get("qid", row_number)
         if isinstance(qid, bool) or not isinstance(qid, int | str):
             raise FormatError(path, line, "qid", f"expected an integer or string, got {qid!r}")

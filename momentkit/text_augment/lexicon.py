@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from momentkit.utils.errors import FormatError
+from momentkit.utils.io import read_json
 
 BUILTIN_LEXICON = Path(__file__).with_name("lexicon.json")
 EDITABLE_POS = ("noun", "verb", "adjective")
@@ -141,10 +141,7 @@ def load_lexicon(path: str | Path | None = None) -> Lexicon:
         FormatError: naming the file and the malformed field.
     """
     path = Path(path) if path is not None else BUILTIN_LEXICON
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FormatError(path, e.lineno, None, f"invalid JSON: {e.msg}") from None
+    data = read_json(path, "a lexicon (JSON)")  # FormatError: not UTF-8, invalid JSON
     if not isinstance(data, dict):
         raise FormatError(path, None, None, "expected a JSON object")
     synonyms = _word_lists(data.get("synonyms", {}), path, "synonyms")
@@ -154,7 +151,10 @@ def load_lexicon(path: str | Path | None = None) -> Lexicon:
     if unknown:
         raise FormatError(path, None, "pos", f"unknown parts of speech {unknown}",
                           f"Use {', '.join(EDITABLE_POS)}")  # fmt: skip
-    temporal = data.get("temporal", {}).get("antonyms", {})
+    temporal = data.get("temporal", {})
+    if not isinstance(temporal, dict):
+        raise FormatError(path, None, "temporal", 'expected an object {"antonyms": {...}}')
+    temporal = temporal.get("antonyms", {})
     if not isinstance(temporal, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in temporal.items()
     ):

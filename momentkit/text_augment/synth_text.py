@@ -182,12 +182,13 @@ def write_synth_features(
     """Write each generated query's features as ``out/qid<aug_id>.npz`` (atomically)."""
     from momentkit.features.base import text_key
     from momentkit.utils.io import atomic_write_bytes
+    from momentkit.utils.paths import safe_child
 
     out = Path(out)
+    paths = [safe_child(out, f"{text_key(it.entry.aug_id)}.npz", "aug_id") for it in items]
     out.mkdir(parents=True, exist_ok=True)
-    for it in items:
-        arrays = encoder.encode(it.generated, it.source)
-        atomic_write_bytes(out / f"{text_key(it.entry.aug_id)}.npz", npz_bytes(arrays))
+    for it, path in zip(items, paths, strict=True):
+        atomic_write_bytes(path, npz_bytes(encoder.encode(it.generated, it.source)))
 
 
 def make_synth_corpus(root: str | Path, seed: int = 0, per_generator: int = 2) -> tuple[Path, Path]:

@@ -28,13 +28,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
 from momentkit.utils.errors import MomentkitError
-from momentkit.utils.io import atomic_write_bytes, write_json
+from momentkit.utils.io import atomic_write_bytes, read_text, write_json
+from momentkit.utils.paths import safe_child
+from momentkit.utils.weights import check_finite_weights, read_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
 MODEL_CONFIG_NAME = "config.json"
@@ -119,11 +121,14 @@ def load_state(directory: str | Path) -> Any:
     """Read a state written by :func:`save_state`."""
     directory = Path(directory)
     try:
-        tree = json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
+        tree = json.loads(read_text(directory / STATE_JSON, "a resume state"))
         tensors = st_load((directory / STATE_TENSORS).read_bytes())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{directory}: unreadable resume state ({e})") from None
-    return unpack_state(tree, tensors)
+        return unpack_state(tree, tensors)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, SafetensorError) as e:
+        raise CheckpointError(
+            f"{directory}: unreadable resume state ({type(e).__name__}: {e}). The checkpoint is "
+            "damaged; resume from a copy, or start a new run in another --out"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,11 +173,13 @@ def load_weights(
 
     Raises:
         CheckpointError: no weights file, or a tensor whose shape differs from the model's.
+        FormatError: the file is not readable safetensors, or holds NaN/Inf weights.
     """
     path = Path(directory) / WEIGHTS_NAME
     if not path.exists():
         raise CheckpointError(f"{path}: no such weights file")
-    state = load_file(str(path))
+    state = read_safetensors(path)
+    check_finite_weights(state, path)
     model = unwrap_model(model)
     own = model.state_dict()
     bad = [k for k, v in own.items() if k in state and state[k].shape != v.shape]
@@ -230,12 +237,27 @@ def save_checkpoint(
         if state is not None:
             save_state(tmp, state)
         for name, obj in (extra_files or {}).items():
-            write_json(tmp / name, obj)
+            write_json(safe_child(tmp, name, "extra_files"), obj)
+        _write_features_record(tmp, experiment, extra_files)
         _commit_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _write_features_record(
+    directory: Path, experiment: Mapping[str, Any], extra_files: Mapping[str, Any] | None
+) -> None:
+    """``features.json``: the pipeline record of the training video features (written by
+    ``momentkit extract``), unless the caller (a converter) wrote one."""
+    from momentkit.extraction.record import CHECKPOINT_RECORD, checkpoint_record
+
+    if CHECKPOINT_RECORD in (extra_files or {}):
+        return
+    record = checkpoint_record(experiment)
+    if record is not None:
+        write_json(directory / CHECKPOINT_RECORD, record)
 
 
 def find_checkpoint(directory: str | Path) -> Path | None:

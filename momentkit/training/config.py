@@ -26,6 +26,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from momentkit.utils.errors import FormatError
+from momentkit.utils.io import read_text
+from momentkit.utils.yamlio import parse_yaml, parse_yaml_value
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
@@ -89,7 +91,11 @@ class DataConfig:
         """Raise a ConfigError for out-of-range values."""
         where.check(self.max_v_len is None or self.max_v_len > 0, "data.max_v_len", "must be > 0")
         where.check(self.max_q_len > 0, "data.max_q_len", "must be > 0")
-        where.check(self.clip_len > 0, "data.clip_len", "must be > 0 seconds")
+        where.check(
+            math.isfinite(self.clip_len) and self.clip_len > 0,
+            "data.clip_len",
+            "must be > 0 seconds",
+        )
         where.check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         where.check(self.eval_batch_size > 0, "data.eval_batch_size", "must be > 0")
         where.check(self.corpus_per_query >= 1, "data.corpus_per_query", "must be >= 1")
@@ -122,6 +128,9 @@ class OptimConfig:
         warmup_epochs: linear warm-up length (fractions allowed; applies to every schedule).
         warmup_factor: learning-rate fraction at the first warm-up step.
         min_lr_ratio: final fraction of ``lr`` for ``cosine``.
+        schedule_epochs: length of the ``cosine`` schedule when it differs from
+            ``trainer.epochs`` (``None``: the same), e.g. the official UniMD Charades run, whose
+            70-epoch schedule is stopped after epoch 20.
         grad_clip: maximum global gradient norm; ``<= 0`` disables clipping.
     """
 
@@ -136,11 +145,12 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     warmup_factor: float = 0.001
     min_lr_ratio: float = 0.0
+    schedule_epochs: int | None = None
     grad_clip: float = 0.1
 
     def validate(self, where: _Where) -> None:
         """Raise a ConfigError for out-of-range values."""
-        where.check(self.lr > 0, "optim.lr", "must be > 0")
+        where.check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "must be > 0 and finite")
         where.check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         where.check(all(0 <= b < 1 for b in self.betas), "optim.betas", "must be in [0, 1)")
         where.check(self.lr_drop > 0, "optim.lr_drop", "must be > 0 epochs")
@@ -154,6 +164,11 @@ class OptimConfig:
         where.check(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
         where.check(0 < self.warmup_factor <= 1, "optim.warmup_factor", "must be in (0, 1]")
         where.check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        where.check(
+            self.schedule_epochs is None or self.schedule_epochs >= 1,
+            "optim.schedule_epochs",
+            "must be >= 1 (or null: trainer.epochs)",
+        )
 
 
 @dataclass
@@ -265,8 +280,9 @@ class ExperimentConfig:
             raise where.error(
                 unknown[0], "unknown section", f"Valid sections: {', '.join(_SECTIONS)}"
             )
-        model_obj = dict(obj.get("model") or {})
+        model_obj = obj.get("model") or {}
         where.require_mapping(model_obj, "model")
+        model_obj = dict(model_obj)
         name = model_obj.pop("name", None)
         if not isinstance(name, str) or not name:
             raise where.error(
@@ -419,16 +435,18 @@ def load_config(
 
 
 def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """Parse a YAML mapping; returns ``(data, {dotted key: 1-based line})``."""
+    """Parse a YAML mapping; returns ``(data, {dotted key: 1-based line})``.
+
+    Raises:
+        ConfigError: not UTF-8, invalid YAML, a recursive anchor (an alias inside its own
+            anchor), more than ``MAX_YAML_VALUES`` values once aliases are expanded, nesting
+            too deep, or not a mapping; naming the file and line.
+    """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(path, line, None, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+        data, node = parse_yaml(read_text(path, "a YAML file"), path)
+    except FormatError as e:
+        raise ConfigError(e.path, e.line, e.field, e.problem, e.hint) from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -654,9 +672,9 @@ def _parse_text(text: str, tp: Any, key: str, where: _Where) -> Any:
 
 def _yaml_scalar(text: str, key: str, where: _Where) -> Any:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise where.error(key, f"cannot parse {text!r}", "Use YAML syntax, e.g. [1, 2]") from None
+        return parse_yaml_value(text)
+    except FormatError as e:
+        raise where.error(key, e.problem, e.hint) from None
 
 
 def _is_optional(tp: Any) -> bool:

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from momentkit.utils.errors import MomentkitError
+
 T = TypeVar("T")
 
 
@@ -47,13 +49,37 @@ class DistInfo:
         return self.world_size > 1
 
 
+class DeviceError(MomentkitError):
+    """A device that this machine does not have (``--device cuda`` without a GPU, ...)."""
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` if CUDA is available, else CPU; other names as given."""
+    """``auto`` -> ``cuda:<local_rank>`` if CUDA is available, else CPU; other names as given.
+
+    Raises:
+        DeviceError: an unknown device name, or a CUDA device this machine does not have.
+    """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
+    try:
+        device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(
+            f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (--device)"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(
+                f"device {name!r}: no CUDA device on this machine (or this PyTorch has no CUDA "
+                "support); use --device cpu (or auto)"
+            )
+        if device.index is not None and device.index >= count:
+            raise DeviceError(
+                f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}; pick one of those or --device cpu"
+            )
+    return device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

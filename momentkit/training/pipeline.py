@@ -179,6 +179,9 @@ def train(
     if cfg.data.train_path is None:
         raise ConfigError(None, None, "data.train_path", "missing", "Pass --train TRAIN.jsonl")
     configure_determinism(cfg.trainer.deterministic)
+    from momentkit.extraction.record import check_training_features
+
+    check_training_features(cfg.data.video_features)  # one pipeline's streams only
     train_anns = load_annotations(cfg.data.train_path)
     train_set = open_dataset(train_anns, cfg, training=True)
     collate_fn = collate
@@ -332,6 +335,7 @@ def predict(
                 + (" (TEF included)" if what == "video" and cfg.data.use_tef else "")
                 + ". Pass the same feature streams, in the same order, as in training"
             )
+    check_video_streams(cfg, ckpt, video_features, video_stream_dims(dataset), model.config)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size or cfg.data.eval_batch_size,
@@ -339,13 +343,82 @@ def predict(
         num_workers=num_workers,
         collate_fn=collate,
     )
-    return inference_loop(
+    predictions = inference_loop(
         model,
         loader,
         dev,
         PostProcessor(**getattr(model.config, "postprocess", {})),  # the model's own
         autocast_dtype(cfg.trainer.precision, dev),
     )
+    check_finite_predictions(predictions, ckpt)
+    return predictions
+
+
+def check_video_streams(
+    cfg: ExperimentConfig,
+    ckpt: Path,
+    video_features: Sequence[str],
+    dims: Sequence[int] | None,
+    model_config: Any = None,
+) -> None:
+    """Refuse video streams given in another order (or other streams) than in training.
+
+    The run records its streams (``data.video_features``): the given stores must have the same
+    names (folder names; a packed store's source folder) in the same order when they are the
+    same streams, and the same channels per stream where training's are known (the model's
+    ``stream_dims``, or the recorded stores when they are still there).
+
+    Raises:
+        FeatureError: naming both lists and saying which order to use.
+    """
+    from momentkit.features import open_feature_store
+    from momentkit.inference.predictor import stream_name
+    from momentkit.utils.errors import FeatureError, MomentkitError
+
+    trained = [str(p) for p in cfg.data.video_features]
+    given = [str(p) for p in video_features]
+    names_t = [stream_name(p) for p in trained]
+    names_g = [stream_name(p) for p in given]
+    hint = (
+        f". {ckpt} was trained on --video-features {' '.join(names_t)} (in this order); pass "
+        "the same streams in the same order"
+    )
+    if (
+        len(set(names_t)) == len(names_t)
+        and sorted(names_t) == sorted(names_g)
+        and names_t != names_g
+    ):
+        raise FeatureError(f"the video streams are in another order ({' '.join(names_g)})" + hint)
+    want = getattr(model_config, "stream_dims", None)
+    if not want and trained and len(trained) == len(given):
+        try:  # the training stores, when they are still where the run read them
+            want = [open_feature_store(p).dim for p in trained]
+        except (MomentkitError, OSError):
+            want = None
+    if want and dims is not None and list(want) != list(dims):
+        raise FeatureError(
+            f"the video streams have {list(dims)} channels but the model was trained on "
+            f"{list(want)}" + hint
+        )
+
+
+def check_finite_predictions(predictions: Sequence[MomentPrediction], ckpt: Path) -> None:
+    """Refuse predictions holding NaN/Inf (never written as if they were results).
+
+    Raises:
+        TrainingError: naming the first query and what to do.
+    """
+    import math
+
+    from momentkit.training.trainer import TrainingError
+
+    for p in predictions:
+        values = [x for w in p.pred_relevant_windows for x in w] + list(p.pred_saliency_scores)
+        if not all(math.isfinite(float(x)) for x in values):
+            raise TrainingError(
+                f"{ckpt}: the model predicts NaN/Inf for query {p.qid!r} (video {p.vid!r}). "
+                "Check the features of this video for extreme values, or use another checkpoint"
+            )
 
 
 def load_run_config(run_dir: str | Path) -> ExperimentConfig | None:

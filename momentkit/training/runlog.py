@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from momentkit.utils.io import atomic_write_text
+from momentkit.utils.io import atomic_write_text, output_error
 
 
 class EpochLog:
@@ -26,26 +26,40 @@ class EpochLog:
         """Append ``row`` as one line."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(row, allow_nan=True) + "\n"
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk: name the log (a partial last line is dropped later)
+            raise output_error(self.path, e, "append to the run log") from None
 
     def read(self) -> list[dict[str, Any]]:
         """Every complete line (a truncated last line is skipped)."""
         if not self.path.exists():
             return []
         rows = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        # a damaged line (a crash mid-write, bytes that are not UTF-8) is skipped, never fatal
+        for line in self.path.read_bytes().decode("utf-8", "replace").splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
         return rows
 
     def trim(self, max_epoch: int) -> None:
         """Keep only complete lines whose ``epoch`` is ``<= max_epoch`` (rewritten atomically)."""
         if not self.path.exists():
             return
-        rows = [r for r in self.read() if int(r.get("epoch", 0)) <= max_epoch]
+        rows = [r for r in self.read() if _epoch(r) <= max_epoch]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _epoch(row: dict[str, Any]) -> float:
+    """The row's epoch; rows without a usable one sort after every epoch (trimmed)."""
+    value = row.get("epoch", 0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return float("inf")
+    return value

@@ -427,13 +427,20 @@ class Trainer:
         batch = move_to_device(batch, self.device)
         with self._autocast():
             outputs = self.forward(self.ddp_model, batch)
-        losses = self.criterion(to_float32(outputs), batch)
+        try:
+            losses = self.criterion(to_float32(outputs), batch)
+        except (ValueError, RuntimeError):  # e.g. the matcher on NaN costs (scipy ValueError)
+            bad = first_non_finite(outputs)
+            if bad is None:
+                raise
+            raise TrainingError(
+                self._diverged(epoch, f"the model output '{bad}' became NaN/Inf")
+            ) from None
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(
-                f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step "
-                f"{self.state.step_in_epoch + 1}. Lower optim.lr, keep optim.grad_clip on, or "
-                "check the features for extreme values"
+                self._diverged(epoch, f"the loss became {float(loss.detach())}")
+                + " (or check the features for extreme values)"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -454,6 +461,7 @@ class Trainer:
     def _evaluate_and_select(self, epoch: int, row: dict[str, Any]) -> Mapping[str, Any] | None:
         """Evaluate, update best/early-stopping state, log ``row``; metrics if a new best."""
         start = time.perf_counter()
+        self._check_weights()
         metrics, predictions = self.evaluate()
         decision: tuple[float, bool] | str | None = None
         if self.dist.is_main:
@@ -505,6 +513,35 @@ class Trainer:
         return metrics if improved else None
 
     # ---------------------------------------------------------------------------- checkpoints
+    def _diverged(self, epoch: int, what: str) -> str:
+        """The message of a run that diverged at the current step of ``epoch``."""
+        return (
+            f"{what} at epoch {epoch + 1}, step {self.state.step_in_epoch + 1} (global step "
+            f"{self.state.global_step + 1}): training diverged. " + self._diverged_hint()
+        )
+
+    def _diverged_hint(self) -> str:
+        last = self.run_dir / "last"
+        if (last / "model.safetensors").exists():
+            return (
+                f"{last} keeps the last good checkpoint; train again with a lower optim.lr (and "
+                "optim.grad_clip > 0), in a new --out or with --init-from on it"
+            )
+        return (
+            "No checkpoint was saved yet; train again with a lower optim.lr (and "
+            "optim.grad_clip > 0)"
+        )
+
+    def _check_weights(self) -> None:
+        """Stop before evaluating or saving weights that hold NaN/Inf: a good checkpoint is
+        never replaced by a diverged one."""
+        bad = first_non_finite(dict(unwrap_model(self.model).named_parameters()))
+        if bad is not None:
+            raise TrainingError(
+                f"the weight '{bad}' became NaN/Inf by global step {self.state.global_step} "
+                f"(epoch {self.state.epoch + 1}): training diverged. " + self._diverged_hint()
+            )
+
     def _save_best(
         self, metrics: Mapping[str, Any], predictions: list[MomentPrediction], epoch: int
     ) -> None:
@@ -520,6 +557,7 @@ class Trainer:
 
     def _save_last(self) -> None:
         """Write the resumable checkpoint (every process contributes its RNG state)."""
+        self._check_weights()
         rngs = all_gather_objects(rng_state(), self.dist)
         if self.dist.is_main:
             state = {
@@ -621,6 +659,26 @@ class Trainer:
         )
 
 
+def first_non_finite(obj: Any, prefix: str = "") -> str | None:
+    """The name of the first floating-point tensor holding NaN/Inf in a nested dict/list of
+    outputs or parameters (``aux_outputs.0.pred_spans``), ``None`` when all are finite."""
+    if isinstance(obj, Tensor):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj.detach()).all()):
+            return prefix or "output"
+        return None
+    if isinstance(obj, Mapping):
+        items: Iterable[tuple[Any, Any]] = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        bad = first_non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if bad is not None:
+            return bad
+    return None
+
+
 def _length(loader: Any) -> int | None:
     """Batches ``loader`` yields, or None when it cannot say."""
     try:
@@ -640,6 +698,9 @@ def inference_loop(
 ) -> list[MomentPrediction]:
     """Predictions of ``model`` (in eval mode, no gradients) for every batch of ``loader``.
 
+    Runs under ``torch.inference_mode``: models may skip outputs only losses read (QD-DETR's
+    negative pairs).
+
     Args:
         dtype: autocast dtype (``torch.bfloat16``) or ``None`` for full precision.
         progress: wraps ``loader`` (e.g. in a progress bar).
@@ -647,7 +708,7 @@ def inference_loop(
     was_training = model.training
     model.eval()
     preds: list[MomentPrediction] = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for batch in progress(loader) if progress else loader:
             batch = move_to_device(batch, device)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):

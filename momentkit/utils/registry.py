@@ -40,12 +40,13 @@ class Registry(Generic[T]):
         """The object registered as ``name``; a KeyError lists the known names."""
         try:
             return self._items[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name read from a file
             known = ", ".join(sorted(self._items)) or "(none)"
-            raise KeyError(f"unknown {self.kind} '{name}'; known: {known}") from None
+            shown = name if isinstance(name, str) else repr(name)
+            raise KeyError(f"unknown {self.kind} '{shown}'; known: {known}") from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return isinstance(name, str) and name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
