@@ -56,7 +56,15 @@ def test_bad_specs_raise_encoder_errors(spec, message):
 def test_registry_lists_every_family():
     # other test modules may register toy encoders; the package's own are exactly these
     builtin = [n for n in ENCODERS.names() if ENCODERS.get(n).__module__.startswith("momentkit.")]
-    assert builtin == ["bam", "clip", "motion", "offline", "offline-glove", "siglip"]
+    assert builtin == [
+        "bam",
+        "clip",
+        "clip_slowfast",
+        "motion",
+        "offline",
+        "offline-glove",
+        "siglip",
+    ]
 
 
 # -- preprocessing ----------------------------------------------------------------------------

@@ -8,6 +8,9 @@ overlapped with encoding). Encoders:
 - ``clip-b32``: a CLIP ViT-B/32-shaped model with random weights (built here and saved to a
   temporary folder, then loaded through the ``clip:<dir>`` path; random weights time the same as
   trained ones), standing in for ``clip:openai/clip-vit-base-patch32``;
+- ``clip_slowfast-random``: the QVHighlights pipeline (CLIP ViT-B/32 + SlowFast 8x8 R50) with
+  random weights of the real sizes and formats; ``--official-dir DIR`` times Lighthouse's
+  extractor on the same weights too, runs alternating (:mod:`.extract_pipeline`);
 - any other encoder spec (``motion``, ``clip:/path``, ...).
 
 Example::
@@ -36,6 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per encoder (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--clip-len", type=float, default=2.0, help="seconds per clip")
+    parser.add_argument(
+        "--official-dir",
+        metavar="DIR",
+        help="with --encoder clip_slowfast-random: also time Lighthouse's extractor from this "
+        "line/lighthouse checkout on the same weights, runs alternating (needs ffmpeg, "
+        "ffmpeg-python and OpenAI's clip package; see scripts/parity/lighthouse_features_env.py)",
+    )
+    parser.add_argument(
+        "--mode",
+        default="default",
+        choices=("default", "lighthouse"),
+        help="clip_slowfast mode (default: what the benchmark features intend)",
+    )
 
 
 def save_word_tokenizer(directory: Path, words: list[str]) -> dict[str, int]:
@@ -100,6 +116,29 @@ def run(args: argparse.Namespace) -> int:
             ) as path:
                 video = root / "charades_demo.mp4"
                 video.write_bytes(path.read_bytes())
+        if "clip_slowfast-random" in encoders:
+            from momentkit.benchmarks.extract_pipeline import run_pipeline_bench, summarize
+
+            rows = run_pipeline_bench(
+                video, root, repeat=args.repeat, mode=args.mode, official_dir=args.official_dir
+            )
+            runs = Table(title=f"clip_slowfast, random weights ({args.threads} threads), {video}")
+            for column in ("run", "side", "seconds", "x real time", "clips", "waited for frames"):
+                runs.add_column(column, justify="right")
+            for r in rows:
+                runs.add_row(
+                    str(r["run"]),
+                    r["side"],
+                    f"{r['seconds']:.1f}",
+                    f"{r['x_real_time']:.3f}x",
+                    str(r["clips"]),
+                    f"{r['waited_for_frames_s']:.1f} s",
+                )
+            Console().print(runs)
+            medians = summarize(rows)
+            for side, speed in medians.items():
+                table.add_row(f"clip_slowfast-random: {side}", "", f"{speed:.3f}x", "")
+            encoders = [e for e in encoders if e != "clip_slowfast-random"]
         for name in encoders:
             spec = name
             if name == "clip-b32":

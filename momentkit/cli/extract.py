@@ -5,6 +5,8 @@ Examples::
     momentkit extract videos/ --out feats                       # offline encoder, 2 s clips
     momentkit extract videos/ --out feats --queries val.jsonl --encoder offline --encoder motion
     momentkit extract a.mp4 --out feats --encoder clip:openai/clip-vit-base-patch32
+    momentkit extract videos/ --out feats --queries val.jsonl \
+        --encoder clip_slowfast:clip=ViT-B-32.pt,slowfast=SLOWFAST_8x8_R50.pkl   # QVHighlights
     momentkit extract videos/ --out feats --clip-len 1 --ray local     # Charades-style, on Ray
 """
 
@@ -29,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="SPEC",
         help="encoder, repeatable: offline (default), offline-glove, clip:<hub id or dir>, "
-        "siglip:<hub id or dir>, motion[:K]",
+        "siglip:<hub id or dir>, motion[:K], clip_slowfast:clip=<CLIP>,slowfast=<SLOWFAST_8x8_R50"
+        ".pkl>[,mode=lighthouse] (the QVHighlights features: streams clip, slowfast, clip_text; "
+        "slowfast=none for CLIP alone)",
     )
     parser.add_argument(
         "--queries", metavar="Q.jsonl", help="also encode the queries (rows with qid, query)"

@@ -11,13 +11,17 @@ names are the folder names of the standard feature layout::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from momentkit.utils.errors import MomentkitError
 from momentkit.video.decode import FrameRequest
+
+#: ``progress(done, total)``
+Progress = Callable[[int, int], None]
 
 
 class EncoderError(MomentkitError):
@@ -99,3 +103,53 @@ class TorchEncoder(Encoder):
             stream: np.concatenate([p[stream] for p in parts]).reshape(t, k, -1).mean(1)
             for stream in self.video_streams
         }
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    """What a :class:`PipelineEncoder` computes for one video.
+
+    Attributes:
+        duration: seconds of video (the stream's declared duration).
+        streams: stream name -> ``(T, D)`` float32; every stream has the same ``T``.
+    """
+
+    duration: float
+    streams: dict[str, np.ndarray]
+
+    @property
+    def num_clips(self) -> int:
+        """``T``."""
+        return next(iter(self.streams.values())).shape[0] if self.streams else 0
+
+
+class PipelineEncoder(Encoder):
+    """An encoder that decodes the video itself, the way a reference feature pipeline does.
+
+    The per-clip interface (:meth:`Encoder.encode_clips` on frames momentkit's decoder samples)
+    cannot reproduce a benchmark's features when the benchmark took its frames with other
+    rules (``fps`` filters, several frame rates, windows of 32 frames). Such an encoder has no
+    :attr:`frame_request`; extraction and search call :meth:`encode_video` on the file instead.
+    """
+
+    frame_request = None
+
+    @abstractmethod
+    def encode_video(
+        self, path: str | Path, *, threads: int = 1, progress: Progress | None = None
+    ) -> EncodedVideo:
+        """Every video stream of ``path``.
+
+        Args:
+            path: the video file.
+            threads: FFmpeg decoder threads (0: FFmpeg chooses).
+            progress: called as ``progress(clips_done, clips_total)`` while it runs.
+
+        Raises:
+            VideoError: the file cannot be decoded.
+        """
+
+    def pipeline_record(self) -> dict[str, object]:
+        """What makes these features: written beside them and into checkpoints trained on
+        them (see :mod:`momentkit.extraction.record`)."""
+        return {"pipeline": self.name}

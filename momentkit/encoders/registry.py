@@ -12,6 +12,10 @@ spec                model                                          streams
 ``motion[:K]``      frame differences, K frames per clip (8)       motion
 ``bam[:B,A,M]``     cheap Background/Appearance/Motion index       bam
                     features for clip trimming (long videos)
+``clip_slowfast:``  the QVHighlights pipeline: CLIP ViT-B/32 frames  clip, slowfast,
+``clip=C,slowfast=  every 2 s + SlowFast 8x8 R50 windows, exactly    clip_text
+S[,mode=M]``        as the benchmark features (``slowfast=none``:
+                    CLIP only)
 ==================  =============================================  ==========================
 
 New families register a factory ``(arg, *, device, batch_size, frames_per_clip) -> Encoder``
@@ -151,3 +155,48 @@ def _bam(arg: str | None, *, device: str, batch_size: int, frames_per_clip: int)
     return build_bam_encoder(
         arg, device=device, batch_size=batch_size, frames_per_clip=frames_per_clip
     )
+
+
+@ENCODERS.register("clip_slowfast")
+def _clip_slowfast(
+    arg: str | None, *, device: str, batch_size: int, frames_per_clip: int
+) -> Encoder:
+    from momentkit.encoders.clip_slowfast import (
+        DEFAULT_CLIP,
+        ClipSlowFastEncoder,
+        default_slowfast_path,
+        parse_args,
+    )
+
+    args = parse_args(arg)
+    slowfast: str | None = args.get("slowfast")
+    if slowfast is None:
+        found = default_slowfast_path()
+        if found is None:
+            raise EncoderError(
+                "clip_slowfast needs the SlowFast weights: slowfast=<SLOWFAST_8x8_R50.pkl> "
+                "(SlowFast model zoo), $MOMENTKIT_SLOWFAST, or "
+                "~/.cache/momentkit/SLOWFAST_8x8_R50.pkl; slowfast=none for the CLIP-only pipeline"
+            )
+        slowfast = str(found)
+    elif slowfast.lower() == "none":
+        slowfast = None
+    return ClipSlowFastEncoder(
+        args.get("clip", DEFAULT_CLIP),
+        slowfast,
+        mode=args.get("mode", "default"),
+        tokenizer=args.get("tokenizer"),
+        device=device,
+        batch_size=min(batch_size, 16),
+        clip_len=_seconds(args.get("clip_len", "2")),
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise EncoderError(f"clip_slowfast: clip_len={text} is not a positive number of seconds")
+    return value

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from momentkit.encoders.base import Encoder, EncoderError
+from momentkit.encoders.base import Encoder, EncoderError, PipelineEncoder, Progress
+from momentkit.extraction.record import STREAM_RECORD, make_record
 from momentkit.features.base import text_key
 from momentkit.utils.errors import FormatError, MomentkitError
-from momentkit.utils.io import atomic_open, iter_jsonl
+from momentkit.utils.io import atomic_open, iter_jsonl, write_json
 from momentkit.utils.prefetch import prefetch
 from momentkit.video.decode import ClipReader
 
@@ -140,6 +141,20 @@ class ExtractionReport:
         }
 
 
+def stream_record_of(encoder: Encoder, clip_len: float) -> dict[str, Any]:
+    """The pipeline record of ``encoder``'s streams (see :mod:`momentkit.extraction.record`)."""
+    if isinstance(encoder, PipelineEncoder):
+        return dict(encoder.pipeline_record())
+    return make_record(
+        encoder.name,
+        mode="default",
+        clip_len=clip_len,
+        video_streams=encoder.video_streams,
+        text_stream=encoder.text_stream,
+        text_dim=encoder.text_dim if encoder.text_stream else None,
+    )
+
+
 def video_id(path: str | Path) -> str:
     """The id of a video in feature files: its file name without the extension."""
     return Path(path).stem
@@ -229,6 +244,45 @@ class Extractor:
         self.video_streams = {s: available[s] for s in wanted if s in available[s].video_streams}
         self.text_streams = {s: available[s] for s in wanted if s == available[s].text_stream}
         self.video_encoders = [e for e in encoders if e in self.video_streams.values()]
+        #: encoders that decode the video themselves (benchmark pipelines)
+        self.pipeline_encoders = [e for e in self.video_encoders if isinstance(e, PipelineEncoder)]
+        self.clip_encoders = [e for e in self.video_encoders if not isinstance(e, PipelineEncoder)]
+        for enc in self.pipeline_encoders:
+            own = float(getattr(enc, "clip_len", config.clip_len))
+            if abs(own - config.clip_len) > 1e-9:
+                raise EncoderError(
+                    f"encoder '{enc.name}' makes {own:g} s clips but --clip-len is "
+                    f"{config.clip_len:g}; add clip_len={config.clip_len:g} to its spec (or "
+                    "change --clip-len)"
+                )
+        self.records = {s: stream_record_of(e, config.clip_len) for s, e in available.items()}
+        self._check_records([*self.video_streams, *self.text_streams])
+        self._records_written: set[str] = set()
+
+    def _check_records(self, streams: Sequence[str]) -> None:
+        """Refuse to add features of one pipeline to a folder holding another's."""
+        from momentkit.extraction.record import RecordError, describe, read_record
+
+        if self.config.overwrite:
+            return
+        for stream in streams:
+            file = self.out_dir / stream / STREAM_RECORD
+            if not file.is_file():
+                continue
+            old, new = read_record(file), self.records[stream]
+            keys = ("pipeline", "mode", "clip_len")
+            if any(old.get(k) != new.get(k) for k in keys):
+                raise RecordError(
+                    f"{self.out_dir / stream} holds features of {describe(old)}; this run makes "
+                    f"{describe(new)}. Mixing them in one folder gives a model inconsistent "
+                    "inputs: use another --out, or --overwrite to replace them all"
+                )
+
+    def _write_record(self, stream: str) -> None:
+        if stream in self._records_written:
+            return
+        write_json(self.out_dir / stream / STREAM_RECORD, self.records[stream])
+        self._records_written.add(stream)
 
     # -- videos ---------------------------------------------------------------------------------
 
@@ -237,46 +291,70 @@ class Extractor:
         vid = video_id(path)
         return all(feature_file(self.out_dir, s, vid).is_file() for s in self.video_streams)
 
-    def extract_video(self, path: str | Path) -> VideoResult:
-        """Extract (or skip) one video; failures are returned in the result, never raised."""
+    def extract_video(self, path: str | Path, progress: Progress | None = None) -> VideoResult:
+        """Extract (or skip) one video; failures are returned in the result, never raised.
+
+        ``progress(clips_done, clips_total)`` is called while a pipeline encoder runs."""
         path = Path(path)
         start = time.perf_counter()
         if not self.config.overwrite and self.is_done(path):
             return VideoResult(path, "skipped")
         try:
-            duration, num_clips = self._extract(path)
+            duration, num_clips = self._extract(path, progress)
         except Exception as e:  # one bad video must not stop a batch
             return VideoResult(
                 path, "failed", seconds=time.perf_counter() - start, error=describe_error(e)
             )
         return VideoResult(path, "done", duration, num_clips, time.perf_counter() - start)
 
-    def _extract(self, path: Path) -> tuple[float, int]:
+    def _extract(self, path: Path, progress: Progress | None = None) -> tuple[float, int]:
         cfg = self.config
-        requests = {e.name: e.frame_request for e in self.video_encoders}
-        reader = ClipReader(path, cfg.clip_len, requests, threads=cfg.decode_threads)
-        outputs: dict[str, list[np.ndarray]] = {s: [] for s in self.video_streams}
-        batch: list[dict[str, np.ndarray]] = []
-        for clip in prefetch(reader, cfg.prefetch):
-            batch.append(clip)
-            if len(batch) == cfg.clips_per_batch:
+        results: dict[str, np.ndarray] = {}
+        duration, num_clips = 0.0, 0
+        for enc in self.pipeline_encoders:  # each decodes the video the way its reference does
+            encoded = enc.encode_video(path, threads=cfg.decode_threads, progress=progress)
+            for stream, features in encoded.streams.items():
+                if stream in self.video_streams:
+                    expected = (encoded.num_clips, enc.video_streams[stream])
+                    if features.shape != expected:  # an encoder bug, not a user error
+                        raise RuntimeError(
+                            f"stream '{stream}': got {features.shape}, expected {expected}"
+                        )
+                    results[stream] = features
+            duration, num_clips = encoded.duration, max(num_clips, encoded.num_clips)
+        if self.clip_encoders:
+            requests = {e.name: e.frame_request for e in self.clip_encoders}
+            reader = ClipReader(path, cfg.clip_len, requests, threads=cfg.decode_threads)
+            outputs: dict[str, list[np.ndarray]] = {
+                s: [] for s, e in self.video_streams.items() if e in self.clip_encoders
+            }
+            batch: list[dict[str, np.ndarray]] = []
+            for clip in prefetch(reader, cfg.prefetch):
+                batch.append(clip)
+                if len(batch) == cfg.clips_per_batch:
+                    self._encode(batch, outputs)
+                    batch = []
+            if batch:
                 self._encode(batch, outputs)
-                batch = []
-        if batch:
-            self._encode(batch, outputs)
+            for stream, parts in outputs.items():
+                features = np.concatenate(parts)
+                expected = (reader.num_clips, self.video_streams[stream].video_streams[stream])
+                if features.shape != expected:  # an encoder bug, not a user error
+                    raise RuntimeError(
+                        f"stream '{stream}': got {features.shape}, expected {expected}"
+                    )
+                results[stream] = features
+            duration, num_clips = reader.info.duration, max(num_clips, reader.num_clips)
         vid = video_id(path)
-        for stream, parts in outputs.items():
-            features = np.concatenate(parts)
-            expected = (reader.num_clips, self.video_streams[stream].video_streams[stream])
-            if features.shape != expected:  # an encoder bug, not a user error
-                raise RuntimeError(f"stream '{stream}': got {features.shape}, expected {expected}")
+        for stream, features in results.items():
             save_npz(feature_file(self.out_dir, stream, vid), features=features)
-        return reader.info.duration, reader.num_clips
+            self._write_record(stream)
+        return duration, num_clips
 
     def _encode(
         self, clips: list[dict[str, np.ndarray]], outputs: dict[str, list[np.ndarray]]
     ) -> None:
-        for enc in self.video_encoders:
+        for enc in self.clip_encoders:
             feats = enc.encode_clips(np.stack([c[enc.name] for c in clips]))
             for stream, array in feats.items():
                 if stream in outputs:
@@ -313,4 +391,5 @@ class Extractor:
                         pooler_output=f.pooler_output,
                     )
                 written += len(chunk)
+                self._write_record(stream)
         return written, skipped

@@ -75,7 +75,8 @@ def build_extractor(
 
 
 class Progress:
-    """A progress bar over videos showing throughput in multiples of real time."""
+    """A progress bar over videos showing throughput in multiples of real time, and, while a
+    long video is being extracted, its clips done out of its total and the time it has left."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
         from tqdm import tqdm
@@ -84,21 +85,42 @@ class Progress:
         self.start = time.perf_counter()
         self.video_seconds = 0.0
         self.failed = 0
+        self._video_start = self.start
+
+    def _postfix(self) -> str:
+        speed = self.video_seconds / max(time.perf_counter() - self.start, 1e-9)
+        postfix = f"{speed:.1f}x real time"
+        if self.failed:
+            postfix += f", {self.failed} failed"
+        return postfix
+
+    def clips(self, done: int, total: int) -> None:
+        """Within-video progress: ``done`` of ``total`` clips, with the time left."""
+        if done == 0:
+            self._video_start = time.perf_counter()
+        elapsed = time.perf_counter() - self._video_start
+        text = f"clips {done}/{total}"
+        if 0 < done < total:
+            text += f", {format_seconds(elapsed * (total - done) / done)} left in this video"
+        self.bar.set_postfix_str(f"{self._postfix()}, {text}", refresh=True)
 
     def update(self, result: VideoResult) -> None:
         """Count one finished video."""
         self.video_seconds += result.duration
         self.failed += result.status == "failed"
-        speed = self.video_seconds / max(time.perf_counter() - self.start, 1e-9)
-        postfix = f"{speed:.1f}x real time"
-        if self.failed:
-            postfix += f", {self.failed} failed"
-        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.set_postfix_str(self._postfix(), refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
         """Close the bar."""
         self.bar.close()
+
+
+def format_seconds(seconds: float) -> str:
+    """``75`` -> ``1:15``, ``3725`` -> ``1:02:05``."""
+    s = int(round(seconds))
+    h, m, sec = s // 3600, s % 3600 // 60, s % 60
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
 def run_extraction(
@@ -123,7 +145,7 @@ def run_extraction(
     bar = Progress(len(videos), progress)
     try:
         for path in videos:
-            result = extractor.extract_video(path)
+            result = extractor.extract_video(path, progress=bar.clips)
             report.videos.append(result)
             bar.update(result)
     finally:

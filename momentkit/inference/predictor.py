@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from momentkit.encoders.base import Encoder
+from momentkit.encoders.base import Encoder, PipelineEncoder
 from momentkit.features.tef import TEF_DIM
 from momentkit.inference.results import QueryResult, VideoEncoding
 from momentkit.utils.errors import MomentkitError
@@ -68,6 +69,46 @@ SPEC_STREAMS: dict[str, frozenset[str]] = {
 
 class PredictorError(MomentkitError):
     """A checkpoint and encoders that do not fit together, or bad queries/video features."""
+
+
+class TooManyClipsError(PredictorError):
+    """A video with more clips than the caller allows (``max_clips``), refused before decoding:
+    a file of a few frames may declare a duration of years."""
+
+
+def _human_duration(seconds: float) -> str:
+    """``1000 h 0 min``, ``12 min 5 s``, ``42.0 s``."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return f"{seconds:.1f} s"
+
+
+def check_clip_count(
+    path: str | Path,
+    duration: float,
+    clip_len: float,
+    max_clips: int | None,
+    option: str = "max_clips",
+) -> int:
+    """The clips of a ``duration``-second video cut into ``clip_len``-second clips.
+
+    Raises:
+        TooManyClipsError: more than ``max_clips`` (``None``: no limit), naming ``option``, the
+            setting that raises the limit.
+    """
+    from momentkit.video.sampling import num_clips
+
+    clips = num_clips(max(float(duration), 0.0), clip_len) if math.isfinite(duration) else -1
+    if max_clips is not None and (clips < 0 or clips > max_clips):
+        count = "an unbounded number of" if clips < 0 else f"{clips:,}"
+        raise TooManyClipsError(
+            f"{path}: the video declares {_human_duration(float(duration))} ({count} clips of "
+            f"{clip_len:g} s), over the limit of {max_clips:,} clips per video ({option}); "
+            "raise the limit to encode it, or cut the file"
+        )
+    return clips
 
 
 class Scorer(Protocol):
@@ -169,7 +210,8 @@ def _unknown_stream_message(
     return (
         f"{trained}; the name '{stream}' does not say which encoder made it. Pass the "
         "encoder(s) that extracted the training features (encoder= in Python, --encoder on the "
-        "command line), e.g. clip:<model> when the 'clip' stream came from that CLIP model "
+        "command line), e.g. clip:openai/clip-vit-base-patch32 when the 'clip' stream came "
+        "from that CLIP model "
         "(features of extractors momentkit does not run cannot be computed from a video)"
     )
 
@@ -288,7 +330,10 @@ class Predictor:
         self.clip_len = float(clip_len)
         self.clips_per_batch = clips_per_batch
         self.decode_threads = decode_threads
-        self._reference: tuple[tuple[object, ...], np.ndarray] | None = None
+        self._reference_cache: OrderedDict[tuple[object, ...], np.ndarray] = OrderedDict()
+        #: the calibration's reference texts (default: the shipped reference captions); a
+        #: benchmark in another text space (the synthetic one) gives its own unrelated queries
+        self.reference_texts: Sequence[str] | None = None
         self._video_encoders: dict[str, Encoder] = {}
         for stream in scorer.video_streams:
             enc = next((e for e in self.encoders if stream in e.video_streams), None)
@@ -351,9 +396,19 @@ class Predictor:
             text_stream = text_stream or saved_text
         video_streams = tuple(video_streams)
         model = MomentModel.from_pretrained(ckpt, device=device)
-        if encoder is None:
-            encoder = infer_encoder_specs((text_stream, *video_streams), ckpt, cfg)
+        from momentkit.extraction.record import (
+            check_pipeline_encoders,
+            checkpoint_pipeline,
+            pipeline_encoder_spec,
+        )
+
+        record = checkpoint_pipeline(ckpt, cfg.data.video_features, video_streams, cfg.data.dataset)
+        if encoder is None:  # the recorded benchmark pipeline, else from the stream names
+            encoder = pipeline_encoder_spec(record) or infer_encoder_specs(
+                (text_stream, *video_streams), ckpt, cfg
+            )
         encoders = build_encoders(encoder, device)
+        check_pipeline_encoders(record, encoders, video_streams, ckpt)
         text_encoder = check_encoders(
             encoders, video_streams, text_stream, model.config, cfg.data.use_tef, ckpt
         )
@@ -436,22 +491,41 @@ class Predictor:
 
     # -- work -------------------------------------------------------------------------------
     def encode_video(
-        self, path: str | Path, progress: Callable[[int, int], None] | None = None
+        self,
+        path: str | Path,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        max_clips: int | None = None,
     ) -> VideoEncoding:
         """Decode ``path`` once and compute every stream the scorer needs.
 
         Args:
             path: the video file.
             progress: called as ``progress(clips_done, clips_total)`` after every encoded
-                batch of clips (and once with ``(0, total)`` before the first).
+                batch of clips (and once with ``(0, total)`` before the first). An exception it
+                raises propagates and stops the work (a caller's cancellation or time
+                budget).
+            max_clips: refuse a video of more clips than this before decoding it (``None``:
+                no limit).
 
         Raises:
             VideoError: the file cannot be decoded.
+            TooManyClipsError: more clips than ``max_clips``.
         """
         from momentkit.utils.prefetch import prefetch
         from momentkit.video.decode import ClipReader
 
+        if max_clips is not None:
+            from momentkit.video.decode import probe
+
+            check_clip_count(path, probe(path).duration, self.clip_len, max_clips)
         encoders = list(dict.fromkeys(self._video_encoders.values()))
+        if len(encoders) == 1 and isinstance(encoders[0], PipelineEncoder):
+            from momentkit.encoders.pipeline_video import encode_video_file
+
+            return encode_video_file(  # decodes the way its benchmark pipeline does
+                encoders[0], path, self.clip_len, threads=self.decode_threads, progress=progress
+            )
         requests = {e.name: e.frame_request for e in encoders}
         reader = ClipReader(path, self.clip_len, requests, threads=self.decode_threads)
         parts: dict[str, list[np.ndarray]] = {s: [] for s in self._video_encoders}
@@ -548,17 +622,29 @@ class Predictor:
         ]
 
     def reference_saliency(self, video: VideoEncoding) -> np.ndarray:
-        """``(B, T)`` saliency of the reference captions on ``video`` (the calibration's null;
-        kept for the last video, so several queries on one video pay for it once)."""
+        """``(B, T)`` saliency of the reference captions on ``video`` (the calibration's null).
+
+        Kept for the last :data:`REFERENCE_CACHE` videos, keyed by a fingerprint of the
+        features read (not by the object: a server builds a new encoding per request), so
+        several queries on one video pay for it once. A scorer with a ``saliency(video,
+        texts)`` method (zero-shot) is asked for the saliency only; others run ``predict``.
+        """
         from momentkit.inference.calibration import reference_captions
 
-        key = (id(video), video.path, video.num_clips, video.duration)
-        if self._reference is not None and self._reference[0] == key:
-            return self._reference[1]
-        captions = list(reference_captions())
-        rows = self.scorer.predict(video, captions, 1)
-        value = np.stack([np.asarray(r.saliency, dtype=np.float32) for r in rows])
-        self._reference = (key, value)
+        captions = list(self.reference_texts or reference_captions())
+        key = (_fingerprint(video, self.scorer.video_streams), len(captions), hash(tuple(captions)))
+        if key in self._reference_cache:
+            self._reference_cache.move_to_end(key)
+            return self._reference_cache[key]
+        saliency = getattr(self.scorer, "saliency", None)
+        if callable(saliency):
+            value = np.asarray(saliency(video, captions), dtype=np.float32)
+        else:
+            rows = self.scorer.predict(video, captions, 1)
+            value = np.stack([np.asarray(r.saliency, dtype=np.float32) for r in rows])
+        self._reference_cache[key] = value
+        while len(self._reference_cache) > REFERENCE_CACHE:
+            self._reference_cache.popitem(last=False)
         return value
 
     def search(
@@ -569,6 +655,22 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor({self.description}, clip_len={self.clip_len}, window={self.window})"
+
+
+#: videos whose reference saliency a predictor keeps
+REFERENCE_CACHE = 16
+
+
+def _fingerprint(video: VideoEncoding, streams: Sequence[str]) -> tuple[object, ...]:
+    """What identifies the features a scorer reads: clip grid, shapes and a hash of the data."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name in streams:
+        array = np.ascontiguousarray(video.streams[name])
+        digest.update(f"{name}:{array.shape}:{array.dtype}".encode())
+        digest.update(array.data)
+    return (video.clip_len, video.duration, video.num_clips, digest.hexdigest())
 
 
 def check_query(query: object, index: int) -> str:
