@@ -23,7 +23,15 @@ escape (goal: 0). Fault cases (``--faults``) kill processes with SIGKILL mid-wri
 disk and mount a library read-only (the last two need root to mount a tmpfs; skipped
 otherwise), then check that nothing was lost and that a re-run finishes.
 
-The server (``momentkit serve``) is not probed here.
+``--server`` adds the server battery: a real ``momentkit serve`` process on a free port of
+127.0.0.1 (never any other address), sent bad requests (other ``Host`` names, cross-origin
+writes, non-finite numbers and lone surrogates, oversized and malformed bodies, path traversal,
+a 1.4 KB file declaring 1000 hours, uploads past the storage cap, 100 concurrent searches),
+each classified as ``clear`` (the expected 4xx with a JSON reason, or the expected answer),
+``500`` (a server error nobody asked for; goal: 0), ``hang`` (no answer within 30 s; goal: 0)
+or ``unexpected`` (another status: e.g. an attack accepted). It also starts ``momentkit serve``
+with each crafted checkpoint (must exit with one line before listening) and times
+SIGTERM-to-exit. ``--server-only`` runs just that battery.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TINY = [
     "model.hidden_dim=16",
@@ -779,6 +788,416 @@ def cases(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Case]:
     return out
 
 
+# ------------------------------------------------------------------------------- server battery
+LOOPBACK = "127.0.0.1"  # the only address the server battery talks to
+TRAVERSAL_IDS = [
+    "..%2F..%2Fetc%2Fpasswd",
+    "%2Fetc%2Fpasswd",
+    "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "%252e%252e%252fetc%252fpasswd",
+    "..%5C..%5Cwindows%5Cwin.ini",
+    "u-..%2F..%2Fetc%2Fpasswd",
+    "l-0",
+    "l-1%2F..",
+    "l--1",
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def start_server(w: Path, args: list[str], log: Path, port: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    command = [
+        sys.executable,
+        "-m",
+        "momentkit",
+        "serve",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        *args,
+    ]
+    with log.open("w") as out:
+        return subprocess.Popen(command, cwd=w, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> bool:
+    import socket
+
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex((LOOPBACK, port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> float | None:
+    """SIGTERM; seconds until the process exits (``None``: it had to be killed)."""
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return time.time() - t0
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+def padded_video(src: Path, dst: Path, size: int) -> Path:
+    """``src`` with bytes appended up to ``size`` (still decodes: players ignore the tail)."""
+    data = src.read_bytes()
+    dst.write_bytes(data + b"\0" * max(size - len(data), 0))
+    return dst
+
+
+def http_cases(w: Path, vids: Path) -> list[tuple[str, str, str, dict, Any, set[int]]]:
+    """``(name, method, path, headers, body, expected statuses)``; ``body``: a ``dict`` (JSON),
+    ``bytes``/``str`` (raw), or ``("file", name, bytes)`` (a multipart upload)."""
+    import numpy as np
+
+    from momentkit.video.write import write_video
+
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    frames[1], frames[2] = 128, 255
+    long = write_video(w / "server_long.mkv", frames, times=[0, 1_800_000, 3_600_000])
+    demo = (vids / "demo.mp4").read_bytes()
+    big = padded_video(vids / "demo.mp4", w / "server_big.mp4", 6 * 2**20).read_bytes()
+    json_h = {"Content-Type": "application/json"}
+    evil = {"Host": "rebind.evil.example"}
+    cases: list[tuple[str, str, str, dict, Any, set[int]]] = []
+
+    def add(name: str, method: str, path: str, headers: dict, body: Any, *ok: int) -> None:
+        cases.append((name, method, path, headers, body, set(ok)))
+
+    # DNS rebinding: other Host names
+    add("Host rebind: list videos", "GET", "/api/videos", evil, None, 400)
+    add(
+        "Host rebind: video bytes",
+        "GET",
+        "/api/videos/l-1/file",
+        {**evil, "Range": "bytes=0-9"},
+        None,
+        400,
+    )
+    add("Host rebind: page", "GET", "/", evil, None, 400)
+    add("Host rebind with port", "GET", "/api/info", {"Host": "evil.example:8000"}, None, 400)
+    add("Host empty", "GET", "/api/info", {"Host": ""}, None, 400)
+    add("Host rebind: search", "POST", "/api/search", {**evil, **json_h}, {"query": "a"}, 400)
+    # cross-origin writes
+    for hname, hval in [
+        ("Origin", "http://evil.example"),
+        ("Origin", "null"),
+        ("Referer", "http://evil.example/x.html"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ]:
+        add(
+            f"cross-origin upload ({hname}: {hval})",
+            "POST",
+            "/api/videos",
+            {hname: hval},
+            ("file", "x.mp4", demo),
+            403,
+        )
+    add(
+        "cross-origin search",
+        "POST",
+        "/api/search",
+        {"Origin": "http://evil.example"},
+        {"query": "a"},
+        403,
+    )
+    add(
+        "cross-origin delete",
+        "DELETE",
+        "/api/videos/u-" + "0" * 32,
+        {"Origin": "http://evil.example"},
+        None,
+        403,
+    )
+    # JSON values
+    for body in [
+        '{"query":"a","top_k":NaN}',
+        '{"query":"a","top_k":Infinity}',
+        '{"query":"a","top_k":-Infinity}',
+        '{"query":"a","top_k":1e400}',
+        '{"query":"a","min_relevance":NaN}',
+        '{"query":"\\ud800"}',
+        '{"query":"a\\u0000"}',
+        '{"query":"a","top_k":1e30}',
+        '{"query":"a","x":1}',
+        '{"query":["a"]}',
+        '{"query":"' + "x" * 501 + '"}',
+        "{}",
+        "[]",
+        "null",
+        '{"query":"a"',
+        "\xff\xfe{}",
+        '{"query":"a","videos":true}',
+    ]:
+        add(f"library search {body[:40]!r}", "POST", "/api/search", json_h, body, 422)
+    for body in [
+        '{"queries":[NaN]}',
+        '{"queries":["\\ud800"]}',
+        '{"queries":["a"],"top_k":NaN}',
+        '{"queries":' + json.dumps(["a"] * 21) + "}",
+        '{"queries":"a"}',
+        '{"queries":[]}',
+        '{"queries":["a"],"min_relevance":Infinity}',
+    ]:
+        add(f"video search {body[:40]!r}", "POST", "/api/videos/l-1/search", json_h, body, 422)
+    add(
+        "JSON body of 100 KB",
+        "POST",
+        "/api/search",
+        json_h,
+        json.dumps({"query": "a", "pad": "x" * 100_000}),
+        413,
+    )
+    add(
+        "JSON nested 20000 deep",
+        "POST",
+        "/api/search",
+        json_h,
+        '{"query":' + "[" * 20000 + "]" * 20000 + "}",
+        400,
+        422,
+    )
+    add(
+        "search as text/plain",
+        "POST",
+        "/api/search",
+        {"Content-Type": "text/plain"},
+        '{"query":"a"}',
+        422,
+        415,
+    )
+    # path traversal
+    for vid in TRAVERSAL_IDS:
+        add(f"traversal GET {vid}", "GET", f"/api/videos/{vid}/file", {}, None, 404)
+        add(
+            f"traversal search {vid}",
+            "POST",
+            f"/api/videos/{vid}/search",
+            json_h,
+            {"queries": ["a"]},
+            404,
+        )
+    add("traversal static", "GET", "/static/..%2f..%2fpyproject.toml", {}, None, 404)
+    # uploads
+    add(
+        "upload: 1000-hour mkv",
+        "POST",
+        "/api/videos",
+        {},
+        ("file", "long.mkv", long.read_bytes()),
+        413,
+    )
+    add("upload: not a video", "POST", "/api/videos", {}, ("file", "a.mp4", b"hello"), 415)
+    add("upload: empty", "POST", "/api/videos", {}, ("file", "a.mp4", b""), 415)
+    add("upload: script name", "POST", "/api/videos", {}, ("file", "run.sh", b"#!"), 415)
+    add("upload: over 5 MiB", "POST", "/api/videos", {}, ("file", "big.mp4", big), 413)
+    add("upload: not multipart", "POST", "/api/videos", {}, b"raw", 415)
+    add("upload: name with ../", "POST", "/api/videos", {}, ("file", "../../x.mp4", demo), 201)
+    # other
+    add("PUT /api/videos", "PUT", "/api/videos", {}, b"x", 405)
+    add("Range garbage", "GET", "/api/videos/l-1/file", {"Range": "bytes=abc"}, None, 400)
+    add(
+        "Range past the end", "GET", "/api/videos/l-1/file", {"Range": "bytes=99999999-"}, None, 416
+    )
+    add("8 KB path", "GET", "/api/videos/" + "a" * 8000, {}, None, 404, 414)
+    return cases
+
+
+def send(client: Any, method: str, path: str, headers: dict, body: Any) -> Any:
+    if isinstance(body, tuple) and body and body[0] == "file":
+        return client.request(
+            method, path, headers=headers, files={"file": (body[1], body[2], "video/mp4")}
+        )
+    if isinstance(body, dict):
+        return client.request(method, path, headers=headers, json=body)
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogatepass")
+    return client.request(method, path, headers=headers, content=body)
+
+
+def classify_http(status: int | str, expected: set[int], body: str) -> str:
+    if status == "hang":
+        return "hang"
+    if status in expected:
+        if isinstance(status, int) and status >= 400:
+            try:
+                return "clear" if isinstance(json.loads(body).get("detail"), str) else "unclear"
+            except (ValueError, AttributeError):
+                return "unclear"
+        return "clear"
+    if isinstance(status, int) and status >= 500 and status not in (503, 504, 507):
+        return "500"
+    return "unexpected"
+
+
+def server_battery(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Outcome]:
+    """The server's bad requests, crafted checkpoints and SIGTERM (see the module doc)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    results: list[Outcome] = []
+    port = free_port()
+    log = w / "serve_probe.log"
+    args = [
+        "--db",
+        "lib.db",
+        "--upload-dir",
+        str(w / "probe_uploads"),
+        "--max-upload-mb",
+        "5",
+        "--max-upload-storage",
+        "12",
+        "--queue-timeout",
+        "10",
+    ]
+    t0 = time.time()
+    proc = start_server(w, args, log, port)
+    try:
+        if not wait_listening(port, proc, 300):
+            raise SystemExit(f"server battery: the server did not start:\n{log.read_text()}")
+        print(f"server up in {time.time() - t0:.1f} s on {LOOPBACK}:{port}", flush=True)
+        base = f"http://{LOOPBACK}:{port}"
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for name, method, path, headers, body, expected in http_cases(w, f["vids"]):
+                t1 = time.time()
+                try:
+                    r = send(client, method, path, headers, body)
+                    status, text = r.status_code, r.text
+                except httpx.TimeoutException:
+                    status, text = "hang", ""
+                except httpx.HTTPError as e:
+                    status, text = "error", type(e).__name__
+                outcome = classify_http(status, expected, text)
+                detail = text[:200].replace("\n", " ")
+                results.append(
+                    Outcome(
+                        name,
+                        "server",
+                        outcome,
+                        status if isinstance(status, int) else -1,
+                        time.time() - t1,
+                        detail,
+                    )
+                )
+            # storage: 15 uploads of 4.9 MB against a 12 MB cap
+            blob = padded_video(f["vids"] / "demo.mp4", w / "server_49.mp4", int(4.9e6))
+            statuses = []
+            for i in range(15):
+                r = client.post(
+                    "/api/videos", files={"file": (f"u{i}.mp4", blob.read_bytes(), "video/mp4")}
+                )
+                statuses.append(r.status_code)
+            kept = statuses.count(201)
+            full = [s for s in statuses if s != 201]
+            ok = kept <= 2 and full and all(s == 507 for s in full)
+            results.append(
+                Outcome(
+                    "15 uploads of 4.9 MB, 12 MiB storage cap",
+                    "server",
+                    "clear" if ok else "unexpected",
+                    0,
+                    0.0,
+                    f"statuses {Counter(statuses)}",
+                )
+            )
+
+            # 100 concurrent searches
+            def search(i: int) -> int | str:
+                try:
+                    body = {"query": ["a person", "a door", "a cup"][i % 3], "top_k": 3}
+                    return client.post("/api/search", json=body, timeout=60).status_code
+                except httpx.TimeoutException:
+                    return "hang"
+
+            t1 = time.time()
+            with ThreadPoolExecutor(100) as pool:
+                got = list(pool.map(search, range(100)))
+            counts = Counter(str(g) for g in got)
+            bad = sum(1 for g in got if g not in (200, 503))
+            results.append(
+                Outcome(
+                    "100 concurrent library searches",
+                    "server",
+                    "clear" if not bad else "500",
+                    0,
+                    time.time() - t1,
+                    f"statuses {dict(counts)}",
+                )
+            )
+        exit_s = stop_server(proc)
+        results.append(
+            Outcome(
+                "SIGTERM an idle server",
+                "server",
+                "clear" if exit_s is not None and exit_s < 10 else "hang",
+                0,
+                exit_s or -1.0,
+                f"exit after {exit_s} s",
+            )
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    # crafted checkpoints: exit with one line, never listening
+    for key in (
+        "ckpt_dropout",
+        "ckpt_hidden_huge",
+        "ckpt_unknown_model",
+        "ckpt_garbage_weights",
+        "ckpt_huge_header",
+        "ckpt_truncated",
+        "ckpt_nan",
+        "ckpt_config_latin1",
+        "ckpt_config_list",
+        "ckpt_experiment_bad",
+    ):
+        port = free_port()
+        t1 = time.time()
+        proc = start_server(w, ["--db", "lib.db", "--checkpoint", str(b[key])], log, port)
+        listened = wait_listening(port, proc, 120)
+        try:
+            rc = proc.wait(5 if listened else 120)
+        except subprocess.TimeoutExpired:
+            rc = None
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        text = log.read_text()
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        outcome = "hang" if rc is None else classify(rc, text)
+        if listened:
+            outcome = "unexpected"  # it started serving with a bad checkpoint
+        results.append(
+            Outcome(
+                f"serve --checkpoint {key}",
+                "server",
+                outcome,
+                rc if rc is not None else -1,
+                time.time() - t1,
+                lines[-1][:300] if lines else "",
+            )
+        )
+    return results
+
+
 # -------------------------------------------------------------------------------------- faults
 def can_mount(w: Path) -> bool:
     probe = w / "mnt_probe"
@@ -1018,6 +1437,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faults", action="store_true", help="also run the fault cases")
     parser.add_argument("--faults-only", action="store_true", help="run only the fault cases")
+    parser.add_argument("--server", action="store_true", help="also run the server battery")
+    parser.add_argument("--server-only", action="store_true", help="run only the server battery")
     parser.add_argument("--only", help="run the input cases whose name contains this text")
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it")
     parser.add_argument("--json", type=Path, help="write every outcome here")
@@ -1032,7 +1453,7 @@ def main() -> int:
     print(f"built in {time.time() - start:.0f} s", flush=True)
     results: list[Outcome] = []
     for case in cases(w, f, b):
-        if (args.only and args.only not in case.name) or args.faults_only:
+        if (args.only and args.only not in case.name) or args.faults_only or args.server_only:
             continue
         t0 = time.time()
         try:
@@ -1061,6 +1482,10 @@ def main() -> int:
         print(f"{mark} {outcome:9s} {res.seconds:5.1f}s {case.name}: {res.last_line[:150]}")
         for v in violations:
             print(f"     VIOLATION: {v}")
+    server_results = server_battery(w, f, b) if args.server or args.server_only else []
+    for res in server_results:
+        mark = "  " if res.outcome == "clear" else "!!"
+        print(f"{mark} {res.outcome:10s} {res.seconds:5.1f}s {res.name}: {res.last_line[:150]}")
     fault_results = faults(w, f) if args.faults or args.faults_only else []
     for res in fault_results:
         print(
@@ -1079,6 +1504,11 @@ def main() -> int:
         "unclear": counts["unclear"],
         "silent_wrong_results": sum("silent" in v for v in violations),
         "data_lost_or_escaped": len(lost),
+        "server_requests_tried": len(server_results),
+        "server_clear": sum(r.outcome == "clear" for r in server_results),
+        "server_500": sum(r.outcome == "500" for r in server_results),
+        "server_hang": sum(r.outcome == "hang" for r in server_results),
+        "server_unexpected": sum(r.outcome not in ("clear", "500", "hang") for r in server_results),
         "faults_tried": len(fault_results),
         "faults_survived": sum(r.outcome == "survived" for r in fault_results),
         "seconds": round(time.time() - start, 1),
@@ -1087,7 +1517,10 @@ def main() -> int:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"summary": summary, "cases": [r.__dict__ for r in results + fault_results]},
+                {
+                    "summary": summary,
+                    "cases": [r.__dict__ for r in results + server_results + fault_results],
+                },
                 indent=1,
             )
         )
@@ -1095,6 +1528,7 @@ def main() -> int:
         shutil.rmtree(w, ignore_errors=True)
     bad = summary["tracebacks"] + summary["unclear"] + len(violations)
     bad += summary["faults_tried"] - summary["faults_survived"]
+    bad += summary["server_requests_tried"] - summary["server_clear"]
     return 1 if bad else 0
 
 

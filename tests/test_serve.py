@@ -31,6 +31,8 @@ from momentkit.serving.server import is_loopback  # noqa: E402
 from momentkit.serving.uploads import display_name  # noqa: E402
 
 UPLOAD_ID = re.compile(r"u-[0-9a-f]{32}")
+# the server answers only for its own names (DNS rebinding): TestClient must use one of them
+BASE_URL = "http://127.0.0.1:8000"
 # ids a client might try to reach files outside the allowed folders with (literal ".." is
 # normalised away by HTTP clients; test_real_server_... sends it raw)
 TRAVERSAL_IDS = [
@@ -74,7 +76,7 @@ def library_db(tmp_path) -> Path:
 @pytest.fixture()
 def client(tmp_path, library_db) -> Iterator[TestClient]:
     service = colour_service(tmp_path, library_db, max_bytes=64 * 1024)
-    with TestClient(create_app(service, encoder="clip:colour-test")) as c:
+    with TestClient(create_app(service, encoder="clip:colour-test"), base_url=BASE_URL) as c:
         c.service = service  # type: ignore[attr-defined]
         yield c
     service.library.close()  # type: ignore[union-attr]
@@ -260,7 +262,7 @@ def test_search_an_upload_then_the_library(client, tmp_path):
 
 def test_upload_only_server(tmp_path):
     service = colour_service(tmp_path, None)
-    with TestClient(create_app(service, encoder="clip:colour-test")) as c:
+    with TestClient(create_app(service, encoder="clip:colour-test"), base_url=BASE_URL) as c:
         assert c.get("/api/info").json()["library"] is None
         assert c.get("/api/videos").json() == {"videos": []}
         assert c.post("/api/search", json={"query": "red"}).status_code == 404

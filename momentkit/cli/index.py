@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 
 HELP = "index a folder of videos into a searchable library (incremental)"
+#: clips per video above which ``momentkit index`` skips a file (24 h of 2 s clips)
+DEFAULT_MAX_CLIPS = 43_200
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retry-failed",
         action="store_true",
         help="encode files that failed before even if they did not change",
+    )
+    parser.add_argument(
+        "--max-clips",
+        type=int,
+        default=DEFAULT_MAX_CLIPS,
+        metavar="N",
+        help=f"skip (and report) videos of more clips than this, before decoding them: a file "
+        f"of a few frames may declare a duration of years (default {DEFAULT_MAX_CLIPS}, 24 h of "
+        "2 s clips; 0: no limit)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the run report as JSON")
@@ -69,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         raise MomentkitError(
             f"--clip-len must be a positive number of seconds, got {args.clip_len}"
         )
+    max_clips = getattr(args, "max_clips", DEFAULT_MAX_CLIPS)
+    if max_clips < 0:
+        raise MomentkitError(f"--max-clips must be >= 0 (0: no limit), got {max_clips}")
     db = Path(args.db)
     created = _create_exclusively(db)  # only the run that made the file may remove it
     try:
@@ -88,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 predictor,  # built only if a video must be encoded
                 progress=not args.no_progress,
                 retry_failed=args.retry_failed,
+                max_clips=max_clips or None,
             )
             report = indexer.run(args.dir)
             total = f"library: {store.num_videos()} videos, {store.num_clips()} clips ({spec})"

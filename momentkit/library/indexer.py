@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from momentkit.data.records import check_clip_len
+from momentkit.inference.predictor import TooManyClipsError, check_clip_count
 from momentkit.library.files import FileStat, file_sha256, plan_changes, scan_videos, stat_file
 from momentkit.library.protocols import EncodingPredictor
 from momentkit.library.space import RetrievalSpace
@@ -39,6 +40,8 @@ class IndexReport:
         unchanged: videos that needed nothing.
         failed: ``(path, error)`` of files that could not be encoded now.
         skipped_failed: files that failed before and have not changed since (not retried).
+        capped: files refused (and counted in ``failed``) for holding more clips than
+            ``max_clips``.
         seconds: wall-clock seconds of the run.
         video_seconds: seconds of video encoded.
     """
@@ -52,6 +55,7 @@ class IndexReport:
     unchanged: int = 0
     failed: list[tuple[Path, str]] = field(default_factory=list)
     skipped_failed: list[Path] = field(default_factory=list)
+    capped: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     video_seconds: float = 0.0
 
@@ -75,6 +79,11 @@ class IndexReport:
             )
         for path, err in self.failed:  # momentkit errors name the file already
             lines.append(f"failed: {err}" if str(path) in err else f"failed: {path}: {err}")
+        if self.capped:
+            lines.append(
+                f"{len(self.capped)} file(s) over the clip limit were skipped (the rest were "
+                "indexed); raise --max-clips and run with --retry-failed to index them"
+            )
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -89,6 +98,7 @@ class IndexReport:
             "unchanged": self.unchanged,
             "failed": [{"path": str(p), "error": e} for p, e in self.failed],
             "skipped_failed": [str(p) for p in self.skipped_failed],
+            "capped": [str(p) for p in self.capped],
             "seconds": round(self.seconds, 3),
             "video_seconds": round(self.video_seconds, 3),
         }
@@ -111,6 +121,9 @@ class Indexer:
             video must be encoded (so a run with nothing to do loads no model).
         progress: show a progress bar over the videos to encode.
         retry_failed: encode files that failed before even if they did not change.
+        max_clips: refuse (record as failed, and go on) a video of more clips than this,
+            before decoding it: a file of a few frames may declare a duration of years.
+            ``None``: no limit.
 
     Raises:
         LibraryError: the library was indexed with another encoder or clip length.
@@ -127,8 +140,10 @@ class Indexer:
         *,
         progress: bool = True,
         retry_failed: bool = False,
+        max_clips: int | None = None,
     ) -> None:
         self.store = store
+        self.max_clips = max_clips
         self.space = RetrievalSpace.for_spec(spec)
         self._predictor = predictor
         self.progress = progress
@@ -221,6 +236,8 @@ class Indexer:
         start = time.perf_counter()
         try:
             stat = stat_file(stat.path)  # the fingerprint of the bytes about to be encoded
+            if self.max_clips is not None:
+                self._check_clips(stat.path)
             encoding = self.predictor().encode_video(stat.path)
             streams = {k: np.asarray(v, dtype=np.float32) for k, v in encoding.streams.items()}
             if self.space.stream not in streams:
@@ -243,6 +260,8 @@ class Indexer:
             error = _error_text(e)
             self.store.record_failure(stat, error)
             report.failed.append((stat.path, error))
+            if isinstance(e, TooManyClipsError):
+                report.capped.append(stat.path)
             return
         self.store.add_video(
             stat,
@@ -255,3 +274,9 @@ class Indexer:
         )
         (report.changed if replace is not None else report.added).append(stat.path)
         report.video_seconds += float(encoding.duration)
+
+    def _check_clips(self, path: Path) -> None:
+        """TooManyClipsError when ``path`` declares more clips than ``max_clips``."""
+        from momentkit.video.decode import probe
+
+        check_clip_count(path, probe(path).duration, self.clip_len, self.max_clips, "--max-clips")

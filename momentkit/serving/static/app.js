@@ -295,7 +295,7 @@ async function searchVideo() {
     return;
   }
   setBusy(true);
-  setStatus(els.searchStatus, `searching ${state.current.name}… (the first search loads the models)`);
+  setStatus(els.searchStatus, `searching ${state.current.name}…`);
   try {
     const data = await postJSON(`/api/videos/${encodeURIComponent(state.current.id)}/search`, {
       queries: [query],
@@ -639,7 +639,10 @@ async function init() {
     if (info.encoder) els.mode.append(node("span", "pill", info.encoder));
     els.mode.append(node("span", "pill", info.checkpoint ? `model ${info.checkpoint}` : "zero-shot"));
     els.searchLibrary.hidden = !lib;
-    els.uploadHint.textContent = `drop a file here or click · up to ${info.max_upload_mb} MiB`;
+    els.uploadHint.textContent = info.read_only
+      ? "uploads are turned off on this server (read-only)"
+      : `drop a file here or click · up to ${info.max_upload_mb} MiB`;
+    els.fileInput.disabled = Boolean(info.read_only);
     await loadVideos();
     if (state.videos.length) selectVideo(state.videos[0].id);
     else drawTimeline();
