@@ -104,3 +104,21 @@ def test_convert_cli_refuses_a_pickle_with_code(tmp_path, capsys) -> None:
     assert main(["convert", str(path), "--from", "ld_detr", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "evil.ckpt: refused to load" in err and not (tmp_path / "PWNED").exists()
+
+
+def test_official_feature_folders_name_the_benchmark_pipeline(tmp_path) -> None:
+    """The released QVHighlights folders name the streams momentkit extract writes, and a
+    converted checkpoint trained on them records the clip_slowfast pipeline (mode unknown)."""
+    from momentkit.inference.predictor import stream_name
+    from momentkit.interop.convert import official_features_record
+
+    assert stream_name("../features/qvhighlight/slowfast_features") == "slowfast"
+    assert stream_name("feats/clip_text_features/") == "clip_text"
+    assert stream_name("feats/effnet") == "effnet"
+    record = official_features_record(
+        ["../f/slowfast_features", "../f/clip_features"], "../f/clip_text_features", 2.0
+    )
+    assert record is not None and record["pipeline"] == "clip_slowfast" and record["inferred"]
+    assert official_features_record(["f/clip"], "f/clip_text")["pipeline"] == "clip"
+    assert official_features_record(["f/i3d_features"], "f/clip_text_features") is None
+    assert official_features_record(["f/clip", "f/slowfast"], "f/glove") is None

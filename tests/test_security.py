@@ -38,6 +38,7 @@ from momentkit.features.packed import pack_features
 from momentkit.utils.errors import FeatureError, FormatError, MomentkitError, OutputError
 from momentkit.utils.io import atomic_write_text, iter_jsonl, write_json
 from momentkit.utils.paths import UnsafePathError, safe_child
+from momentkit.video.write import write_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,6 +111,30 @@ def test_pseudo_label_text_out_refuses_a_qid_that_escapes(tmp_path, capsys):
     assert "captions.jsonl:1: field 'qid': refused as a file name" in line
     assert not escaped.with_suffix(".npz").exists() and not escaped.parent.exists()
     assert not (tmp_path / "text").exists()  # nothing written before the check
+
+
+def test_extract_refuses_a_qid_that_escapes(tmp_path, capsys):
+    """The reported attack on ``momentkit extract VIDEO --out OUT --queries Q.jsonl``: the qid
+    is refused with the file, line and field before any feature file is written."""
+    from momentkit.extraction.pipeline import feature_file, read_queries
+    from momentkit.utils.errors import FormatError
+
+    escaped = tmp_path / "x" / "ESCAPED"
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        json.dumps({"qid": 1, "query": "a person"}) + "\n"
+        + json.dumps({"qid": "/.." * 20 + str(escaped), "query": "a person"}) + "\n"
+    )  # fmt: skip
+    with pytest.raises(FormatError, match=r"q\.jsonl:2: field 'qid': .*cannot name a feature"):
+        read_queries(queries)
+    with pytest.raises(UnsafePathError):
+        feature_file(tmp_path / "out", "clip_text", "qid/../../x")
+    video = tmp_path / "v.mp4"
+    write_video(video, np.zeros((4, 16, 16, 3), np.uint8), fps=2)
+    args = ["extract", str(video), "--out", str(tmp_path / "out"), "--queries", str(queries)]
+    assert main([*args, "--encoder", "motion"]) == 2
+    assert "q.jsonl:2: field 'qid'" in error_line(capsys)
+    assert not escaped.with_suffix(".npz").exists() and not escaped.parent.exists()
 
 
 def test_feature_store_never_reads_outside_its_folder(tmp_path):

@@ -28,6 +28,7 @@ from momentkit.extraction.record import STREAM_RECORD, make_record
 from momentkit.features.base import text_key
 from momentkit.utils.errors import FormatError, MomentkitError
 from momentkit.utils.io import atomic_open, iter_jsonl, write_json
+from momentkit.utils.paths import safe_child, unsafe_name_reason
 from momentkit.utils.prefetch import prefetch
 from momentkit.video.decode import ClipReader
 
@@ -161,8 +162,11 @@ def video_id(path: str | Path) -> str:
 
 
 def feature_file(out_dir: str | Path, stream: str, key: str) -> Path:
-    """``out_dir/stream/key.npz``."""
-    return Path(out_dir) / stream / f"{key}.npz"
+    """``out_dir/stream/key.npz``; a key that would resolve outside ``out_dir/stream`` (an
+    absolute path, ``..``, a separator) is refused (:func:`momentkit.utils.paths.safe_child`)."""
+    return safe_child(
+        Path(out_dir) / stream, f"{key}.npz", "qid" if key.startswith("qid") else "vid"
+    )
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -200,6 +204,12 @@ def read_queries(path: str | Path) -> list[tuple[int | str, str]]:
             raise FormatError(
                 path, line, "qid", f"{qid!r} already used on line {seen[qid]}", "qids are unique"
             )
+        reason = unsafe_name_reason(f"{text_key(qid)}.npz")
+        if reason is not None:
+            raise FormatError(
+                path, line, "qid", f"{qid!r} cannot name a feature file: {reason}",
+                "qids become file names (qid<qid>.npz); use letters, digits, '-' and '_'",
+            )  # fmt: skip
         seen[qid] = line
         rows.append((qid, query))
     return rows

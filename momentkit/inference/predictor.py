@@ -138,17 +138,21 @@ class Scorer(Protocol):
 
 def stream_name(store: str | Path) -> str:
     """The stream a feature store holds: its folder name, or for a packed store (``momentkit
-    pack``) the folder name of the ``.npz`` directory it was packed from."""
+    pack``) the folder name of the ``.npz`` directory it was packed from; a ``_features``
+    suffix is dropped, so the released QVHighlights folders ``slowfast_features``,
+    ``clip_features`` and ``clip_text_features`` hold the streams ``slowfast``, ``clip`` and
+    ``clip_text`` that ``momentkit extract`` writes."""
     path = Path(store)
     index = path / "index.json"
+    name = path.name
     if index.is_file():
         try:
             source = json.loads(index.read_text(encoding="utf-8")).get("source")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             source = None
         if isinstance(source, str) and source:
-            return Path(source).name
-    return path.name
+            name = Path(source).name
+    return name.removesuffix("_features") or name
 
 
 def checkpoint_streams(cfg: ExperimentConfig, where: Path) -> tuple[tuple[str, ...], str]:

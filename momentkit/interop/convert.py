@@ -336,6 +336,27 @@ def features_record(pipeline: str, *, clip_len: float = 2.0, **kwargs: Any) -> d
     return make_record(pipeline, clip_len=clip_len, **kwargs)
 
 
+def official_features_record(
+    video_features: Sequence[str], text_features: str | None, clip_len: float = 2.0
+) -> dict[str, Any] | None:
+    """The pipeline record of an official checkpoint trained on the released QVHighlights-style
+    features: ``clip_slowfast`` for SlowFast + CLIP folders (``slowfast_features``,
+    ``clip_features``), ``clip`` for CLIP alone, with CLIP text features; ``None`` for other
+    features (I3D, GloVe, audio...), whose pipeline momentkit does not run."""
+    from momentkit.inference.predictor import stream_name
+
+    videos = [stream_name(d) for d in video_features]
+    if text_features is None or stream_name(text_features) != "clip_text":
+        return None
+    # the released files were made by the authors' own scripts: the pipeline is known, its
+    # mode (Lighthouse's extractor or momentkit's default) is not, so either is accepted
+    if sorted(videos) == ["clip", "slowfast"]:
+        return {**features_record("clip_slowfast", clip_len=clip_len), "inferred": True}
+    if videos == ["clip"]:
+        return {**features_record("clip", clip_len=clip_len), "inferred": True}
+    return None
+
+
 def experiment_dict(model_config: Any, **sections: Mapping[str, Any]) -> dict[str, Any]:
     """An ``experiment.json`` dict: the model config plus the given data/optim/trainer
     sections layered over momentkit's defaults (unknown keys are refused when it is read)."""

@@ -36,6 +36,7 @@ from momentkit.interop.convert import (
     experiment_dict,
     jsonable,
     map_tensors,
+    official_features_record,
 )
 
 NAME = "ld_detr"
@@ -436,7 +437,11 @@ def convert(checkpoint: Any, path: Path, **options: Any) -> Converted:
         notes=_notes(checkpoint, opt),
     )
     experiment = experiment_dict(config, **experiment_sections(opt))
-    return Converted(model=model, experiment=experiment, report=report)
+    data = experiment["data"]
+    features = official_features_record(
+        data["video_features"], data["text_features"], data["clip_len"]
+    )
+    return Converted(model=model, experiment=experiment, report=report, features=features)
 
 
 #: options read when present (defaults of ld_detr/config.py otherwise)

@@ -29,6 +29,7 @@ from momentkit.interop.convert import (
     TensorRule,
     experiment_dict,
     map_tensors,
+    official_features_record,
 )
 
 NAME = "lighthouse"
@@ -458,4 +459,9 @@ def convert(checkpoint: Any, path: Path, **options: Any) -> Converted:
             f"Lighthouse dataset '{dataset}' has no momentkit counterpart: data.dataset keeps "
             "its default; set it (and the evaluator) before evaluating"
         )
-    return Converted(model, experiment_dict(config, **sections), report)
+    experiment = experiment_dict(config, **sections)
+    data = experiment["data"]
+    features = official_features_record(
+        data["video_features"], data["text_features"], data["clip_len"]
+    )
+    return Converted(model, experiment, report, features=features)

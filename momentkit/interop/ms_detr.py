@@ -35,6 +35,7 @@ from momentkit.interop.convert import (
     experiment_dict,
     jsonable,
     map_tensors,
+    official_features_record,
 )
 
 NAME = "ms_detr"
@@ -251,6 +252,10 @@ def experiment_sections(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]
             "normalize_video": not o.get("no_norm_vfeat", False),
             "normalize_text": not o.get("no_norm_tfeat", False),
             "eval_batch_size": int(o.get("eval_bsz", 100)),
+            # the release reads SlowFast then CLIP at fixed channel offsets: the released
+            # QVHighlights-style folders unless the options name others
+            "video_features": [str(d) for d in o.get("v_feat_dirs") or ("slowfast", "clip")],
+            "text_features": str(o.get("t_feat_dir") or "clip_text"),
         },
         "optim": {
             "lr": float(o.get("lr", 1e-4)),
@@ -420,7 +425,12 @@ def convert(checkpoint: Any, path: Path, **options: Any) -> Converted:
         options={k: jsonable(v) for k, v in sorted(opt.items())},
         notes=_notes(checkpoint, opt),
     )
-    return Converted(model, experiment_dict(config, **experiment_sections(opt)), report)
+    experiment = experiment_dict(config, **experiment_sections(opt))
+    data = experiment["data"]
+    features = official_features_record(
+        data["video_features"], data["text_features"], data["clip_len"]
+    )
+    return Converted(model, experiment, report, features=features)
 
 
 def _notes(checkpoint: Mapping[str, Any], opt: Mapping[str, Any]) -> list[str]:
