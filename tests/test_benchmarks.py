@@ -234,3 +234,177 @@ def test_bench_calibration_scores_positives_and_true_negatives(tmp_path: Path) -
     assert _matches(latent, [[0, 3, "cat", "rolling"], [3, 5, "dog", "running"]])
     assert not _matches(latent, [[0, 3, "dog", "running"], [3, 5, "cat", "rolling"]])
     assert roc_auc([1.0, 0.9], [0.1, 0.9]) == pytest.approx((2 + 1 + 0.5) / 4)
+
+
+# ------------------------------------------------------------- official code, side by side
+OFFICIAL = Path(__file__).resolve().parents[2] / "official"
+LIGHTHOUSE = OFFICIAL / "line+lighthouse"
+
+
+def test_synthetic_batch_has_the_qvhighlights_shape() -> None:
+    import torch
+
+    from momentkit.benchmarks.official import make_videos
+
+    v = make_videos(8, 20, 10, seed=1)
+    assert v.streams["slowfast"].shape == (8, 20, 2304) and v.text.shape == (8, 10, 512)
+    lengths = v.lengths
+    assert [n < 20 for n in lengths] == [i % 4 == 3 for i in range(8)]  # every 4th is short
+    assert all(5 <= n for n in lengths)
+    words = v.text_mask.sum(1)
+    assert int(words.min()) >= 8 and int(words.max()) <= 10
+    for i, n in enumerate(lengths):  # padding is zero, valid clips are unit vectors per stream
+        assert float(v.streams["clip"][i, n:].abs().sum()) == 0.0
+        norms = v.streams["clip"][i, :n].norm(dim=-1)
+        assert torch.allclose(norms, torch.ones(n), atol=1e-5)
+        assert float(v.tef[i, n - 1, 1]) == pytest.approx(1.0)
+    video = v.video(["clip", "slowfast"])
+    assert video.shape == (8, 20, 512 + 2304 + 2)
+    assert torch.equal(video[..., :512], v.streams["clip"])
+    for spans, windows, n in zip(v.spans(), v.windows, lengths):
+        assert spans.shape == (len(windows), 2) and float(spans.min()) >= 0.0
+        assert float((spans[:, 0] + spans[:, 1] / 2).max()) <= 1.0 + 1e-6
+        assert all(0 <= s < e <= n * 2.0 for s, e in windows)
+    relevant = v.saliency > 0
+    assert float(v.saliency.max()) <= 12.0 and not bool((relevant & ~v.video_mask).any())
+    assert bool((v.pos < v.video_mask.sum(1, keepdim=True)).all())
+    batch = v.momentkit_batch(["slowfast", "clip"])
+    assert torch.equal(batch["saliency_all_labels"], v.saliency / 3.0)
+    assert batch["duration"].tolist() == [n * 2.0 for n in lengths]
+
+
+def test_alternate_runs_the_sides_in_turn_and_ratio_pairs_rounds() -> None:
+    from momentkit.benchmarks.official import alternate, ratio
+
+    calls: list[str] = []
+    times = alternate(
+        {"a": lambda: calls.append("a") or 2.0, "b": lambda: calls.append("b") or 1.0},
+        repeats=3,
+        warmup=1,
+    )
+    assert calls == ["a", "b"] * 4  # the warm-up round, then A B A B A B
+    assert times == {"a": [2.0] * 3, "b": [1.0] * 3}
+    r = ratio([1.0, 2.0, 3.0], [2.0, 2.0, 2.0])
+    assert (r.median, r.low, r.high) == (1.0, 0.5, 1.5) and str(r) == "1.00 (0.50-1.50)"
+
+
+@pytest.mark.parametrize("bench", ["train", "infer"])
+def test_official_dir_errors_are_one_line(
+    bench: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", bench, "--model", "moment_detr", "--official-dir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not a checkout of line/lighthouse" in err and "git clone" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main([*argv[:3], "sg_detr", *argv[4:]]) == 2
+    assert "no official code is wired for model 'sg_detr'" in capsys.readouterr().err
+    if bench == "train":  # both sides use the official options
+        assert main([*argv, "--set", "hidden_dim=128"]) == 2
+        assert "--set cannot be combined" in capsys.readouterr().err
+
+
+def test_a_missing_package_of_the_official_code_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkout whose import fails on a package that is not installed: one line naming it and
+    the pip command (stand-ins cover only the packages the model path never calls)."""
+    import sys
+
+    import torch
+
+    from momentkit.benchmarks.official_env import OfficialCodeError, import_ld_detr
+
+    package = tmp_path / "ld_detr"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text("import yaml\nimport momentkit_no_such_pkg\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    # import_ld_detr replaces Tensor.cuda where there is no CUDA: restored after the test
+    monkeypatch.setattr(torch.Tensor, "cuda", torch.Tensor.cuda)
+    before = set(sys.modules)
+    try:
+        with pytest.raises(OfficialCodeError) as err:
+            import_ld_detr(tmp_path)
+    finally:  # the stand-ins and the fake package leave with the test
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+    message = str(err.value)
+    assert str(tmp_path) in message and "qingchen239/ld-detr" in message
+    assert "no module named 'momentkit_no_such_pkg'" in message
+    assert "pip install momentkit_no_such_pkg" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_stand_ins_only_replace_missing_packages() -> None:
+    import importlib.util
+    import sys
+
+    from momentkit.benchmarks.official_env import stand_in
+
+    assert stand_in("json") is sys.modules["json"]  # installed: the real package
+    name = "momentkit_test_stand_in_pkg"
+    try:
+        module = stand_in(name, answer=42)
+        assert module.answer == 42 and sys.modules[name] is module
+        assert importlib.util.find_spec(name) is not None  # torch._dynamo asks find_spec
+    finally:
+        sys.modules.pop(name, None)
+
+
+def _run_bench(argv: list[str], tmp_path: Path) -> dict:
+    """``momentkit bench ...`` in a fresh process (the official import installs stand-ins)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "figures.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "momentkit", "bench", *argv, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.skipif(not LIGHTHOUSE.is_dir(), reason="no line/lighthouse checkout beside the repo")
+def test_bench_train_official_side_by_side_on_the_same_function(tmp_path: Path) -> None:
+    argv = ["train", "--model", "qd_detr", "--official-dir", str(LIGHTHOUSE), "--threads", "1"]
+    argv += ["--batch-size", "4", "--clips", "10", "--tokens", "9", "--steps", "2"]
+    figures = _run_bench([*argv, "--warmup", "0"], tmp_path)
+    assert max(figures["max_difference"].values()) < 1e-4  # both sides: the same weights
+    for side in ("official", "momentkit"):
+        step = figures[side]
+        assert len(step["steps_s"]) == 2 and step["step_s"] > 0
+        parts = step["forward_loss_s"] + step["backward_s"] + step["clip_adamw_s"]
+        assert parts == pytest.approx(step["step_s"], rel=0.5)
+    assert figures["ratio"]["low"] <= figures["ratio"]["median"] <= figures["ratio"]["high"]
+    assert figures["batch"].startswith("4 videos: 3 of 10 clips + 1 of")
+    assert figures["load_average_before"]
+
+
+@pytest.mark.skipif(not LIGHTHOUSE.is_dir(), reason="no line/lighthouse checkout beside the repo")
+def test_bench_infer_official_latency_and_throughput_in_bf16(tmp_path: Path) -> None:
+    argv = ["infer", "--model", "moment_detr", "--official-dir", str(LIGHTHOUSE)]
+    argv += ["--queries", "5", "--batch-size", "2", "--clips", "8", "--tokens", "6"]
+    argv += ["--repeat", "1", "--latency-repeat", "2", "--warmup", "0", "--threads", "1"]
+    figures = _run_bench([*argv, "--precision", "bf16"], tmp_path)
+    assert figures["batch_size"] == 2 and figures["precision"] == "bf16"
+    for figure in ("latency", "throughput"):
+        assert figures[f"{figure}_official_median_s"] > 0
+        assert figures[f"{figure}_momentkit_median_s"] > 0
+        assert figures[f"{figure}_ratio"]["median"] > 0
+
+
+def test_bench_infer_without_official_code(tmp_path: Path) -> None:
+    out = tmp_path / "infer.json"
+    argv = ["bench", "infer", "--model", "qd_detr", "--queries", "3", "--batch-size", "2"]
+    argv += ["--clips", "6", "--tokens", "4", "--repeat", "1", "--latency-repeat", "1"]
+    assert main([*argv, "--warmup", "0", "--threads", "1", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["official_code"] is None and figures["batch_size"] == 2
+    assert figures["throughput_momentkit_median_s"] > 0 and "latency_ratio" not in figures

@@ -10,12 +10,12 @@ table gives the ratio per command::
     git worktree add /tmp/prev 2be105b
     momentkit bench cli --videos videos/ --baseline-src /tmp/prev --repeat 3
 
-Commands: ``version`` (``--version``), ``help`` (``--help``), ``evaluate`` on the official QVHighlights sample, ``query``
-on a library of ``--videos`` (built once, before timing) cold (an empty momentkit cache: the
-class-name and reference-caption embeddings are computed) and warm (cache filled), and
-``search`` of the demo clip. Each run of the current version gets a fresh empty cache directory
-for "cold" and a shared filled one for "warm"; the baseline has no cache, so its cold and warm
-runs are the same work.
+Commands: ``version`` (``--version``), ``help`` (``--help``), ``evaluate`` on the official
+QVHighlights sample, ``query`` on a library of ``--videos`` (built once, before timing) cold (an
+empty momentkit cache: the class-name and reference-caption embeddings are computed) and warm
+(cache filled), and ``search`` of the demo clip. Each run of the current version gets a fresh
+empty cache directory for "cold" and a shared filled one for "warm"; the baseline has no cache,
+so its cold and warm runs are the same work.
 """
 
 from __future__ import annotations

@@ -11,9 +11,19 @@ At the QVHighlights shape (batch 32, 75 clips of SlowFast 2304 + CLIP 512 + 2 TE
   (``MomentDataset`` + ``collate`` + the trainer's background prefetch), once from a ``.npz``
   directory and once from the packed memory-mapped store, as a ratio to pure compute.
 
+With ``--official-dir DIR`` it instead times the model's official implementation, imported
+from a checkout of its repository (line/lighthouse for ``moment_detr`` and ``qd_detr``,
+qingchen239/ld-detr, snailma0229/MS-DETR), against momentkit on the identical batch and the
+identical weights (the official model's, converted by ``momentkit.interop``: momentkit's
+``official`` variant), alternating one official and one momentkit step, and prints both step
+times by phase and the ratio (median and range over the rounds); see
+:mod:`momentkit.benchmarks.official`. The batch is QVHighlights-shaped: every 4th video has
+``--clips`` - 15 to ``--clips`` - 1 clips, queries have 8 to ``--tokens`` tokens.
+
 Example::
 
     momentkit bench train --model qd_detr --threads 2
+    momentkit bench train --model qd_detr --official-dir ~/src/lighthouse --items 0
 """
 
 from __future__ import annotations
@@ -48,6 +58,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     add_set_argument(parser, "model config overrides, e.g. --set hidden_dim=128")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
+    add_official_arguments(parser)
+
+
+def add_official_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--official-dir``, ``--device``, ``--precision``, ``--tf32`` (shared with ``infer``)."""
+    parser.add_argument(
+        "--official-dir",
+        metavar="DIR",
+        help="checkout of the model's official repository: time it against momentkit, "
+        "alternating, on the same batch and weights",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: both sides' forward under bf16 autocast (losses in float32)",
+    )
+    parser.add_argument(
+        "--tf32", action="store_true", help="allow TF32 matmuls and convolutions (CUDA only)"
+    )
 
 
 def _model_and_criterion(name: str, overrides: list[str], video_dim: int) -> tuple[Any, Any]:
@@ -120,6 +151,10 @@ def _epoch_seconds(
 
 def run(args: argparse.Namespace) -> int:
     """Measure and print the figures."""
+    if args.official_dir:
+        from momentkit.benchmarks.official_train import compare_training
+
+        return compare_training(args)
     import torch
     from rich.console import Console
     from rich.table import Table

@@ -15,6 +15,7 @@ HELP = "run a benchmark (evaluate, train, ...) and print measured figures"
 BENCHMARKS: dict[str, str] = {
     "evaluate": "evaluate",
     "train": "train",
+    "infer": "infer",
     "search": "search",
     "learn": "learn",
     "cotrain": "cotrain",

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from momentkit.modeling.dropout import fast_dropout
+from momentkit.modeling.packing import Packing
 
 
 def split_heads(x: Tensor, nhead: int) -> Tensor:
@@ -120,6 +121,7 @@ class MultiheadAttention(nn.Module):
         gate: Tensor | None = None,
         *,
         allowed: Tensor | None = None,
+        packing: Packing | None = None,
     ) -> Tensor:
         """Attend from ``query`` ``(B, L, d)`` to ``key``/``value`` ``(B, S, d)``.
 
@@ -127,6 +129,11 @@ class MultiheadAttention(nn.Module):
         attention weights (``None``: 1); ``allowed`` a query-by-key bool mask, True = may attend,
         ``(B, H, L, S)`` for a per-head mask (shapes in :func:`attention_mask`; ``None``: all).
         Returns ``(B, L, d)``.
+
+        With ``packing`` (self-attention over one padded sequence, ``L == S``) ``query``,
+        ``key`` and ``value`` are its valid rows ``(R, d)``
+        (:class:`~momentkit.modeling.packing.Packing`): the projections run on those rows
+        only, attention on the padded layout, and the result is ``(R, d)``.
         """
         d = self.d_model
         w, b = self.in_proj_weight, self.in_proj_bias
@@ -136,6 +143,8 @@ class MultiheadAttention(nn.Module):
             q = F.linear(query, w[:d], b[:d])
             k = F.linear(key, w[d : 2 * d], b[d : 2 * d])
         v = F.linear(value, w[2 * d :], b[2 * d :])
+        if packing is not None:
+            q, k, v = packing.pad(torch.cat([q, k, v], dim=-1)).split(d, dim=-1)
         out = scaled_dot_attention(
             split_heads(q, self.nhead),
             split_heads(k, self.nhead),
@@ -147,7 +156,8 @@ class MultiheadAttention(nn.Module):
         )  # (B, H, L, Dh)
         if gate is not None:
             out = out * gate[:, None, :, None].to(out.dtype)
-        return self.out_proj(merge_heads(out))
+        merged = merge_heads(out)
+        return self.out_proj(merged if packing is None else packing.pack(merged))
 
 
 class ProjectedAttention(nn.Module):

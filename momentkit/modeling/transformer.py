@@ -17,11 +17,13 @@ from torch import Tensor, nn
 
 from momentkit.modeling.attention import MultiheadAttention
 from momentkit.modeling.dropout import Dropout
+from momentkit.modeling.packing import Packing, packing_of
+from momentkit.modeling.prelu import PReLU
 
 _ACTIVATIONS: dict[str, Callable[[], Callable[[Tensor], Tensor]]] = {
     "relu": lambda: F.relu,
     "gelu": lambda: F.gelu,
-    "prelu": nn.PReLU,  # one learnable slope (LD-DETR's official feed-forward activation)
+    "prelu": PReLU,  # one learnable slope (the official QD-/LD-/MS-DETR feed-forward activation)
 }
 ACTIVATIONS = tuple(_ACTIVATIONS)
 
@@ -100,12 +102,22 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout2 = Dropout(dropout)
         self.pre_norm = pre_norm
 
-    def forward(self, x: Tensor, pos: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """``x`` ``(B, L, d)``, ``pos`` ``(B, L, d)``, ``mask`` ``(B, L)`` -> ``(B, L, d)``."""
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor | None = None,
+        mask: Tensor | None = None,
+        packing: Packing | None = None,
+    ) -> Tensor:
+        """``x`` ``(B, L, d)``, ``pos`` ``(B, L, d)``, ``mask`` ``(B, L)`` -> ``(B, L, d)``.
+
+        With ``packing`` (of ``mask``), ``x`` and ``pos`` are the valid rows ``(R, d)`` and so
+        is the result (see :class:`~momentkit.modeling.packing.Packing`).
+        """
 
         def attend(h: Tensor) -> Tensor:
             qk = with_pos(h, pos)
-            return self.self_attn(qk, qk, h, mask)
+            return self.self_attn(qk, qk, h, mask, packing=packing)
 
         x = residual(x, attend, self.norm1, self.dropout1, self.pre_norm)
         return residual(x, self.ffn, self.norm2, self.dropout2, self.pre_norm)
@@ -249,11 +261,27 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(d_model) if pre_norm else None
         xavier_init_(self)
 
-    def forward(self, x: Tensor, pos: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        """``x`` ``(B, L, d)``, ``pos`` ``(B, L, d)``, ``mask`` ``(B, L)`` -> ``(B, L, d)``."""
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor | None = None,
+        mask: Tensor | None = None,
+        skip_padding: bool = False,
+    ) -> Tensor:
+        """``x`` ``(B, L, d)``, ``pos`` ``(B, L, d)``, ``mask`` ``(B, L)`` -> ``(B, L, d)``.
+
+        ``skip_padding``: run every per-row step (projections, feed-forward, norms, dropout)
+        on the valid rows only (:mod:`~momentkit.modeling.packing`); the valid outputs are the
+        same, padded rows come out as zeros (the plain path's values there are not used by
+        anything either, padding being masked as a key).
+        """
+        packing = packing_of(mask) if skip_padding else None
+        if packing is not None:
+            x, pos = packing.pack(x), None if pos is None else packing.pack(pos)
         for layer in self.layers:
-            x = layer(x, pos, mask)
-        return self.norm(x) if self.norm is not None else x
+            x = layer(x, pos, mask, packing)
+        x = self.norm(x) if self.norm is not None else x
+        return packing.pad(x) if packing is not None else x
 
 
 class CrossAttentionEncoder(nn.Module):

@@ -111,7 +111,7 @@ class MomentDETR(MomentModel):
         src = torch.cat([video, text], dim=1)
         mask = torch.cat([video_mask, text_mask], dim=1)
         pos = torch.cat([self.video_pos(video_mask), text_pos], dim=1)
-        memory = self.encoder(src, pos, mask)  # (B, T + N, d)
+        memory = self.encoder(src, pos, mask, skip_padding=not every_row)  # (B, T + N, d)
         tgt = memory.new_zeros(len(memory), self.config.num_queries, self.config.hidden_dim)
         hs = self.decoder(tgt, memory, self.query_embed.weight.unsqueeze(0), pos, mask)
         out = self.head(hs, aux=self.config.loss.aux_loss)

@@ -70,7 +70,8 @@ class QDDETRConfig(DETRConfig):
         t2v_layers: text-to-video cross-attention layers (the official code uses ``enc_layers``).
         neg_pairs: when the mismatched-query pass producing ``saliency_scores_neg`` runs:
             ``train`` (only in training mode: it feeds only training losses) or ``always``
-            (evaluation too, as the released code, whose validation losses include it).
+            (evaluation too, as the released code, whose validation losses include it; not
+            under ``torch.inference_mode``, where only predictions are made).
         t2v_mask: the T2V attention mask. ``per_video``: each clip attends to its own query's
             valid words. ``tiled``: the released code's layout, which builds one
             ``(clips x words)`` "both padded" mask per video and stacks it with
@@ -163,7 +164,12 @@ class QDDETR(MomentModel):
         if self.distill_align is not None and self.training:
             encoders = (self.video_proj, self.text_proj)
             loss_align = self.distill_align(video, text, batch, encoders)
-        negatives = self.training or c.neg_pairs == "always"
+        # under ``torch.inference_mode`` (prediction: ``inference_loop``, the scorers) nothing
+        # reads ``saliency_scores_neg``: the negative half, which doubles the T2V and encoder
+        # work, is skipped there even with ``neg_pairs="always"``
+        negatives = self.training or (
+            c.neg_pairs == "always" and not torch.is_inference_mode_enabled()
+        )
         pair_masks = [(video_mask, text_mask)]
         if negatives:  # pair every video with its own and with the next video's query
             pair_masks.append((video_mask, text_mask.roll(-1, dims=0)))

@@ -1,0 +1,179 @@
+"""``momentkit bench infer``: inference latency and throughput, optionally vs the official code.
+
+Two figures, features cached in memory (no decoding, no encoders):
+
+- latency: one query on one 150 s video (``--clips`` 75 clips of 2 s), forward + post-processing
+  into prediction rows, median over ``--latency-repeat`` runs;
+- throughput: predictions for ``--queries`` queries (QVHighlights val: 1550) in batches of
+  ``--batch-size`` (default: the official evaluation's batch size, else 32), QVHighlights-shaped
+  synthetic features (every 4th video shorter; a pool of 4 batches is reused, as cached features
+  would be), queries per second, median over ``--repeat`` runs.
+
+momentkit's side is ``momentkit predict``'s loop (``inference_loop``: eval mode, no gradients,
+the model's own post-processing). With ``--official-dir DIR`` the official evaluation code
+(Lighthouse's / LD-DETR's / MS-DETR's ``compute_mr_results``: forward, ranking,
+``PostProcessorDETR``) runs on the same batches and the same weights (converted by
+``momentkit.interop``), alternating official and momentkit runs, and the ratio momentkit /
+official is printed per figure (median and range over the rounds). Example::
+
+    momentkit bench infer --model moment_detr --official-dir ~/src/lighthouse --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from typing import Any
+
+HELP = "inference latency (1 query, 150 s video) and throughput (1550 queries), vs official"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, sizes, repetitions and the official checkout."""
+    from momentkit.benchmarks.train import add_official_arguments
+
+    parser.add_argument("--model", default="moment_detr", help="registered model name")
+    parser.add_argument("--queries", type=int, default=1550, help="queries in the throughput run")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: the official eval batch size, or 32"
+    )
+    parser.add_argument("--clips", type=int, default=75, help="clips per video (2 s each)")
+    parser.add_argument("--tokens", type=int, default=32, help="tokens of the longest query")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per side")
+    parser.add_argument("--latency-repeat", type=int, default=20, help="latency runs per side")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
+    add_official_arguments(parser)
+
+
+def momentkit_only(model: str, device: str, precision: str) -> Any:
+    """momentkit's side alone (no ``--official-dir``): the model's default config."""
+    import torch
+
+    from momentkit.benchmarks.official import STREAM_DIMS, TEXT_DIM, OfficialPair
+    from momentkit.models import build_model
+
+    config = {"name": model, "video_dim": sum(STREAM_DIMS.values()) + 2, "text_dim": TEXT_DIM}
+    torch.manual_seed(0)
+    pair = OfficialPair(None, model, torch.device(device), precision)
+    pair.momentkit = build_model(config).to(pair.device).eval()
+    return pair
+
+
+def _batches(pair: Any, queries: int, batch_size: int, clips: int, tokens: int) -> list[Any]:
+    """``ceil(queries / batch_size)`` momentkit (and official) batches from a pool of 4."""
+    from momentkit.benchmarks.official import make_videos
+
+    full, last = divmod(queries, batch_size)
+    pool = [make_videos(batch_size, clips, tokens, seed=1 + i, qid_start=i * batch_size)
+            for i in range(min(full, 4))]  # fmt: skip
+    videos = [pool[i % len(pool)] for i in range(full)] if pool else []
+    if last:
+        videos.append(make_videos(last, clips, tokens, seed=99, qid_start=full * batch_size))
+    return videos
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and print the figures."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from momentkit.benchmarks.official import (
+        Timing,
+        alternate,
+        build_pair,
+        configure_device,
+        load_average,
+        make_videos,
+        ratio,
+        threads,
+        timed,
+    )
+
+    configure_device(args.device, args.tf32)
+    with threads(args.threads):
+        if args.official_dir:
+            pair = build_pair(args.model, args.official_dir, args.device, args.precision)
+        else:
+            pair = momentkit_only(args.model, args.device, args.precision)
+        official = args.official_dir is not None
+        batch_size = args.batch_size or (pair.eval_batch_size if official else 32)
+        single = make_videos(1, args.clips, args.tokens, seed=0, short_every=0, min_tokens=12)
+        throughput = _batches(pair, args.queries, batch_size, args.clips, args.tokens)
+        sides_inputs = {"momentkit": (pair.momentkit_predict, pair.momentkit_batch)}
+        if official:
+            theirs = (pair.official_predict, pair.official_batch)
+            sides_inputs = {"official": theirs, **sides_inputs}
+        load_before = load_average()
+        figures: dict[str, dict[str, list[Timing]]] = {}
+        for figure, videos, repeats in (
+            ("latency", [single], args.latency_repeat),
+            ("throughput", throughput, args.repeat),
+        ):
+            calls = {}
+            for side, (predict, to_batch) in sides_inputs.items():
+                batches = [to_batch(v, training=False) for v in videos]
+                calls[side] = timed(lambda p=predict, b=batches: p(b), pair.device)
+            figures[figure] = alternate(calls, repeats=repeats, warmup=args.warmup)
+        load_after = load_average()
+
+    result: dict[str, Any] = {
+        "model": args.model,
+        "official_code": pair.describe() if official else None,
+        "device": args.device,
+        "precision": args.precision,
+        "threads": args.threads,
+        "queries": args.queries,
+        "batch_size": batch_size,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+    }
+    table = Table(title=f"inference, {args.model} (features cached)")
+    table.add_column("figure")
+    for side in sides_inputs:
+        table.add_column(side, justify="right")
+    if official:
+        table.add_column("momentkit / official: time", justify="right")
+        table.add_column("CPU time", justify="right")
+    for figure, times in figures.items():
+        row = [
+            "latency, 1 query, 150 s video (ms)"
+            if figure == "latency"
+            else f"throughput, {args.queries} queries, batches of {batch_size} (queries/s)"
+        ]
+        for side, values in times.items():
+            median = statistics.median(t.wall for t in values)
+            value = median * 1000 if figure == "latency" else args.queries / median
+            row.append(f"{value:.1f}")
+            result[f"{figure}_{side}_s"] = [round(t.wall, 5) for t in values]
+            result[f"{figure}_{side}_cpu_s"] = [round(t.cpu, 5) for t in values]
+            result[f"{figure}_{side}_median_s"] = round(median, 5)
+        if official:
+            for kind in ("wall", "cpu"):
+                r = ratio(
+                    [getattr(t, kind) for t in times["momentkit"]],
+                    [getattr(t, kind) for t in times["official"]],
+                )
+                row.append(str(r))
+                name = f"{figure}_ratio" if kind == "wall" else f"{figure}_cpu_ratio"
+                result[name] = {"median": r.median, "low": r.low, "high": r.high}
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(
+        f"load average {load_before} -> {load_after}"
+        + (f"; {pair.describe()}" if official else "")
+        + (
+            "; ratio = time momentkit / time official (median, range over A B rounds)"
+            if official
+            else ""
+        )  # fmt: skip
+    )
+    if args.json_out:
+        from momentkit.utils.io import write_json
+
+        write_json(args.json_out, result)
+    print(json.dumps({k: v for k, v in result.items() if not k.endswith("_s")}))
+    return 0

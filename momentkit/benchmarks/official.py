@@ -1,0 +1,304 @@
+"""Side-by-side timing of momentkit against the official code: the shared machinery.
+
+``momentkit bench train --official-dir DIR`` and ``momentkit bench infer --official-dir DIR``
+time a model's official implementation, imported at run time from a checkout of its repository
+(:mod:`momentkit.benchmarks.official_env`), and momentkit on the identical batch and the
+identical weights: the official model is built with its release's options for QVHighlights,
+its own initial weights are written as the official training script saves them and converted
+with :mod:`momentkit.interop` (the parity machinery), so both sides compute the same function
+(momentkit's ``official`` variant). Each codebase has an :class:`OfficialPair` subclass in
+``momentkit/benchmarks/official_<codebase>.py``; :data:`PAIRS` maps a model name to it.
+
+This module holds what they share: the base class with momentkit's side of a training step and
+of inference, and :func:`build_pair`; the synthetic batch is in
+:mod:`~momentkit.benchmarks.official_videos`, the A B timing and ratios in
+:mod:`~momentkit.benchmarks.official_timing` (both re-exported here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from momentkit.benchmarks.official_timing import (
+    Phases,
+    Ratio,
+    Timing,
+    alternate,
+    load_average,
+    ratio,
+    synchronize,
+    threads,
+    timed,
+)
+from momentkit.benchmarks.official_videos import STREAM_DIMS, TEXT_DIM, Videos, make_videos
+from momentkit.utils.errors import MomentkitError
+
+#: model name -> module under momentkit.benchmarks holding its OfficialPair subclass
+PAIRS: dict[str, str] = {
+    "moment_detr": "official_lighthouse",
+    "qd_detr": "official_lighthouse",
+    "ld_detr": "official_ld_detr",
+    "ms_detr": "official_ms_detr",
+}
+PRECISIONS = ("fp32", "bf16")
+
+
+# ------------------------------------------------------------------------------ the two sides
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors of a nested dict/list/tuple moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def to_float32(obj: Any) -> Any:
+    """Floating tensors of a nested output dict cast to float32 (losses after bf16 autocast)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return {k: to_float32(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_float32(v) for v in obj)
+    return obj
+
+
+class OfficialPair:
+    """One model's official implementation and momentkit's, on identical weights.
+
+    Subclasses (one per codebase) set in ``__init__``: ``self.official`` (the official model),
+    ``self.criterion`` (its criterion), ``self.options`` (its options), ``self.momentkit`` (the
+    converted momentkit model), ``self.stream_order`` (the official video channel order),
+    ``self.eval_batch_size`` (the release's), ``self.revision`` (the checkout's commit), and
+    implement :meth:`official_forward_loss` and :meth:`official_predict`.
+    """
+
+    #: the codebase (``momentkit.interop`` source name) and the momentkit label scale
+    source: str = ""
+    label_scale: float = 3.0
+    grad_clip: float = 0.1
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+
+    official: torch.nn.Module
+    criterion: Any
+    options: Any
+    momentkit: Any
+    stream_order: tuple[str, ...] = ("slowfast", "clip")
+    eval_batch_size: int = 32
+    revision: str = "unknown"
+
+    def __init__(self, root: Path | None, model: str, device: torch.device, precision: str) -> None:
+        self.root, self.model_name, self.device, self.precision = root, model, device, precision
+
+    # ----------------------------------------------------------------------------- set-up
+    def convert(self, options: Any, layout: str) -> None:
+        """``self.momentkit``: the official model's weights written as its training script
+        saves them and converted by :func:`momentkit.interop.convert.convert_checkpoint`."""
+        from momentkit.interop.convert import convert_checkpoint
+        from momentkit.interop.parity import write_official_checkpoint
+        from momentkit.models import build_criterion
+        from momentkit.training.config import OptimConfig
+        from momentkit.training.optim import build_optimizer
+
+        state = {k: v.detach().cpu() for k, v in self.official.state_dict().items()}
+        with tempfile.TemporaryDirectory(prefix="momentkit-bench-official-") as tmp:
+            path = Path(tmp) / "model.ckpt"
+            write_official_checkpoint(path, state, options, layout=layout)
+            converted = convert_checkpoint(path, self.source)
+        self.momentkit = converted.model.to(self.device)
+        self.momentkit_criterion = build_criterion(self.momentkit.config)
+        cfg = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+        self.momentkit_optimizer = build_optimizer(self.momentkit, cfg)
+
+    def official_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW as the release's ``setup_model`` builds it (PyTorch defaults otherwise)."""
+        params = [p for p in self.official.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on the device for ``--precision bf16``, else nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --------------------------------------------------------------------------- batches
+    def official_batch(self, videos: Videos, training: bool) -> Any:
+        """The official model's inputs of ``videos`` (on the device)."""
+        raise NotImplementedError
+
+    def momentkit_batch(self, videos: Videos, training: bool) -> dict[str, Any]:
+        """momentkit's batch of the same tensors: on the device for training, on the CPU for
+        inference (``inference_loop`` moves each batch, as the official evaluation does)."""
+        batch = videos.momentkit_batch(self.stream_order, self.label_scale)
+        return to_device(batch, self.device) if training else batch
+
+    # ---------------------------------------------------------------------------- training
+    def official_forward_loss(self, batch: Any) -> torch.Tensor:
+        """The official weighted total loss of one training forward (as its ``train.py``)."""
+        raise NotImplementedError
+
+    def official_step(self, batch: Any) -> Phases:
+        """One official training step: forward + loss, backward, clip + AdamW."""
+        if not hasattr(self, "_official_optimizer"):
+            self._official_optimizer = self.official_optimizer()
+        self.official.train()
+        params = list(self.official.parameters())
+        return self._timed_step(
+            self._official_optimizer,
+            lambda: self.official_forward_loss(batch),
+            lambda: torch.nn.utils.clip_grad_norm_(params, self.grad_clip),
+        )
+
+    def momentkit_step(self, batch: dict[str, Any]) -> Phases:
+        """One momentkit training step, as ``momentkit.training.trainer`` takes it."""
+        from momentkit.training.optim import clip_gradients
+
+        model, criterion = self.momentkit, self.momentkit_criterion
+        model.train()
+
+        def forward_loss() -> torch.Tensor:
+            with self.autocast():
+                outputs = model(batch)
+            return criterion(to_float32(outputs), batch)["loss"]
+
+        return self._timed_step(
+            self.momentkit_optimizer, forward_loss, lambda: clip_gradients(model, self.grad_clip)
+        )
+
+    def _timed_step(
+        self,
+        optimizer: Any,
+        forward_loss: Callable[[], torch.Tensor],
+        clip: Callable[[], Any],
+    ) -> Phases:
+        synchronize(self.device)
+        c0, t0 = time.process_time(), time.perf_counter()
+        loss = forward_loss()
+        synchronize(self.device)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        synchronize(self.device)
+        t2 = time.perf_counter()
+        clip()
+        optimizer.step()
+        synchronize(self.device)
+        t3 = time.perf_counter()
+        return Phases(t1 - t0, t2 - t1, t3 - t2, time.process_time() - c0)
+
+    # ---------------------------------------------------------------------- the same function
+    def official_outputs(self, batch: Any) -> dict[str, Any]:
+        """The official model's evaluation-mode outputs of a training-form batch."""
+        raise NotImplementedError
+
+    def max_differences(self, videos: Videos) -> dict[str, float]:
+        """Largest ``|official - momentkit|`` of the evaluation outputs (``pred_logits``,
+        ``pred_spans``, ``saliency_scores`` on valid clips) on ``videos``: both sides must
+        compute the same function (float rounding) for their times to compare."""
+        self.official.eval()
+        self.momentkit.eval()
+        with torch.no_grad():
+            theirs = self.official_outputs(self.official_batch(videos, training=True))
+            ours = self.momentkit(self.momentkit_batch(videos, training=True))
+        valid = videos.video_mask.float()
+        diffs = {}
+        for key in ("pred_logits", "pred_spans", "saliency_scores"):
+            a, b = ours[key].detach().float().cpu(), theirs[key].detach().float().cpu()
+            if key == "saliency_scores":
+                a, b = a * valid, b * valid
+            diffs[key] = float((a - b).abs().max())
+        return diffs
+
+    # --------------------------------------------------------------------------- inference
+    def official_predict(self, batches: Sequence[Any]) -> list[Any]:
+        """The release's prediction rows (evaluation code path, no gradients) of ``batches``."""
+        raise NotImplementedError
+
+    def momentkit_predict(self, batches: Sequence[dict[str, Any]]) -> list[Any]:
+        """momentkit's predictions (``momentkit predict``'s ``inference_loop``) of ``batches``."""
+        from momentkit.modeling.postprocess import PostProcessor
+        from momentkit.training.trainer import inference_loop
+
+        post = PostProcessor(**getattr(self.momentkit.config, "postprocess", {}))
+        dtype = torch.bfloat16 if self.precision == "bf16" else None
+        return inference_loop(self.momentkit, batches, self.device, post, dtype)
+
+    def describe(self) -> str:
+        """One line: the official code and its revision."""
+        return f"{self.source} checkout {self.root} @ {self.revision[:10]}"
+
+
+def _no_progress(iterable: Any, *args: Any, **kwargs: Any) -> Any:
+    return iterable
+
+
+def silence_progress(root: Path) -> None:
+    """The official modules' ``tqdm`` progress bars off (every imported module of the checkout
+    ``root`` that uses one): a progress bar is not the code under test."""
+    import sys
+
+    prefix = str(Path(root).resolve())
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None) or ""
+        if path.startswith(prefix) and hasattr(module, "tqdm"):
+            module.tqdm = _no_progress
+
+
+def git_revision(root: Path) -> str:
+    """The checkout's commit (``unknown`` where git cannot say)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def build_pair(
+    model: str, official_dir: str | Path, device: str = "cpu", precision: str = "fp32"
+) -> OfficialPair:
+    """The :class:`OfficialPair` of ``model`` with the official code from ``official_dir``."""
+    if model not in PAIRS:
+        raise MomentkitError(
+            f"--official-dir: no official code is wired for model '{model}'; "
+            f"choose one of {', '.join(PAIRS)}"
+        )
+    if precision not in PRECISIONS:
+        raise MomentkitError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MomentkitError("--device cuda: CUDA is not available on this machine")
+    module = importlib.import_module(f"momentkit.benchmarks.{PAIRS[model]}")
+    root = Path(official_dir).expanduser().resolve()
+    torch.manual_seed(0)
+    return module.PAIR(root, model, dev, precision)
+
+
+def configure_device(device: str, tf32: bool) -> None:
+    """TF32 matmuls and convolutions on CUDA for ``--tf32`` (no effect on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+__all__ = [
+    "PAIRS", "PRECISIONS", "STREAM_DIMS", "TEXT_DIM", "OfficialPair", "Phases", "Ratio",
+    "Timing", "Videos", "alternate", "build_pair", "configure_device", "git_revision",
+    "load_average", "make_videos", "ratio", "silence_progress", "synchronize", "threads",
+    "timed", "to_device", "to_float32",
+]  # fmt: skip

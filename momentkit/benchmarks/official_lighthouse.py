@@ -1,0 +1,111 @@
+"""Moment-DETR and QD-DETR: line/lighthouse's released code against momentkit.
+
+The official model and criterion come from Lighthouse's ``build_model`` with its own option
+files for QVHighlights and CLIP + SlowFast features (``configs/base.yml`` +
+``feature/clip_slowfast.yml`` + ``model/<model>.yml`` + ``dataset/qvhighlight.yml``, read by
+its ``BaseOptions``): width 256, 2 + 2 layers, FFN 1024, 10 queries, input dropout 0.5, a
+2818-d video (CLIP 512 + SlowFast 2304 + 2 TEF, Lighthouse's order) and 512-d query tokens.
+A training step is ``training/train.py``'s: ``model(**model_inputs)``, the criterion's
+weighted sum, ``backward``, ``clip_grad_norm_(0.1)``, AdamW; inference is
+``training/evaluate.py``'s ``compute_mr_results`` (forward, ranking, ``PostProcessorDETR``),
+its progress bar off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from momentkit.benchmarks.official import (
+    OfficialPair,
+    Videos,
+    git_revision,
+    silence_progress,
+    to_float32,
+)
+from momentkit.benchmarks.official_env import import_lighthouse
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+class LighthousePair(OfficialPair):
+    """Moment-DETR or QD-DETR from a line/lighthouse checkout, and momentkit's conversion."""
+
+    source = "lighthouse"
+    label_scale = 3.0  # Lighthouse sums the 3 annotators' scores, momentkit takes the mean
+    stream_order = ("clip", "slowfast")
+
+    def __init__(self, root: Path, model: str, device: torch.device, precision: str) -> None:
+        super().__init__(root, model, device, precision)
+        self.lh = import_lighthouse(root)
+        self.revision = git_revision(self.lh.root)
+        options = self.lh.config.BaseOptions(model, "qvhighlight", "clip_slowfast", None, None)
+        with _working_directory(self.lh.root):  # it reads configs/ relative to the checkout
+            options.parse()
+        opt = options.option
+        opt.device = str(device)
+        self.options = opt
+        self.eval_batch_size = int(opt.eval_bsz)
+        self.lr, self.weight_decay, self.grad_clip = opt.lr, opt.wd, opt.grad_clip
+        build = getattr(self.lh, model).build_model
+        self.official, self.criterion = build(opt)
+        self.official.to(device)
+        plain = {k: v for k, v in dict(opt).items() if not callable(v)}
+        self.convert(plain, layout="plain")
+        silence_progress(self.root)  # progress bars are not the code under test
+
+    def official_batch(self, videos: Videos, training: bool) -> Any:
+        """``(metas, batched)`` as ``start_end_collate`` returns them; for training, the
+        ``(model_inputs, targets)`` of ``prepare_batch_inputs`` on the device."""
+        batched = {
+            "query_feat": (videos.text, videos.text_mask.float()),
+            "video_feat": (videos.video(self.stream_order), videos.video_mask.float()),
+            "span_labels": [{"spans": s} for s in videos.spans()],
+            "saliency_pos_labels": videos.pos,
+            "saliency_neg_labels": videos.neg,
+            "saliency_all_labels": videos.saliency,
+        }
+        if training:
+            return self.lh.dataset.prepare_batch_inputs(batched, self.device)
+        metas = [
+            {"qid": q, "query": f"query {q}", "vid": f"v{q}", "duration": float(d),
+             "relevant_windows": w}
+            for q, d, w in zip(videos.qids, videos.duration, videos.windows)
+        ]  # fmt: skip
+        return metas, batched
+
+    def official_forward_loss(self, batch: Any) -> torch.Tensor:
+        model_inputs, targets = batch
+        with self.autocast():
+            outputs = self.official(**model_inputs)
+        loss_dict = self.criterion(to_float32(outputs), targets)
+        weights = self.criterion.weight_dict
+        return sum(loss_dict[k] * weights[k] for k in loss_dict if k in weights)
+
+    def official_outputs(self, batch: Any) -> dict[str, Any]:
+        model_inputs, _ = batch
+        return self.official(**model_inputs)
+
+    def official_predict(self, batches: Sequence[Any]) -> list[Any]:
+        self.official.eval()
+        with torch.no_grad(), self.autocast():
+            rows, _ = self.lh.evaluate.compute_mr_results(
+                None, self.official, batches, self.options, None
+            )
+        return rows
+
+
+PAIR = LighthousePair

@@ -1,0 +1,54 @@
+"""Valid rows of a padded batch, packed: per-row work skips the padding.
+
+A padded batch ``(B, L, d)`` with a mask ``(B, L)`` (True = valid) holds ``R = mask.sum()``
+real rows. Linear layers, LayerNorms, dropout and residuals act on each row alone, so they can
+run on the packed ``(R, d)`` rows; only attention needs the padded layout, where the padding is
+masked as a key (:meth:`Packing.pad` / :meth:`Packing.pack` convert). On Moment-DETR's joint
+encoder (75 clips + 32 word slots, queries of 8-32 words) about 12 % of the rows are padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where the valid rows of a ``(B, L, ...)`` batch are.
+
+    Attributes:
+        rows: ``(R,)`` long, flat indices ``b * L + l`` of the valid rows, in order.
+        batch: ``B``.
+        length: ``L``.
+    """
+
+    rows: Tensor
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, mask: Tensor) -> Packing:
+        """The packing of ``mask`` ``(B, L)`` bool."""
+        batch, length = mask.shape
+        return cls(mask.reshape(-1).nonzero().squeeze(1), batch, length)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``(B, L, *rest)`` -> ``(R, *rest)``: the valid rows."""
+        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.rows)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """``(R, *rest)`` -> ``(B, L, *rest)``, zeros at the padded rows."""
+        flat = x.new_zeros(self.batch * self.length, *x.shape[1:])
+        return flat.index_copy(0, self.rows, x).view(self.batch, self.length, *x.shape[1:])
+
+
+def packing_of(mask: Tensor | None) -> Packing | None:
+    """The :class:`Packing` of ``mask`` ``(B, L)``, or ``None`` when it has no padding."""
+    if mask is None or bool(mask.all()):
+        return None
+    return Packing.of(mask.bool())
+
+
+__all__ = ["Packing", "packing_of"]

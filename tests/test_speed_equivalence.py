@@ -1,0 +1,169 @@
+"""The speed-ups compute what they replace: outputs and gradients against the plain form.
+
+Each fast path (issue 33) is checked against the straightforward computation it replaces, on
+inputs that exercise its edge cases; the golden parity fixtures (tests/test_parity_*.py) check
+the models that use them against the official code as well.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from momentkit.modeling.distill_align import FeatureQueue, distill_align_loss
+from momentkit.modeling.prelu import PReLU, prelu
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ------------------------------------------------------------------------------------ PReLU
+@pytest.mark.parametrize("shape", [(64, 48), (3, 5, 7), (1,)])
+def test_prelu_matches_torch_forward_and_gradients(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    x.view(-1)[: max(1, x.numel() // 10)] = 0.0  # the kink: x == 0 takes the slope side
+    grad = torch.randn(*shape, generator=g)
+    ours, theirs = PReLU(), torch.nn.PReLU()
+    for m in (ours, theirs):
+        m.weight.data.fill_(0.3)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), theirs(xb)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert torch.equal(ya, yb)
+    assert torch.equal(xa.grad, xb.grad)  # bit-identical input gradient
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_prelu_state_dict_and_no_grad_path_are_torchs() -> None:
+    assert set(PReLU().state_dict()) == set(torch.nn.PReLU().state_dict())
+    x, w = torch.randn(4, 6), torch.tensor([0.2])
+    with torch.no_grad():
+        assert torch.equal(prelu(x, w), F.prelu(x, w))
+    per_channel = torch.rand(6)  # one slope per channel: torch's own kernel
+    assert torch.equal(prelu(x, per_channel), F.prelu(x, per_channel))
+
+
+def test_prelu_slope_gradient_is_the_negative_side_dot_product() -> None:
+    x = torch.tensor([[-2.0, 3.0], [0.0, -1.0]])
+    w = torch.tensor([0.5], requires_grad=True)
+    prelu(x, w).sum().backward()
+    assert w.grad is not None and float(w.grad) == -3.0
+
+
+# ------------------------------------------------------------------------------ queue matmul
+def test_queue_similarity_backward_sees_the_queue_before_its_enqueue() -> None:
+    """Loss, enqueue, backward (a training step): the gradient equals the one computed from a
+    copy of the queue taken before the enqueue, bit for bit, and the queue keeps its new rows."""
+    torch.manual_seed(0)
+    queue = FeatureQueue(10, 4)
+    queue.ptr.fill_(8)  # the next enqueue of 3 rows wraps around: rows 8, 9, 0
+    copy = queue.features.clone()
+    x = torch.randn(3, 4, requires_grad=True)
+    grad = torch.randn(3, 10)
+    queue.similarity(x, enqueued=3).backward(grad, inputs=[x])
+    fresh = torch.randn(3, 4)
+    x2 = x.detach().clone().requires_grad_()
+    out = queue.similarity(x2, enqueued=3)
+    assert torch.equal(out, x2.detach() @ copy.T)
+    queue.enqueue(fresh)
+    after = queue.features.clone()
+    out.backward(grad)
+    assert torch.equal(x2.grad, grad @ copy)
+    assert torch.equal(queue.features, after)  # the enqueued rows are back in place
+    assert torch.equal(after[[8, 9, 0]], fresh)
+
+
+def test_queue_similarity_refuses_a_second_enqueue_before_backward() -> None:
+    queue = FeatureQueue(8, 4)
+    x = torch.randn(2, 4, requires_grad=True)
+    out = queue.similarity(x, enqueued=2)
+    queue.enqueue(torch.randn(2, 4))
+    queue.enqueue(torch.randn(2, 4))
+    with pytest.raises(RuntimeError, match="enqueued more than once"):
+        out.sum().backward()
+
+
+def test_distill_align_loss_with_queues_equals_the_copied_queues() -> None:
+    torch.manual_seed(1)
+    video_queue, text_queue = FeatureQueue(16, 8), FeatureQueue(16, 8)
+    video_queue.ptr.fill_(14)
+    unit = [F.normalize(torch.randn(4, 8), dim=1) for _ in range(4)]
+    temperature = torch.tensor(0.07, requires_grad=True)
+
+    def run(queues: tuple) -> tuple[torch.Tensor, ...]:
+        v, t = (u.clone().requires_grad_() for u in unit[:2])
+        temperature.grad = None
+        loss = distill_align_loss(v, t, unit[2], unit[3], *queues, 0.4, temperature)
+        video_queue.enqueue(unit[2])
+        text_queue.enqueue(unit[3])
+        loss.backward()
+        return loss.detach(), v.grad, t.grad, temperature.grad.clone()
+
+    before = (video_queue.features.clone(), text_queue.features.clone())
+    state = [(q.features.clone(), q.ptr.clone()) for q in (video_queue, text_queue)]
+    copied = run(before)
+    for q, (features, ptr) in zip((video_queue, text_queue), state):
+        q.features.copy_(features)
+        q.ptr.copy_(ptr)
+    shared = run((video_queue, text_queue))
+    for a, b in zip(copied, shared):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------- packed valid rows
+def test_encoder_skipping_padding_gives_the_same_valid_outputs_and_gradients() -> None:
+    from momentkit.modeling.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(16, 2, 2, 32, dropout=0.0, activation="prelu")
+    lengths = torch.tensor([7, 3, 5])
+    mask = torch.arange(7)[None] < lengths[:, None]
+    x0, pos = torch.randn(3, 7, 16), torch.randn(3, 7, 16)
+    grad = torch.randn(3, 7, 16) * mask[..., None]
+    results = {}
+    for skip in (False, True):
+        encoder.zero_grad()
+        x = x0.clone().requires_grad_()
+        out = encoder(x, pos, mask, skip_padding=skip)
+        out.backward(grad)
+        params = {n: p.grad.clone() for n, p in encoder.named_parameters()}
+        results[skip] = (out.detach() * mask[..., None], x.grad * mask[..., None], params)
+    plain, packed = results[False], results[True]
+    torch.testing.assert_close(packed[0], plain[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed[1], plain[1], rtol=1e-5, atol=1e-6)
+    for name, g in plain[2].items():
+        torch.testing.assert_close(packed[2][name], g, rtol=1e-4, atol=1e-6, msg=name)
+    out = encoder(x0, pos, mask, skip_padding=True)
+    assert float(out.detach()[~mask].abs().max()) == 0.0  # padded rows: zeros
+
+
+def test_encoder_without_padding_takes_the_plain_path() -> None:
+    from momentkit.modeling.packing import packing_of
+
+    assert packing_of(None) is None and packing_of(torch.ones(2, 3, dtype=torch.bool)) is None
+    packing = packing_of(torch.tensor([[True, False], [True, True]]))
+    assert packing is not None and packing.rows.tolist() == [0, 2, 3]
+    x = torch.arange(8.0).view(2, 2, 2)
+    assert packing.pack(x).tolist() == [[0.0, 1.0], [4.0, 5.0], [6.0, 7.0]]
+    assert packing.pad(packing.pack(x)).tolist() == [[[0, 1], [0, 0]], [[4, 5], [6, 7]]]
+
+
+# ------------------------------------------------------ QD-DETR: no negatives in predictions
+def test_qd_detr_predictions_skip_the_negative_pairs_and_stay_equal(make_batch) -> None:
+    from tiny_configs import TINY_DETR
+
+    from momentkit.models import build_model
+    from momentkit.models.qd_detr import OFFICIAL
+
+    torch.manual_seed(0)
+    model = build_model({"name": "qd_detr", **TINY_DETR, **OFFICIAL}).eval()
+    batch = make_batch()
+    with torch.no_grad():  # the released code's evaluation: negative pairs too
+        full = model(batch)
+    with torch.inference_mode():  # prediction (inference_loop, scorers): not needed
+        fast = model(batch)
+    assert "saliency_scores_neg" in full and "saliency_scores_neg" not in fast
+    for key in ("pred_logits", "pred_spans", "saliency_scores"):
+        torch.testing.assert_close(fast[key], full[key], rtol=1e-5, atol=1e-6)
