@@ -336,6 +336,10 @@ def test_cli_convert_and_from_pretrained(tmp: Path, capsys: pytest.CaptureFixtur
         with torch.no_grad():
             scores = model(batch)["saliency_scores"]
         assert (scores - fx.outputs["eval.saliency_scores"]).abs().max() <= ATOL
+    # UniMD's --weights choice means nothing for an LD-DETR file: refused, naming the file
+    assert main(["convert", str(path), "--weights", "raw", "--out", str(tmp / "w")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "no conversion options" in err and not (tmp / "w").exists()
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -250,6 +250,12 @@ def test_convert_cli_and_from_pretrained(tmp_path) -> None:
     # the raw weights on request
     raw = convert_checkpoint(ckpt, "unimd", weights="raw")
     assert raw.report.options["weights"] == "state_dict"
+    out_raw = tmp_path / "converted_raw"
+    config = str(tmp_path / "official" / "config.yaml")
+    argv = ["convert", str(ckpt), "--weights", "raw", "--config", config, "--out", str(out_raw)]
+    assert main(argv) == 0
+    report = yaml.safe_load((out_raw / "conversion.json").read_text())
+    assert report["options"]["weights"] == "state_dict"
 
 
 def test_bad_inputs_are_clear_errors_naming_the_file(tmp_path, capsys) -> None:

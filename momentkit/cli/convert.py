@@ -5,7 +5,7 @@ Examples::
     momentkit convert qd_detr_qvhighlights.ckpt --from lighthouse --out runs/qd_official
     momentkit convert ld_detr/results/.../model_best.ckpt --out runs/ld_official   # detected
     momentkit convert unimd/ckpt/epoch_010.pth.tar --from unimd --config unimd/config.yaml \\
-        --out runs/unimd_official
+        --out runs/unimd_official [--weights raw]
 
 The file is read through an allow-list (tensors, arrays, numbers, strings, containers, the
 official option holders): a file that names anything else is refused, nothing in it is run.
@@ -26,7 +26,7 @@ SOURCE_NAMES = ("lighthouse", "ld_detr", "ms_detr", "unimd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``CKPT [--from SOURCE] --out RUN_DIR [--config YAML] [--overwrite]``."""
+    """``CKPT [--from SOURCE] --out RUN_DIR [--config YAML] [--weights W] [--overwrite]``."""
     parser.add_argument("checkpoint", metavar="OFFICIAL_CKPT", help="the official file")
     parser.add_argument(
         "--from",
@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="YAML",
         default=None,
         help="unimd: the config.yaml its training wrote (default: the one beside the file)",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("ema", "raw"),
+        default=None,
+        help="unimd: ema (default: the moving average its eval.py evaluates) or raw (the "
+        "optimised weights)",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace RUN_DIR if it holds a checkpoint"
@@ -60,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
         raise MomentkitError(
             f"{out} exists and is not empty; choose another --out or pass --overwrite"
         )
-    options = {"config": args.config} if args.config else {}
+    options: dict[str, str] = {"config": args.config} if args.config else {}
+    if args.weights is not None:  # the other converters refuse it, naming the file
+        options["weights"] = args.weights
     converted = convert_checkpoint(args.checkpoint, args.source, **options)
     write_converted(converted, out)
     print(converted.report.summary())

@@ -1,6 +1,6 @@
 """Video decoding (PyAV), clip sampling and cutting moments out as clips."""
 
-from momentkit.video.cut import Cut, cut_clip
+from momentkit.video.cut import Cut, cut_clip, cut_clip_into
 from momentkit.video.decode import (
     ClipReader,
     FrameRequest,
@@ -20,6 +20,7 @@ __all__ = [
     "VideoInfo",
     "clip_bounds",
     "cut_clip",
+    "cut_clip_into",
     "decode_clips",
     "frame_to_rgb",
     "num_clips",
