@@ -274,9 +274,11 @@ class ClipSlowFastEncoder(PipelineEncoder):
         self, path: str | Path, *, threads: int = 1, progress: Progress | None = None
     ) -> EncodedVideo:
         """Every stream of one video, decoded once (see :mod:`.clip_slowfast_frames`)."""
+        from momentkit.utils.memory import bounded_large_allocations
         from momentkit.utils.prefetch import prefetch
         from momentkit.video.decode import VideoError
 
+        bounded_large_allocations()  # windows off the heap: memory flat on long videos
         source = FrameSource(path, self.clip_len, self.mode, self.slowfast is not None, threads)
         total = source.expected_clips
         if progress is not None:

@@ -266,6 +266,9 @@ class ClipReader:
         requests: Mapping[str, FrameRequest] | None = None,
         threads: int = 1,
     ) -> None:
+        from momentkit.utils.memory import bounded_large_allocations
+
+        bounded_large_allocations()  # frame buffers off the heap: memory flat on long videos
         self.path = Path(path)
         self.clip_len = float(clip_len)
         self.requests = dict(requests or {"rgb": FrameRequest()})
