@@ -478,6 +478,14 @@ def test_presets_and_plug_and_play_flags() -> None:
     assert ch.data.clip_len == 1.0 and ch.model.loss.weights["loss_saliency_rank"] == 1.5
     ta = build_config("ld_detr", "tacos")
     assert (ta.model.align_alpha, ta.trainer.epochs) == (0.7, 250)
+    # the release's compute_mr_results: spans x duration, clip_ts [0, 150] s then round to the
+    # clip length on QVHighlights / Charades-STA (SlowFast + CLIP), rounding only on TACoS
+    for cfg in (qv, ch):
+        post = cfg.model.postprocess
+        assert (post["span_scale"], post["clamp"], post["max_time"]) == ("duration", "fixed", 150)
+        assert post["rounding"] == "multiple" and post["top_k"] is None
+    assert ta.model.postprocess["clamp"] == "none" and "max_time" not in ta.model.postprocess
+    assert build_config("ld_detr", "synth").model.postprocess == {}
     assert ta.model.loss.weights["loss_saliency_margin"] == 4.0
     assert qv.model.hd_similarity == "dot"  # the paper's; synth measures the bounded one
     assert build_config("ld_detr", "synth").model.hd_similarity == "cosine"

@@ -320,10 +320,13 @@ def test_charades_options_reach_the_config(tmp: Path) -> None:
     assert config.align_alpha == 0.3 and config.loss.rank_label_scale == 1.0
     assert config.loss.weights["loss_sim"] == 0.4
     assert config.loss.weights["loss_saliency_rank"] == 1.5
+    # ld_detr/inference.py post-processes Charades-STA (SlowFast + CLIP) with clip_ts [0, 150]
+    assert (config.postprocess["clamp"], config.postprocess["max_time"]) == ("fixed", 150.0)
 
 
 def test_cli_convert_and_from_pretrained(tmp: Path, capsys: pytest.CaptureFixture) -> None:
     fx, converted, path = converted_fixture("tacos", tmp)
+    assert converted.model.config.postprocess["clamp"] == "none"  # TACoS: round_multiple only
     out = tmp / "tacos_run"
     assert main(["convert", str(path), "--from", "ld_detr", "--out", str(out)]) == 0
     assert "txt_position_embed" in capsys.readouterr().out

@@ -284,6 +284,24 @@ def detect_source(checkpoint: Any, path: str | Path) -> str:
     )
 
 
+def release_postprocess(dset: str | None, video_dim: int) -> dict[str, Any]:
+    """The post-processing of the QD-DETR-derived releases' ``compute_mr_results`` (MS-DETR's
+    ``ms_detr/inference_cg.py``, LD-DETR's ``ld_detr/inference.py``) as
+    :class:`~momentkit.modeling.postprocess.PostProcessor` settings: spans times the duration,
+    clamped to it, then ``clip_ts`` (``[0, 150]`` s; Charades-STA VGG ``[0, 360]``) and
+    ``round_multiple`` on QVHighlights (``hl``) / Charades-STA, ``round_multiple`` only
+    elsewhere."""
+    from momentkit.models.moment_detr import LIGHTHOUSE_POSTPROCESS
+
+    settings = dict(LIGHTHOUSE_POSTPROCESS)
+    if dset == "charadesSTA" and video_dim == 4096:
+        settings["max_time"] = 360.0
+    elif dset not in ("hl", "charadesSTA"):
+        settings["clamp"] = "none"
+        del settings["max_time"]
+    return settings
+
+
 def convert_checkpoint(path: str | Path, source: str | None = None, **options: Any) -> Converted:
     """Read an official checkpoint and build the momentkit model it holds.
 

@@ -37,6 +37,7 @@ from momentkit.interop.convert import (
     jsonable,
     map_tensors,
     official_features_record,
+    release_postprocess,
 )
 
 NAME = "ld_detr"
@@ -339,6 +340,7 @@ def model_config(opt: Mapping[str, Any]) -> Any:
             cost_giou=float(opt.get("set_cost_giou", 1.0)),
             cost_class=float(opt.get("set_cost_class", 4.0)),
         ),
+        postprocess=release_postprocess(dataset, int(opt["v_feat_dim"])),
         **OFFICIAL,
     )
 

@@ -36,6 +36,7 @@ from momentkit.interop.convert import (
     jsonable,
     map_tensors,
     official_features_record,
+    release_postprocess,
 )
 
 NAME = "ms_detr"
@@ -219,22 +220,6 @@ def config_from_options(options: Mapping[str, Any], path: Path) -> dict[str, Any
             "cost_class": float(o["set_cost_class"]),
         },
     }
-
-
-def release_postprocess(dset: str | None, video_dim: int) -> dict[str, Any]:
-    """The release's ``compute_mr_results`` post-processing (``ms_detr/inference_cg.py``) as
-    :class:`~momentkit.modeling.postprocess.PostProcessor` settings: spans times the duration,
-    clamped to it, then ``clip_ts`` (``[0, 150]`` s; Charades-STA VGG ``[0, 360]``) and
-    ``round_multiple`` on QVHighlights / Charades-STA, ``round_multiple`` only elsewhere."""
-    from momentkit.models.moment_detr import LIGHTHOUSE_POSTPROCESS
-
-    settings = dict(LIGHTHOUSE_POSTPROCESS)
-    if dset == "charadesSTA" and video_dim == 4096:
-        settings["max_time"] = 360.0
-    elif dset not in ("hl", "charadesSTA"):
-        settings["clamp"] = "none"
-        del settings["max_time"]
-    return settings
 
 
 def experiment_sections(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

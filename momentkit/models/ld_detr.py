@@ -50,6 +50,7 @@ from momentkit.modeling.losses import FOREGROUND, matched_index, register_loss
 from momentkit.modeling.matcher import Indices
 from momentkit.modeling.moment_gru_head import SIMILARITIES, MomentGRUHead
 from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_inputs
+from momentkit.models.moment_detr import check_postprocess
 
 #: ``alpha`` of :func:`loss_labels_sigmoid_focal` (torchvision's default, the release's value)
 SIGMOID_FOCAL_ALPHA = 0.25
@@ -146,6 +147,9 @@ class LDDETRConfig(DETRConfig):
             divides ``align_queue_size``.
         align_sim_loss: the release's extra Distill Align term ``loss_sim`` (a linear predictor
             ``h`` and a negative cosine; weight ``loss.weights.loss_sim``, 0.6 in the release).
+        postprocess: :class:`~momentkit.modeling.postprocess.PostProcessor` settings for
+            evaluation and ``momentkit predict`` (``{}``: momentkit's defaults; the real-data
+            presets and converted checkpoints: the release's ``compute_mr_results``).
     """
 
     name: str = "ld_detr"
@@ -168,11 +172,13 @@ class LDDETRConfig(DETRConfig):
     momentum_update: str = "train"
     align_enqueue: str = "any"
     align_sim_loss: bool = False
+    postprocess: dict[str, Any] = field(default_factory=dict)
     loss: LossConfig = field(default_factory=_ld_detr_loss)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range field."""
         super().validate()
+        check_postprocess(self.postprocess)
         for name in ("t2v_layers", "enc2_layers", "conv_blocks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
