@@ -88,6 +88,21 @@ class Outcome:
     violations: list[str] = field(default_factory=list)
 
 
+#: the crafted checkpoint folders the workspace holds (config, weights and experiment attacks)
+CRAFTED_CHECKPOINTS = (
+    "ckpt_dropout",
+    "ckpt_hidden_huge",
+    "ckpt_unknown_model",
+    "ckpt_garbage_weights",
+    "ckpt_huge_header",
+    "ckpt_truncated",
+    "ckpt_nan",
+    "ckpt_config_latin1",
+    "ckpt_config_list",
+    "ckpt_experiment_bad",
+)
+
+
 def momentkit(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     return subprocess.run(
@@ -727,18 +742,7 @@ def cases(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Case]:
     add("predict: one stream missing", predict_args(str(run), video=[str(feats / "clip")]))
 
     # --- checkpoints -----------------------------------------------------------------------
-    for key in (
-        "ckpt_dropout",
-        "ckpt_hidden_huge",
-        "ckpt_unknown_model",
-        "ckpt_garbage_weights",
-        "ckpt_huge_header",
-        "ckpt_truncated",
-        "ckpt_nan",
-        "ckpt_config_latin1",
-        "ckpt_config_list",
-        "ckpt_experiment_bad",
-    ):
+    for key in CRAFTED_CHECKPOINTS:
         add(
             f"predict --checkpoint {key}",
             predict_args(str(b[key])),
@@ -1157,18 +1161,7 @@ def server_battery(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Outc
             proc.wait()
 
     # crafted checkpoints: exit with one line, never listening
-    for key in (
-        "ckpt_dropout",
-        "ckpt_hidden_huge",
-        "ckpt_unknown_model",
-        "ckpt_garbage_weights",
-        "ckpt_huge_header",
-        "ckpt_truncated",
-        "ckpt_nan",
-        "ckpt_config_latin1",
-        "ckpt_config_list",
-        "ckpt_experiment_bad",
-    ):
+    for key in CRAFTED_CHECKPOINTS:
         port = free_port()
         t1 = time.time()
         proc = start_server(w, ["--db", "lib.db", "--checkpoint", str(b[key])], log, port)
