@@ -8,7 +8,8 @@ heap instead, interleaved with the decoding thread's and the models' small alloc
 heap fragments and the resident size grows with the video's length (measured: 7.4 MB per
 minute of video, 0.89 GB after 1 min, 1.10 GB after 30; docs/extraction.md, "Long videos").
 A fixed threshold (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``, which also switches the dynamic
-adjustment off) keeps large buffers out of the heap: 0.81 GB after 1 min, 0.83 GB after 30.
+adjustment off; the trim threshold, which that adjustment raises with it, set back to glibc's
+default) keeps large buffers out of the heap: 0.81 GB after 1 min, 0.83-0.90 GB after 30.
 
 :func:`bounded_large_allocations` does that once per process, where videos are decoded
 (:class:`momentkit.video.decode.ClipReader`, the ``clip_slowfast`` frame source). A
@@ -22,8 +23,12 @@ import ctypes
 import os
 import sys
 
-#: glibc's ``M_MMAP_THRESHOLD`` parameter number for ``mallopt``
+#: glibc's ``mallopt`` parameter numbers
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+#: glibc's default trim threshold (the dynamic adjustment may have doubled the mmap threshold
+#: into it before the first video; set back so that free memory at the heap's top is returned)
+TRIM_THRESHOLD = 128 * 1024
 #: blocks of this size or more get their own mapping (glibc's dynamic maximum is 32 MiB)
 THRESHOLD = 1 << 20
 
@@ -45,6 +50,7 @@ def bounded_large_allocations(threshold: int = THRESHOLD) -> bool:
             libc = ctypes.CDLL(None)
             if hasattr(libc, "gnu_get_libc_version"):  # glibc (musl's mallopt does nothing)
                 done = bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+                done = done and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
         except (OSError, AttributeError):
             done = False
     _state["done"] = done
