@@ -197,9 +197,12 @@ def test_converted_checkpoint_searches_raw_video_like_lighthouse(
     feats = scorer.video_features(video)
     text, mask = pad_tokens(scorer.text_features([META["e2e_query"]]))
     logits, spans, saliency = scorer.forward_window(feats, text, mask)
-    np.testing.assert_allclose(logits[0].numpy(), ref["e2e_logits"], atol=1e-4)
-    np.testing.assert_allclose(spans[0].numpy(), ref["e2e_spans"], atol=1e-4)
-    np.testing.assert_allclose(saliency[0].numpy(), ref["e2e_saliency"], atol=1e-4)
+    # the model itself equals the official one to 1e-6 (test_parity_lighthouse.py); here its
+    # inputs differ by up to 2 float16 steps of SlowFast, which oneDNN rounds differently on
+    # other CPUs (1.05e-4 in saliency on an AMD EPYC where the fixtures' machine gave 1.5e-6)
+    np.testing.assert_allclose(logits[0].numpy(), ref["e2e_logits"], atol=5e-4)
+    np.testing.assert_allclose(spans[0].numpy(), ref["e2e_spans"], atol=5e-4)
+    np.testing.assert_allclose(saliency[0].numpy(), ref["e2e_saliency"], atol=5e-4)
     results = predictor.predict(video, [META["e2e_query"]], top_k=None, calibrate=False)
     got = sorted(round(m.score, 4) for m in results[0].moments)
     want = sorted(float(r[2]) for r in ref["e2e_ranked"])

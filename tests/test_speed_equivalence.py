@@ -167,3 +167,123 @@ def test_qd_detr_predictions_skip_the_negative_pairs_and_stay_equal(make_batch) 
     assert "saliency_scores_neg" in full and "saliency_scores_neg" not in fast
     for key in ("pred_logits", "pred_spans", "saliency_scores"):
         torch.testing.assert_close(fast[key], full[key], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------- inference: attention per item
+def test_packed_attention_per_item_equals_the_masked_padded_attention() -> None:
+    """Evaluation, a few items: packed self-attention runs item by item without masks; the
+    valid outputs are those of the padded, key-masked path (an item of one row too)."""
+    from momentkit.modeling.attention import PER_ITEM_MAX
+    from momentkit.modeling.transformer import TransformerEncoder
+
+    assert PER_ITEM_MAX >= 4  # the batch below takes the per-item path
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(16, 2, 2, 32, dropout=0.1).eval()
+    lengths = torch.tensor([7, 3, 1, 5])
+    mask = torch.arange(7)[None] < lengths[:, None]
+    mask[3, 1] = False  # a hole inside an item (video then words): rows still contiguous packed
+    x, pos = torch.randn(4, 7, 16), torch.randn(4, 7, 16)
+    with torch.no_grad():
+        plain = encoder(x, pos, mask, skip_padding=False) * mask[..., None]
+        per_item = encoder(x, pos, mask, skip_padding=True)
+    torch.testing.assert_close(per_item, plain, rtol=1e-5, atol=1e-6)
+    x.requires_grad_()  # gradients flow through the per-item path too (evaluation mode)
+    encoder(x, pos, mask, skip_padding=True).sum().backward()
+    assert x.grad is not None and bool(x.grad[~mask].eq(0).all())
+
+
+def test_packing_offsets_delimit_each_items_rows() -> None:
+    from momentkit.modeling.packing import Packing
+
+    mask = torch.tensor([[True, False, True], [False, False, False], [True, True, True]])
+    assert Packing.of(mask).offsets == [0, 2, 2, 5]
+
+
+# ----------------------------------------------------------------- in-place ReLU
+@pytest.mark.parametrize("activation", ["relu", "gelu", "prelu"])
+def test_feed_forward_in_place_relu_is_bit_identical(activation: str) -> None:
+    from momentkit.modeling.transformer import FeedForward
+
+    torch.manual_seed(0)
+    ffn = FeedForward(16, 64, dropout=0.1, activation=activation).train()
+    x = torch.randn(2, 37, 16)
+    torch.manual_seed(1)
+    xa = x.clone().requires_grad_()
+    out = ffn(xa)
+    torch.manual_seed(1)  # the same dropout mask
+    xb = x.clone().requires_grad_()
+    reference = ffn.linear2(ffn.dropout(ffn.activation(ffn.linear1(xb))))
+    assert torch.equal(out, reference)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    grads = [p.grad.clone() for p in ffn.parameters()]
+    ffn.zero_grad()
+    reference.backward(grad)
+    assert torch.equal(xa.grad, xb.grad)
+    for a, b in zip(grads, (p.grad for p in ffn.parameters())):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------- inference: Moment-DETR without padding columns
+def test_moment_detr_evaluation_drops_columns_of_padding_only(make_batch) -> None:
+    from tiny_configs import TINY_DETR
+
+    from momentkit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"name": "moment_detr", **TINY_DETR}).eval()
+    batch = make_batch(video_lens=(9, 7, 8), text_lens=(4, 3, 4))
+    padded = dict(batch)  # two more clip and two more word columns, padding in every item
+    for key, mask_key in (("video_feats", "video_mask"), ("text_feats", "text_mask")):
+        feats, mask = batch[key], batch[mask_key]
+        padded[key] = torch.cat([feats, feats.new_zeros(len(feats), 2, feats.shape[-1])], 1)
+        padded[mask_key] = torch.cat([mask, mask.new_zeros(len(mask), 2)], 1)
+    with torch.no_grad():
+        ref, out = model(batch), model(padded)
+    for key in ("pred_logits", "pred_spans"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-6)
+    assert out["saliency_scores"].shape == padded["video_mask"].shape
+    assert torch.equal(out["video_mask"], padded["video_mask"])
+    valid = batch["video_mask"]
+    torch.testing.assert_close(
+        out["saliency_scores"][:, :9][valid], ref["saliency_scores"][valid], rtol=1e-5, atol=1e-6
+    )
+    bias = model.saliency_proj.bias.detach()
+    assert bool((out["saliency_scores"][:, 9:] == bias).all())  # a zero memory row's score
+    one = {k: v[:1] if isinstance(v, torch.Tensor) else v for k, v in padded.items()}
+    with torch.no_grad():  # one query: no padding left, no masks
+        single = model(one)
+    torch.testing.assert_close(single["pred_spans"], ref["pred_spans"][:1], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------ batched post-processing
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"top_k": None, "nms_threshold": 0.5},
+        {"round_to_clip": False, "span_scale": "duration", "clamp": "none"},
+        {"top_k": None, "span_scale": "duration", "rounding": "multiple", "clamp": "fixed"},
+        {"top_k": 3, "rounding": "multiple", "clamp": "duration", "nms_threshold": 0.3},
+    ],
+)
+def test_batched_postprocessing_equals_the_per_query_windows(settings: dict) -> None:
+    from momentkit.modeling.postprocess import PostProcessor
+
+    g = torch.Generator().manual_seed(0)
+    post = PostProcessor(**settings)
+    batch, queries = 16, 10
+    logits = torch.randn(batch, queries, 2, generator=g) * 3
+    spans = torch.rand(batch, queries, 2, generator=g) * 1.4 - 0.2  # some outside [0, 1]
+    spans[:, 1] = spans[:, 0]  # tied windows and scores
+    logits[:, 1] = logits[:, 0]
+    durations = (torch.rand(batch, generator=g) * 150 + 0.5).tolist()
+    durations[:3] = [0.7, 150.0, 149.3]  # shorter than a clip, the cap, off the grid
+    for clip_len in (2.0, 1.7):
+        timelines = [max(1, int(d // clip_len)) * clip_len for d in durations]
+        rows = post.batch_windows(logits, spans, durations, clip_len, timelines)
+        for i in range(batch):
+            assert rows[i] == post.windows(
+                logits[i], spans[i], durations[i], clip_len, timelines[i]
+            )
+    assert post.batch_windows(logits[:0], spans[:0], [], 2.0, []) == []

@@ -86,6 +86,32 @@ def scaled_dot_attention(
     return torch.matmul(weights, v)
 
 
+#: most items whose packed self-attention runs item by item: each item is one attention call
+#: (one parallel region), which on a busy machine costs more than one padded, masked call
+#: for the batch (a query's latency, batch 1, gains the most: no padding, no mask)
+PER_ITEM_MAX = 4
+
+
+def packed_attention(q: Tensor, k: Tensor, v: Tensor, nhead: int, offsets: list[int]) -> Tensor:
+    """Self-attention of each item over its own valid rows, on the packed layout.
+
+    ``q``, ``k``, ``v`` ``(R, H * Dh)``: the valid rows of a padded batch, item ``b`` holding
+    rows ``[offsets[b], offsets[b + 1])`` (:attr:`~momentkit.modeling.packing.Packing.offsets`).
+    The same function as :func:`scaled_dot_attention` on the padded layout with the padding
+    masked as keys (masked keys get weight exactly 0), without padding, masks or copies into
+    the padded layout; no dropout. Returns ``(R, H * Dh)``.
+    """
+    d = q.shape[-1]
+    outs = []
+    for lo, hi in zip(offsets[:-1], offsets[1:]):
+        if hi > lo:
+            heads = [
+                x[lo:hi].view(1, hi - lo, nhead, d // nhead).transpose(1, 2) for x in (q, k, v)
+            ]
+            outs.append(F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(hi - lo, d))
+    return torch.cat(outs) if len(outs) != 1 else outs[0]
+
+
 class MultiheadAttention(nn.Module):
     """Standard multi-head attention with input and output projections.
 
@@ -137,14 +163,18 @@ class MultiheadAttention(nn.Module):
         """
         d = self.d_model
         w, b = self.in_proj_weight, self.in_proj_bias
-        if query is key:
-            q, k = F.linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)
+        qk = F.linear(query, w[: 2 * d], b[: 2 * d]) if query is key else None
+        if qk is not None:
+            q, k = qk.chunk(2, dim=-1)
         else:
             q = F.linear(query, w[:d], b[:d])
             k = F.linear(key, w[d : 2 * d], b[d : 2 * d])
         v = F.linear(value, w[2 * d :], b[2 * d :])
-        if packing is not None:
-            q, k, v = packing.pad(torch.cat([q, k, v], dim=-1)).split(d, dim=-1)
+        if packing is not None and self._per_item(gate, allowed, q, packing):
+            return self.out_proj(packed_attention(q, k, v, self.nhead, packing.offsets))
+        if packing is not None:  # to the padded layout (q and k padded as one when they are)
+            q, k = packing.pad(qk).chunk(2, dim=-1) if qk is not None else map(packing.pad, (q, k))
+            v = packing.pad(v)
         out = scaled_dot_attention(
             split_heads(q, self.nhead),
             split_heads(k, self.nhead),
@@ -158,6 +188,17 @@ class MultiheadAttention(nn.Module):
             out = out * gate[:, None, :, None].to(out.dtype)
         merged = merge_heads(out)
         return self.out_proj(merged if packing is None else packing.pack(merged))
+
+    def _per_item(
+        self, gate: Tensor | None, allowed: Tensor | None, q: Tensor, packing: Packing
+    ) -> bool:
+        """Whether packed self-attention runs item by item (:func:`packed_attention`): on the
+        CPU, for at most :data:`PER_ITEM_MAX` items, with no attention dropout, gate or pair
+        mask (dropout draws its masks over the padded layout, so training keeps that path and
+        its random stream)."""
+        no_dropout = not self.training or self.dropout == 0.0
+        few = packing.batch <= PER_ITEM_MAX
+        return few and no_dropout and gate is None and allowed is None and q.device.type == "cpu"
 
 
 class ProjectedAttention(nn.Module):

@@ -10,6 +10,7 @@ encoder (75 clips + 32 word slots, queries of 8-32 words) about 12 % of the rows
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from torch import Tensor
 
@@ -34,6 +35,13 @@ class Packing:
         batch, length = mask.shape
         return cls(mask.reshape(-1).nonzero().squeeze(1), batch, length)
 
+    @cached_property
+    def offsets(self) -> list[int]:
+        """``B + 1`` row offsets: item ``b``'s valid rows are ``[offsets[b], offsets[b + 1])``
+        of the packed layout (each item's rows are contiguous there)."""
+        counts = self.rows.div(self.length, rounding_mode="floor").bincount(minlength=self.batch)
+        return [0, *counts.cumsum(0).tolist()]
+
     def pack(self, x: Tensor) -> Tensor:
         """``(B, L, *rest)`` -> ``(R, *rest)``: the valid rows."""
         return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.rows)
@@ -41,7 +49,8 @@ class Packing:
     def pad(self, x: Tensor) -> Tensor:
         """``(R, *rest)`` -> ``(B, L, *rest)``, zeros at the padded rows."""
         flat = x.new_zeros(self.batch * self.length, *x.shape[1:])
-        return flat.index_copy(0, self.rows, x).view(self.batch, self.length, *x.shape[1:])
+        flat.index_copy_(0, self.rows, x)  # in place: no copy of the zeros
+        return flat.view(self.batch, self.length, *x.shape[1:])
 
 
 def packing_of(mask: Tensor | None) -> Packing | None:

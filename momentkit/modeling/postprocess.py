@@ -59,6 +59,25 @@ def snap_to_clips(windows: Tensor, duration: float, clip_len: float) -> Tensor:
     return torch.stack([start, end], dim=-1)
 
 
+def _snap_rows(
+    windows: Tensor, duration: Tensor, clip_len: float, width: Tensor, widths: list[float]
+) -> Tensor:
+    """:func:`snap_to_clips` of ``(B, Q, 2)`` windows, one duration per row: ``duration`` and
+    ``width`` (``min(clip_len, duration)``) float32 ``(B, 1, 1)``, ``widths`` the same widths
+    as Python floats (the short-window test ``< width - 1e-6`` is computed in double, as the
+    scalar form does)."""
+    snapped = (windows / clip_len).round() * clip_len
+    to_end = (windows - duration).abs() < (windows - snapped).abs()
+    snapped = torch.where(to_end, duration.expand_as(snapped), snapped)
+    snapped = torch.minimum(snapped.clamp(min=0.0), duration)
+    start, end = snapped.unbind(-1)
+    limit = torch.tensor([w - 1e-6 for w in widths], dtype=torch.float32).view(-1, 1)
+    short = end - start < limit
+    end = torch.where(short, torch.minimum(start + width[..., 0], duration[..., 0]), end)
+    start = torch.where(short, end - width[..., 0], start)
+    return torch.stack([start, end], dim=-1)
+
+
 @dataclass
 class PostProcessor:
     """Turns a batch of model outputs into predictions.
@@ -167,18 +186,79 @@ class PostProcessor:
         saliency = saliency.detach().float().cpu() if saliency is not None else None
         if saliency is not None and self.saliency_dtype == "float16":
             saliency = saliency.half().float()
-        durations = torch.as_tensor(batch["duration"]).tolist()
+        durations = [float(d) for d in torch.as_tensor(batch["duration"]).tolist()]
         clip_len = float(batch["clip_len"])
-        num_clips = batch["video_mask"].sum(1).tolist()
+        num_clips = [int(n) for n in batch["video_mask"].sum(1).tolist()]
         annotations = batch.get("annotations") or [None] * len(durations)
+        timelines = [n * clip_len for n in num_clips]
+        rows = self.batch_windows(logits, spans, durations, clip_len, timelines)
+        saliency_rows = saliency.tolist() if saliency is not None else None
         preds = []
         for i, (qid, vid) in enumerate(zip(batch["qids"], batch["vids"])):
             query = annotations[i].query if annotations[i] is not None else ""
-            sal = saliency[i, : int(num_clips[i])].tolist() if saliency is not None else []
-            timeline = int(num_clips[i]) * clip_len
-            windows = self.windows(logits[i], spans[i], float(durations[i]), clip_len, timeline)
-            preds.append(MomentPrediction(qid, query, vid, windows, sal))
+            sal = saliency_rows[i][: num_clips[i]] if saliency_rows is not None else []
+            preds.append(MomentPrediction(qid, query, vid, rows[i], sal))
         return preds
+
+    def batch_windows(
+        self,
+        logits: Tensor,
+        spans: Tensor,
+        durations: list[float],
+        clip_len: float,
+        timelines: list[float] | None = None,
+    ) -> list[list]:
+        """:meth:`windows` of every query of a batch at once, the same numbers row by row.
+
+        ``logits`` and ``spans`` ``(B, Q, 2)``, ``durations`` and ``timelines`` one per query.
+        Each step is the per-query one on a ``(B, Q, ...)`` tensor (per-query scalars become
+        float32 ``(B, 1, 1)`` columns, as the scalars are cast to float32 there): a batch costs a
+        few tensor ops instead of a few per query.
+        """
+        batch = len(durations)
+        if batch == 0:
+            return []
+        timelines = timelines if timelines is not None else [None] * batch
+        scores = logits.float().softmax(-1)[..., 0]  # (B, Q)
+
+        def column(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float32).view(batch, 1, 1)
+
+        scales = [
+            d if t is None or self.span_scale == "duration" else t
+            for d, t in zip(durations, timelines)
+        ]
+        windows = span_cxw_to_xx(spans.float()) * column(scales)
+        if self.round_to_clip and self.rounding == "multiple":
+            windows = torch.tensor(  # as Lighthouse: to `decimals` in double precision first
+                [float(f"{v:.{self.decimals}f}") for v in windows.reshape(-1).tolist()],
+                dtype=torch.float32,
+            ).reshape(windows.shape)
+        duration = column(durations)
+        if self.clamp == "duration":
+            windows = torch.minimum(windows.clamp(min=0.0), duration)
+        elif self.clamp == "fixed":
+            windows = windows.clamp(0.0, self.max_time)
+        if self.round_to_clip and self.rounding == "grid":
+            widths = [min(clip_len, d) for d in durations]
+            windows = _snap_rows(windows, duration, clip_len, column(widths), widths)
+        elif self.round_to_clip:
+            windows = torch.round(windows / clip_len) * clip_len
+        if self.nms_threshold is None:
+            order = scores.argsort(dim=-1, descending=True, stable=True)
+            if self.top_k is not None:
+                order = order[:, : self.top_k]
+            picked = windows.gather(1, order[..., None].expand(-1, -1, 2))
+            table = torch.cat([picked, scores.gather(1, order)[..., None]], dim=-1).tolist()
+        else:
+            table = []
+            for i in range(batch):
+                order = temporal_nms(windows[i], scores[i], self.nms_threshold)
+                if self.top_k is not None:
+                    order = order[: self.top_k]
+                table.append(torch.cat([windows[i][order], scores[i][order, None]], 1).tolist())
+        decimals = self.decimals
+        return [[[round(v, decimals) for v in row] for row in query] for query in table]
 
 
 def postprocess(

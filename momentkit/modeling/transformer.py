@@ -78,7 +78,12 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., d)`` -> ``(..., d)``."""
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))
+        hidden = self.linear1(x)
+        if self.activation is F.relu:  # in place: addmm's backward does not read its output
+            hidden = F.relu_(hidden)
+        else:
+            hidden = self.activation(hidden)
+        return self.linear2(self.dropout(hidden))
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -276,6 +281,8 @@ class TransformerEncoder(nn.Module):
         anything either, padding being masked as a key).
         """
         packing = packing_of(mask) if skip_padding else None
+        if skip_padding and packing is None:
+            mask = None  # no padding: nothing to mask either
         if packing is not None:
             x, pos = packing.pack(x), None if pos is None else packing.pack(pos)
         for layer in self.layers:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import save as safetensors_bytes
-from torch import nn
+from torch import Tensor, nn
 
 from momentkit import __version__
 from momentkit.modeling.criterion import LossConfig, SetCriterion
@@ -319,6 +319,17 @@ def build_inputs(
         build_position_encoding(c.position_embedding, d, c.max_video_len),
         PositionEmbeddingLearned(c.max_text_len, d) if c.use_text_pos else None,
     )
+
+
+def trim_padding(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` ``(B, L, ...)`` and ``mask`` ``(B, L)`` without the trailing columns that are
+    padding in every item (``L`` becomes the longest item's length, at least 1); unchanged when
+    there are none."""
+    valid = mask.any(0).nonzero()
+    keep = int(valid[-1]) + 1 if len(valid) else 1
+    if keep == mask.shape[1]:
+        return x, mask
+    return x[:, :keep], mask[:, :keep]
 
 
 def build_distill_align(

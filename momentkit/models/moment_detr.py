@@ -24,7 +24,14 @@ import torch
 from momentkit.modeling.heads import SpanHead
 from momentkit.modeling.postprocess import PostProcessor
 from momentkit.modeling.transformer import TransformerDecoder, TransformerEncoder
-from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align, build_inputs
+from momentkit.models.base import (
+    MODELS,
+    DETRConfig,
+    MomentModel,
+    build_distill_align,
+    build_inputs,
+    trim_padding,
+)
 
 #: Lighthouse's post-processing (``training/evaluate.py`` + ``PostProcessorDETR``) on
 #: QVHighlights and Charades-STA; TACoS uses ``clamp: none``. All ten queries are kept.
@@ -105,17 +112,30 @@ class MomentDETR(MomentModel):
         """Batch dict -> output dict (``pred_logits``, ``pred_spans``, ``saliency_scores``, ...)."""
         video_mask, text_mask = batch["video_mask"].bool(), batch["text_mask"].bool()
         every_row = self.config.project_padding
-        video = self.video_proj(batch["video_feats"], None if every_row else video_mask)
-        text = self.text_proj(batch["text_feats"], None if every_row else text_mask)  # (B, N, d)
+        video_feats, text_feats = batch["video_feats"], batch["text_feats"]
+        length = video_mask.shape[1]
+        if not self.training and not every_row:
+            # columns that are padding in every item change no valid output: drop them (a
+            # batch of one query has no padding left, so no masks or packing either)
+            video_feats, video_mask = trim_padding(video_feats, video_mask)
+            text_feats, text_mask = trim_padding(text_feats, text_mask)
+        video = self.video_proj(video_feats, None if every_row else video_mask)
+        text = self.text_proj(text_feats, None if every_row else text_mask)  # (B, N, d)
         text_pos = self.text_pos(text_mask) if self.text_pos is not None else torch.zeros_like(text)
         src = torch.cat([video, text], dim=1)
         mask = torch.cat([video_mask, text_mask], dim=1)
         pos = torch.cat([self.video_pos(video_mask), text_pos], dim=1)
         memory = self.encoder(src, pos, mask, skip_padding=not every_row)  # (B, T + N, d)
         tgt = memory.new_zeros(len(memory), self.config.num_queries, self.config.hidden_dim)
-        hs = self.decoder(tgt, memory, self.query_embed.weight.unsqueeze(0), pos, mask)
+        memory_mask = None if not every_row and bool(mask.all()) else mask
+        hs = self.decoder(tgt, memory, self.query_embed.weight.unsqueeze(0), pos, memory_mask)
         out = self.head(hs, aux=self.config.loss.aux_loss)
-        out["saliency_scores"] = self.saliency_proj(memory[:, : video.shape[1]]).squeeze(-1)
+        saliency = self.saliency_proj(memory[:, : video.shape[1]]).squeeze(-1)
+        if saliency.shape[1] < length:  # trimmed clips: what a padded (zero) memory row gives
+            fill = self.saliency_proj.bias.expand(len(saliency), length - saliency.shape[1])
+            saliency = torch.cat([saliency, fill], dim=1)
+            video_mask = batch["video_mask"].bool()
+        out["saliency_scores"] = saliency
         out["video_mask"] = video_mask
         if self.distill_align is not None and self.training:
             encoders = (self.video_proj, self.text_proj)
