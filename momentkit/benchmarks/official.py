@@ -149,6 +149,12 @@ class OfficialPair:
         """The official weighted total loss of one training forward (as its ``train.py``)."""
         raise NotImplementedError
 
+    def weighted_total(self, loss_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``sum(loss * weight_dict[name])`` over the official criterion's weighted losses,
+        as every official ``train.py`` forms the loss it backpropagates."""
+        weights = self.criterion.weight_dict
+        return sum(loss_dict[k] * weights[k] for k in loss_dict if k in weights)
+
     def official_step(self, batch: Any) -> Phases:
         """One official training step: forward + loss, backward, clip + AdamW."""
         if not hasattr(self, "_official_optimizer"):
@@ -200,8 +206,10 @@ class OfficialPair:
 
     # ---------------------------------------------------------------------- the same function
     def official_outputs(self, batch: Any) -> dict[str, Any]:
-        """The official model's evaluation-mode outputs of a training-form batch."""
-        raise NotImplementedError
+        """The official model's evaluation-mode outputs of a training-form batch (default:
+        the model called on the batch's inputs, as Lighthouse's and LD-DETR's code do)."""
+        model_inputs, _ = batch
+        return self.official(**model_inputs)
 
     def max_differences(self, videos: Videos) -> dict[str, float]:
         """Largest ``|official - momentkit|`` of the evaluation outputs (``pred_logits``,

@@ -108,12 +108,7 @@ class LDDETRPair(OfficialPair):
             )
         self.criterion.train()
         loss_dict = self.criterion(to_float32(outputs), targets)
-        weights = self.criterion.weight_dict
-        return sum(loss_dict[k] * weights[k] for k in loss_dict if k in weights)
-
-    def official_outputs(self, batch: Any) -> dict[str, Any]:
-        model_inputs, _ = batch
-        return self.official(**model_inputs)
+        return self.weighted_total(loss_dict)
 
     def official_predict(self, batches: Sequence[Any]) -> list[Any]:
         self.official.eval()

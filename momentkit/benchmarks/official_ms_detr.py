@@ -115,8 +115,7 @@ class MSDETRPair(OfficialPair):
             with self.autocast():
                 outputs, mask_dict = self.official(**inputs)
             loss_dict = self.criterion(to_float32(outputs), targets, mask_dict, opt, "train")
-        weights = self.criterion.weight_dict
-        return sum(loss_dict[k] * weights[k] for k in loss_dict if k in weights)
+        return self.weighted_total(loss_dict)
 
     def official_predict(self, batches: Sequence[Any]) -> list[Any]:
         self.official.eval()
