@@ -135,7 +135,32 @@ class OfficialPair:
 
     # --------------------------------------------------------------------------- batches
     def official_batch(self, videos: Videos, training: bool) -> Any:
-        """The official model's inputs of ``videos`` (on the device)."""
+        """The official model's inputs of ``videos``: ``(metas, batched)`` as the official
+        ``start_end_collate`` returns them; for training, what :meth:`prepare_training` makes
+        of ``batched`` (the ``(model_inputs, targets)`` on the device)."""
+        batched = self.collated(videos)
+        if training:
+            return self.prepare_training(batched)
+        metas = [
+            {"qid": q, "query": f"query {q}", "vid": f"v{q}", "duration": float(d),
+             "relevant_windows": w}
+            for q, d, w in zip(videos.qids, videos.duration, videos.windows)
+        ]  # fmt: skip
+        return metas, batched
+
+    def collated(self, videos: Videos) -> dict[str, Any]:
+        """The batch dict of the QD-DETR-lineage ``start_end_collate``."""
+        return {
+            "query_feat": (videos.text, videos.text_mask.float()),
+            "video_feat": (videos.video(self.stream_order), videos.video_mask.float()),
+            "span_labels": [{"spans": s} for s in videos.spans()],
+            "saliency_pos_labels": videos.pos,
+            "saliency_neg_labels": videos.neg,
+            "saliency_all_labels": videos.saliency,
+        }
+
+    def prepare_training(self, batched: dict[str, Any]) -> Any:
+        """The official ``prepare_batch_inputs`` of a training batch (on the device)."""
         raise NotImplementedError
 
     def momentkit_batch(self, videos: Videos, training: bool) -> dict[str, Any]:

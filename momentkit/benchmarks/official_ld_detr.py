@@ -72,27 +72,13 @@ class LDDETRPair(OfficialPair):
         silence_progress(self.root)  # progress bars are not the code under test
         self._batch_idx = 0
 
-    def official_batch(self, videos: Videos, training: bool) -> Any:
-        """``(metas, batched)`` as ``start_end_collate`` returns them; for training, the
-        ``(model_inputs, targets)`` of ``prepare_batch_inputs`` on the device."""
-        batched = {
-            "query_feat": (videos.text, videos.text_mask.float()),
-            "video_feat": (videos.video(self.stream_order), videos.video_mask.float()),
-            "span_labels": [{"spans": s} for s in videos.spans()],
-            "saliency_pos_labels": videos.pos,
-            "saliency_neg_labels": videos.neg,
-            "saliency_all_labels": videos.saliency,
-            "vid": [f"v{q}" for q in videos.qids],
-            "qid": list(videos.qids),
-        }
-        if training:
-            return self.dataset.prepare_batch_inputs(batched, self.device)
-        metas = [
-            {"qid": q, "query": f"query {q}", "vid": f"v{q}", "duration": float(d),
-             "relevant_windows": w}
-            for q, d, w in zip(videos.qids, videos.duration, videos.windows)
-        ]  # fmt: skip
-        return metas, batched
+    def collated(self, videos: Videos) -> dict[str, Any]:
+        """The shared collate dict plus the ``vid`` / ``qid`` lists LD-DETR's collate keeps."""
+        return {**super().collated(videos), "vid": [f"v{q}" for q in videos.qids],
+                "qid": list(videos.qids)}  # fmt: skip
+
+    def prepare_training(self, batched: dict[str, Any]) -> Any:
+        return self.dataset.prepare_batch_inputs(batched, self.device)
 
     def official_forward_loss(self, batch: Any) -> torch.Tensor:
         model_inputs, targets = batch

@@ -23,7 +23,6 @@ import torch
 
 from momentkit.benchmarks.official import (
     OfficialPair,
-    Videos,
     git_revision,
     silence_progress,
     to_float32,
@@ -67,25 +66,8 @@ class LighthousePair(OfficialPair):
         self.convert(plain, layout="plain")
         silence_progress(self.root)  # progress bars are not the code under test
 
-    def official_batch(self, videos: Videos, training: bool) -> Any:
-        """``(metas, batched)`` as ``start_end_collate`` returns them; for training, the
-        ``(model_inputs, targets)`` of ``prepare_batch_inputs`` on the device."""
-        batched = {
-            "query_feat": (videos.text, videos.text_mask.float()),
-            "video_feat": (videos.video(self.stream_order), videos.video_mask.float()),
-            "span_labels": [{"spans": s} for s in videos.spans()],
-            "saliency_pos_labels": videos.pos,
-            "saliency_neg_labels": videos.neg,
-            "saliency_all_labels": videos.saliency,
-        }
-        if training:
-            return self.lh.dataset.prepare_batch_inputs(batched, self.device)
-        metas = [
-            {"qid": q, "query": f"query {q}", "vid": f"v{q}", "duration": float(d),
-             "relevant_windows": w}
-            for q, d, w in zip(videos.qids, videos.duration, videos.windows)
-        ]  # fmt: skip
-        return metas, batched
+    def prepare_training(self, batched: dict[str, Any]) -> Any:
+        return self.lh.dataset.prepare_batch_inputs(batched, self.device)
 
     def official_forward_loss(self, batch: Any) -> torch.Tensor:
         model_inputs, targets = batch

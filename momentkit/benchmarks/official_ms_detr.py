@@ -22,7 +22,6 @@ import torch
 
 from momentkit.benchmarks.official import (
     OfficialPair,
-    Videos,
     git_revision,
     silence_progress,
     to_float32,
@@ -67,28 +66,13 @@ class MSDETRPair(OfficialPair):
         self.convert(options, layout="namespace")
         silence_progress(self.root)  # progress bars are not the code under test
 
-    def official_batch(self, videos: Videos, training: bool) -> Any:
-        """``(metas, batched)`` as ``start_end_collate`` returns them; for training, the
-        ``(model_inputs, targets)`` of ``prepare_batch_inputs(..., mode="train")``."""
-        batched = {
-            "query_feat": (videos.text, videos.text_mask.float()),
-            "video_feat": (videos.video(self.stream_order), videos.video_mask.float()),
-            "span_labels": [{"spans": s} for s in videos.spans()],
-            "saliency_pos_labels": videos.pos,
-            "saliency_neg_labels": videos.neg,
-            "saliency_all_labels": videos.saliency,
-        }
-        if training:
-            opt = self.options
-            return self.dataset.prepare_batch_inputs(
-                batched, self.device, opt.use_neg_captions, mode="train"
-            )
-        metas = [
-            {"qid": q, "query": f"query {q}", "vid": f"v{q}", "duration": float(d),
-             "relevant_windows": w}
-            for q, d, w in zip(videos.qids, videos.duration, videos.windows)
-        ]  # fmt: skip
-        return metas, batched
+    def prepare_training(self, batched: dict[str, Any]) -> Any:
+        """``prepare_batch_inputs(..., mode="train")`` (MS-DETR's takes the negative-caption
+        switch and a mode)."""
+        opt = self.options
+        return self.dataset.prepare_batch_inputs(
+            batched, self.device, opt.use_neg_captions, mode="train"
+        )
 
     def _inputs(self, batch: Any, mode: str) -> dict[str, Any]:
         """The model's keyword arguments as ``train.py`` / ``compute_mr_results`` pass them
