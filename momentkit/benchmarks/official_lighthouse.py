@@ -14,8 +14,7 @@ its progress bar off.
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,6 @@ from momentkit.benchmarks.official import (
 from momentkit.benchmarks.official_env import import_lighthouse
 
 
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
 class LighthousePair(OfficialPair):
     """Moment-DETR or QD-DETR from a line/lighthouse checkout, and momentkit's conversion."""
 
@@ -52,7 +41,7 @@ class LighthousePair(OfficialPair):
         self.lh = import_lighthouse(root)
         self.revision = git_revision(self.lh.root)
         options = self.lh.config.BaseOptions(model, "qvhighlight", "clip_slowfast", None, None)
-        with _working_directory(self.lh.root):  # it reads configs/ relative to the checkout
+        with contextlib.chdir(self.lh.root):  # it reads configs/ relative to the checkout
             options.parse()
         opt = options.option
         opt.device = str(device)

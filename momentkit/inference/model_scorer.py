@@ -154,8 +154,8 @@ class ModelScorer:
             for lo in range(0, len(queries), self.batch_size):
                 text, mask = pad_tokens(tokens[lo : lo + self.batch_size])
                 logits, spans, sal = self.forward_window(feats[first:last], text, mask)
-                for j in range(len(text)):
-                    rows = post.windows(logits[j], spans[j], span, self.clip_len)
+                table = post.batch_windows(logits, spans, [span] * len(text), self.clip_len)
+                for j, rows in enumerate(table):
                     moments[lo + j].append(
                         shift_moments(np.array(rows), first * self.clip_len, video.duration)
                     )

@@ -187,11 +187,11 @@ class TrimmedScorer:
         logits, spans = outputs["pred_logits"].float().cpu(), outputs["pred_spans"].float().cpu()
         saliency = outputs["saliency_scores"].float().cpu().numpy()
         kept = outputs["kept_mask"].cpu().numpy()
+        n = len(logits)
+        timeline = num_clips * self.clip_len
+        table = post.batch_windows(logits, spans, [duration] * n, self.clip_len, [timeline] * n)
         results = []
-        for j in range(len(logits)):
-            rows = post.windows(
-                logits[j], spans[j], duration, self.clip_len, num_clips * self.clip_len
-            )
+        for j, rows in enumerate(table):
             moments = merge_moments([np.array(rows).reshape(-1, 3)], self.nms_iou, top_k)
             results.append(ScoredQuery(moments, saliency[j], kept[j]))
         return results
@@ -211,9 +211,9 @@ class TrimmedScorer:
             logits, spans = out["pred_logits"].float().cpu(), out["pred_spans"].float().cpu()
             sal = out["saliency_scores"].float().cpu().numpy()
             span = (last - first) * self.clip_len
-            for j in range(b):
-                rows = np.array(post.windows(logits[j], spans[j], span, self.clip_len))
-                moments[j].append(shift_moments(rows, first * self.clip_len, duration))
+            table = post.batch_windows(logits, spans, [span] * b, self.clip_len)
+            for j, rows in enumerate(table):
+                moments[j].append(shift_moments(np.array(rows), first * self.clip_len, duration))
                 saliency[j].append(sal[j])
         kept = np.ones(num_clips, dtype=bool)
         return [

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
-import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lighthouse_env import import_lighthouse  # noqa: E402
 
+from momentkit.benchmarks.official import git_revision  # noqa: E402
 from momentkit.interop.parity import random_state, save_fixture, state_shapes  # noqa: E402
 
 #: momentkit preset -> (Lighthouse dataset option file, clip lengths of the three videos,
@@ -65,21 +64,11 @@ TEXT_DIM = 24
 SEED = 0
 
 
-@contextlib.contextmanager
-def working_directory(path: Path) -> Iterator[None]:
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
 def official_options(lh: Any, root: Path, model: str, dataset: str) -> Any:
     """Lighthouse's options for ``model`` on ``dataset`` with clip_slowfast features, at the
     fixture size (its ``BaseOptions.parse`` reads the YAML files relative to the checkout)."""
     options = lh.config.BaseOptions(model, dataset, "clip_slowfast", None, None)
-    with working_directory(root):
+    with contextlib.chdir(root):
         options.parse()
     opt = options.option
     opt.update(SMALL)
@@ -162,16 +151,6 @@ def prediction_tensors(rows: list[dict[str, Any]], num_clips: list[int]) -> dict
             saliency[i, : len(r["pred_saliency_scores"])] = torch.tensor(r["pred_saliency_scores"])
         out["predictions.saliency"] = saliency
     return out
-
-
-def official_revision(root: Path) -> str:
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
-        )
-    except OSError:
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
 def make_fixture(
@@ -267,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     np.seterr(all="ignore")
     root = args.official_dir.resolve()
     lh = import_lighthouse(root)
-    revision = args.official_revision or official_revision(root)
+    revision = args.official_revision or git_revision(root)
     args.out.mkdir(parents=True, exist_ok=True)
     for model_name in args.models:
         for preset in args.presets:
