@@ -48,24 +48,18 @@ def snap_to_clips(windows: Tensor, duration: float, clip_len: float) -> Tensor:
     The video end is a grid point even when the duration is not a multiple of ``clip_len``. Each
     window stays at least one clip (or the whole video, if shorter) wide.
     """
-    snapped = (windows / clip_len).round() * clip_len
-    to_end = (windows - duration).abs() < (windows - snapped).abs()
-    snapped = torch.where(to_end, torch.full_like(snapped, duration), snapped).clamp(0.0, duration)
     width = min(clip_len, duration)
-    start, end = snapped.unbind(-1)
-    short = end - start < width - 1e-6
-    end = torch.where(short, torch.clamp(start + width, max=duration), end)
-    start = torch.where(short, end - width, start)
-    return torch.stack([start, end], dim=-1)
+    column = torch.tensor([duration, width], dtype=torch.float32).view(2, 1, 1, 1)
+    return _snap_rows(windows[None], column[0], clip_len, column[1], [width])[0]
 
 
 def _snap_rows(
     windows: Tensor, duration: Tensor, clip_len: float, width: Tensor, widths: list[float]
 ) -> Tensor:
-    """:func:`snap_to_clips` of ``(B, Q, 2)`` windows, one duration per row: ``duration`` and
-    ``width`` (``min(clip_len, duration)``) float32 ``(B, 1, 1)``, ``widths`` the same widths
-    as Python floats (the short-window test ``< width - 1e-6`` is computed in double, as the
-    scalar form does)."""
+    """The grid rounding of :func:`snap_to_clips` on ``(B, Q, 2)`` windows, one duration per
+    row: ``duration`` and ``width`` (``min(clip_len, duration)``) float32 ``(B, 1, 1)``,
+    ``widths`` the same widths as Python floats (the short-window bound ``width - 1e-6`` is
+    computed in double, then compared in float32)."""
     snapped = (windows / clip_len).round() * clip_len
     to_end = (windows - duration).abs() < (windows - snapped).abs()
     snapped = torch.where(to_end, duration.expand_as(snapped), snapped)
@@ -146,30 +140,8 @@ class PostProcessor:
             timeline: seconds the normalised ``[0, 1]`` covers: ``num_clips * clip_len`` (how
                 the loader normalises targets); defaults to ``duration``.
         """
-        scores = logits.float().softmax(-1)[:, 0]
-        scale = duration if timeline is None or self.span_scale == "duration" else timeline
-        windows = span_cxw_to_xx(spans.float()) * scale
-        if self.round_to_clip and self.rounding == "multiple":
-            windows = torch.tensor(  # as Lighthouse: to `decimals` in double precision first
-                [[float(f"{v:.{self.decimals}f}") for v in row] for row in windows.tolist()],
-                dtype=torch.float32,
-            ).reshape(windows.shape)
-        if self.clamp == "duration":
-            windows = windows.clamp(0.0, duration)
-        elif self.clamp == "fixed":
-            windows = windows.clamp(0.0, self.max_time)
-        if self.round_to_clip and self.rounding == "grid":
-            windows = snap_to_clips(windows, duration, clip_len)
-        elif self.round_to_clip:
-            windows = torch.round(windows / clip_len) * clip_len
-        if self.nms_threshold is not None:
-            order = temporal_nms(windows, scores, self.nms_threshold)
-        else:
-            order = scores.argsort(descending=True, stable=True)
-        if self.top_k is not None:
-            order = order[: self.top_k]
-        rows = torch.cat([windows[order], scores[order, None]], dim=1)
-        return [[round(v, self.decimals) for v in row] for row in rows.tolist()]
+        timelines = None if timeline is None else [timeline]
+        return self.batch_windows(logits[None], spans[None], [duration], clip_len, timelines)[0]
 
     def __call__(self, outputs: dict[str, Any], batch: dict[str, Any]) -> list[MomentPrediction]:
         """One :class:`MomentPrediction` per query of ``batch``.
@@ -208,12 +180,11 @@ class PostProcessor:
         clip_len: float,
         timelines: list[float] | None = None,
     ) -> list[list]:
-        """:meth:`windows` of every query of a batch at once, the same numbers row by row.
+        """:meth:`windows` of every query of a batch at once (each row depends on its query only).
 
         ``logits`` and ``spans`` ``(B, Q, 2)``, ``durations`` and ``timelines`` one per query.
-        Each step is the per-query one on a ``(B, Q, ...)`` tensor (per-query scalars become
-        float32 ``(B, 1, 1)`` columns, as the scalars are cast to float32 there): a batch costs a
-        few tensor ops instead of a few per query.
+        Per-query values (duration, scale, clip width) are float32 ``(B, 1, 1)`` columns, so a
+        batch costs a few tensor ops instead of a few per query.
         """
         batch = len(durations)
         if batch == 0:
