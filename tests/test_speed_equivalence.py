@@ -287,3 +287,126 @@ def test_batched_postprocessing_equals_the_per_query_windows(settings: dict) -> 
                 logits[i], spans[i], durations[i], clip_len, timelines[i]
             )
     assert post.batch_windows(logits[:0], spans[:0], [], 2.0, []) == []
+
+
+# ------------------------------------------------- PReLU backward: one leaky_relu_backward pass
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_prelu_input_gradient_is_torchs_in_other_dtypes(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 48, generator=g).to(dtype)
+    x.view(-1)[:50] = 0.0
+    grad = torch.randn(64, 48, generator=g).to(dtype)
+    ours, theirs = PReLU().to(dtype), torch.nn.PReLU().to(dtype)
+    for m in (ours, theirs):
+        m.weight.data.fill_(0.3)  # not a bfloat16 value: rounded the same way on both sides
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours(xa).backward(grad)
+    theirs(xb).backward(grad)
+    assert torch.equal(xa.grad, xb.grad)
+
+
+# ------------------------------------- cross-attention of shared items (query/context index)
+@pytest.mark.parametrize(
+    ("with_pos", "pre_norm", "ffn_skip_norm"),
+    [(False, False, True), (True, False, True), (True, True, False), (False, False, False)],
+)
+def test_cross_attention_of_indexed_items_equals_the_repeated_items(
+    with_pos: bool, pre_norm: bool, ffn_skip_norm: bool
+) -> None:
+    """QD-DETR's negative pairs: the T2V layers project each query's words once and the first
+    layer each video's clip queries once, and index the projections; outputs and every
+    gradient equal those of the repeated videos and (rolled) queries."""
+    from momentkit.modeling.transformer import CrossAttentionEncoder
+
+    torch.manual_seed(0)
+    t2v = CrossAttentionEncoder(
+        16, 2, 2, 32, dropout=0.0, activation="prelu", pre_norm=pre_norm,
+        ffn_skip_norm=ffn_skip_norm,
+    )  # fmt: skip
+    b, length, words = 3, 7, 5
+    video0, vpos = torch.randn(b, length, 16), torch.randn(b, length, 16)
+    text0, tpos0 = torch.randn(b, words, 16), torch.randn(b, words, 16)
+    mask0 = torch.arange(words)[None] < torch.tensor([5, 2, 4])[:, None]
+    own = torch.arange(b)
+    video_index, text_index = torch.cat([own, own]), torch.cat([own, own.roll(-1)])
+    allowed = torch.rand(2 * b, 2, length, words, generator=torch.Generator().manual_seed(1)) > 0.3
+    allowed[..., 0] = True  # every query keeps a key
+    gate = torch.rand(2 * b, length, generator=torch.Generator().manual_seed(2))
+    grad = torch.randn(2 * b, length, 16)
+    results = []
+    for indexed in (False, True):
+        t2v.zero_grad()
+        video, text = video0.clone().requires_grad_(), text0.clone().requires_grad_()
+        tpos = tpos0 if with_pos else None
+        masks = mask0[text_index]
+        if indexed:
+            out = t2v(
+                video, text, vpos, tpos, masks, gate, allowed=allowed,
+                context_index=text_index, query_index=video_index,
+            )  # fmt: skip
+        else:
+            rpos = tpos.index_select(0, text_index) if tpos is not None else None
+            out = t2v(
+                video.index_select(0, video_index), text.index_select(0, text_index),
+                vpos.index_select(0, video_index), rpos, masks, gate, allowed=allowed,
+            )  # fmt: skip
+        out.backward(grad)
+        params = {n: p.grad.clone() for n, p in t2v.named_parameters()}
+        results.append((out.detach(), video.grad, text.grad, params))
+    (ref, ref_video, ref_text, ref_params), (out, gvideo, gtext, params) = results
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gvideo, ref_video, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gtext, ref_text, rtol=1e-5, atol=1e-6)
+    for name, g in ref_params.items():
+        torch.testing.assert_close(params[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_qd_detr_training_step_is_the_repeated_context_computation(make_batch) -> None:
+    """The whole QD-DETR forward and backward (negative pairs, tiled T2V mask) with the
+    indexed videos and queries equals the one with them repeated explicitly."""
+    from tiny_configs import TINY_DETR
+
+    from momentkit.modeling.transformer import CrossAttentionEncoder
+    from momentkit.models import build_criterion, build_model
+    from momentkit.models.qd_detr import OFFICIAL
+
+    torch.manual_seed(0)
+    config = {"name": "qd_detr", **TINY_DETR, **OFFICIAL, "dropout": 0.0, "input_dropout": 0.0}
+    model = build_model(config).train()
+    criterion = build_criterion(model.config)
+    batch = make_batch()
+    plain_forward = CrossAttentionEncoder.forward
+    indexed = []
+
+    def repeated(
+        self, x, context, pos=None, context_pos=None, *args, context_index=None,
+        query_index=None, **kw,
+    ):  # fmt: skip
+        indexed.append((context_index is not None, query_index is not None))
+        if context_index is not None:  # the reference: the queries repeated, no index
+            context = context.index_select(0, context_index)
+            context_pos = None if context_pos is None else context_pos[context_index]
+        if query_index is not None:  # and the videos
+            x, pos = x.index_select(0, query_index), pos.index_select(0, query_index)
+        return plain_forward(self, x, context, pos, context_pos, *args, **kw)
+
+    results = []
+    for patch in (False, True):
+        model.zero_grad()
+        if patch:
+            CrossAttentionEncoder.forward = repeated
+        try:
+            out = model(batch)
+            loss = criterion(out, batch)["loss"]
+        finally:
+            CrossAttentionEncoder.forward = plain_forward
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out["saliency_scores_neg"].detach(), loss.detach(), grads))
+    assert indexed == [(True, True)]  # the model indexes; the reference repeated the items
+    (neg, loss, grads), (ref_neg, ref_loss, ref_grads) = results
+    torch.testing.assert_close(neg, ref_neg, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert set(grads) == set(ref_grads)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)

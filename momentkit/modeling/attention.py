@@ -148,6 +148,8 @@ class MultiheadAttention(nn.Module):
         *,
         allowed: Tensor | None = None,
         packing: Packing | None = None,
+        key_index: Tensor | None = None,
+        query_index: Tensor | None = None,
     ) -> Tensor:
         """Attend from ``query`` ``(B, L, d)`` to ``key``/``value`` ``(B, S, d)``.
 
@@ -160,6 +162,15 @@ class MultiheadAttention(nn.Module):
         ``key`` and ``value`` are its valid rows ``(R, d)``
         (:class:`~momentkit.modeling.packing.Packing`): the projections run on those rows
         only, attention on the padded layout, and the result is ``(R, d)``.
+
+        With ``key_index`` ``(B,)`` long, ``key`` and ``value`` hold ``B0`` distinct items
+        ``(B0, S, d)`` and item ``b`` attends to item ``key_index[b]`` of them: their
+        projections run once per distinct item (QD-DETR's negative pairs see every query twice),
+        the same values as projecting ``key[key_index]``; ``key_mask`` and ``allowed`` are per
+        item ``b``.
+
+        ``query_index`` ``(B,)`` (cross-attention): ``query`` holds ``B0`` distinct items
+        likewise, item ``b``'s query being the projection of ``query[query_index[b]]``.
         """
         d = self.d_model
         w, b = self.in_proj_weight, self.in_proj_bias
@@ -170,6 +181,12 @@ class MultiheadAttention(nn.Module):
             q = F.linear(query, w[:d], b[:d])
             k = F.linear(key, w[d : 2 * d], b[d : 2 * d])
         v = F.linear(value, w[2 * d :], b[2 * d :])
+        if query_index is not None:
+            if qk is not None:
+                raise ValueError("query_index is for cross-attention (query is not key)")
+            q = q.index_select(0, query_index)
+        if key_index is not None:
+            k, v = k.index_select(0, key_index), v.index_select(0, key_index)
         if packing is not None and self._per_item(gate, allowed, q, packing):
             return self.out_proj(packed_attention(q, k, v, self.nhead, packing.offsets))
         if packing is not None:  # to the padded layout (q and k padded as one when they are)

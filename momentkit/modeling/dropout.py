@@ -23,6 +23,9 @@ activation (8 x 75 x 128) where numpy takes tens of microseconds, so such a mask
 
 Random bits come from the default (or a given) ``torch.Generator``, so ``torch.manual_seed``
 makes runs reproducible. Off CPU, torch's fused dropout kernel is already fast and is used as is.
+Inside ``torch.compile`` (``trainer.compile``) the mask is still drawn here, eagerly (a graph
+break), so compiled steps draw the same masks as eager ones; inductor's own in-kernel dropout
+was tried and made a compiled Moment-DETR step slower still (docs/models.md, "Speed").
 """
 
 from __future__ import annotations
@@ -139,7 +142,12 @@ def fast_dropout(
         return x * 0.0
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
+    if torch.compiler.is_compiling():  # the mask is drawn eagerly: the same random numbers
+        return x * _eager_keep_mask(x.shape, p, x.dtype, x.device, generator)
     return x * keep_mask(x.shape, p, x.dtype, x.device, generator)
+
+
+_eager_keep_mask = torch.compiler.disable(keep_mask)
 
 
 class Dropout(nn.Module):

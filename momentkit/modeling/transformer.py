@@ -172,6 +172,8 @@ class CrossAttentionLayer(nn.Module):
         gate: Tensor | None = None,
         *,
         allowed: Tensor | None = None,
+        context_index: Tensor | None = None,
+        query_index: Tensor | None = None,
     ) -> Tensor:
         """``x`` ``(B, L, d)`` attends to ``context`` ``(B, S, d)``; returns ``(B, L, d)``.
 
@@ -179,19 +181,37 @@ class CrossAttentionLayer(nn.Module):
         ``context_mask`` ``(B, S)`` marks valid context tokens; ``gate`` ``(B, L)`` scales each
         query's attention weights (``None``: 1); ``allowed`` ``(B, H, L, S)`` (or a shape of
         :func:`~momentkit.modeling.attention.attention_mask`) bool, which query may attend to
-        which context token, on top of ``context_mask`` (``None``: all).
+        which context token, on top of ``context_mask`` (``None``: all). With
+        ``context_index`` ``(B,)`` long, ``context`` and ``context_pos`` hold ``B0`` distinct
+        items ``(B0, S, d)`` and item ``b`` attends to ``context[context_index[b]]`` (projected
+        once per distinct item; ``context_mask`` stays per item ``b``). With ``query_index``
+        ``(B,)`` long, ``x`` and ``pos`` likewise hold ``B0`` distinct items: item ``b`` is
+        ``x[query_index[b]]``, whose attention query is projected once per distinct item.
         """
         key = with_pos(context, context_pos)
+        rows = x  # the attention's input: the distinct items with query_index
+        if query_index is not None:
+            x = x.index_select(0, query_index)
 
         def attend(h: Tensor) -> Tensor:
             return self.cross_attn(
-                with_pos(h, pos), key, context, context_mask, gate, allowed=allowed
+                with_pos(h, pos),
+                key,
+                context,
+                context_mask,
+                gate,
+                allowed=allowed,
+                key_index=context_index,
+                query_index=query_index,
             )
 
         if self.ffn_skip_norm:
-            s = x + self.dropout1(attend(x))
+            s = x + self.dropout1(attend(rows))
             return self.norm2(s + self.dropout2(self.ffn(self.norm1(s))))
-        x = residual(x, attend, self.norm1, self.dropout1, self.pre_norm)
+        if self.pre_norm:  # residual(), the attention reading the distinct rows
+            x = x + self.dropout1(attend(self.norm1(rows)))
+        else:
+            x = self.norm1(x + self.dropout1(attend(rows)))
         return residual(x, self.ffn, self.norm2, self.dropout2, self.pre_norm)
 
 
@@ -325,15 +345,36 @@ class CrossAttentionEncoder(nn.Module):
         gate: Tensor | None = None,
         *,
         allowed: Tensor | None = None,
+        context_index: Tensor | None = None,
+        query_index: Tensor | None = None,
     ) -> Tensor:
         """``x`` ``(B, L, d)`` attends to ``context`` ``(B, S, d)`` in each layer; ``(B, L, d)``.
 
         ``gate`` ``(B, L)``: the scale of each query's attention weights in every layer;
-        ``allowed``: a query-by-context bool mask applied in every layer (see
-        :meth:`CrossAttentionLayer.forward`).
+        ``allowed``: a query-by-context bool mask applied in every layer; ``context_index``:
+        which of the distinct ``context`` items each ``x`` item attends to; ``query_index``:
+        ``x`` and ``pos`` hold distinct items ``(B0, L, d)``, item ``b`` being
+        ``x[query_index[b]]`` (the first layer projects its queries once per distinct item;
+        see :meth:`CrossAttentionLayer.forward`).
         """
-        for layer in self.layers:
-            x = layer(x, context, pos, context_pos, context_mask, gate, allowed=allowed)
+        every_pos = pos
+        if query_index is not None:
+            every_pos = None if pos is None else pos.index_select(0, query_index)
+            if not self.layers:
+                x = x.index_select(0, query_index)
+        for i, layer in enumerate(self.layers):
+            first = query_index is not None and i == 0
+            x = layer(
+                x,
+                context,
+                pos if first else every_pos,
+                context_pos,
+                context_mask,
+                gate,
+                allowed=allowed,
+                context_index=context_index,
+                query_index=query_index if first else None,
+            )
         return self.norm(x) if self.norm is not None else x
 
 

@@ -8,7 +8,9 @@ Differences from Moment-DETR, following the paper and wjun0830/QD-DETR:
 - saliency is the scaled dot product of the projected global token with each projected clip;
 - during training the encoder also runs with each video paired with another video's query
   (queries rolled by one in the batch) to produce ``saliency_scores_neg``; both pairings run as
-  one batch of ``2B`` and the decoder is skipped for the negative half, whose spans are unused;
+  one batch of ``2B`` (the T2V projections of each query's words and the first T2V layer's
+  queries of each video's clips once, not twice) and the decoder is skipped for the negative
+  half, whose spans are unused;
 - the decoder is an anchor (DAB-DETR style) decoder whose queries are learned
   ``(center, width)`` anchors refined layer by layer;
 - losses add the rank-aware contrastive and negative-pair saliency losses.
@@ -171,22 +173,34 @@ class QDDETR(MomentModel):
             c.neg_pairs == "always" and not torch.is_inference_mode_enabled()
         )
         pair_masks = [(video_mask, text_mask)]
+        text_pos = self.text_pos(text_mask) if self.text_pos is not None else None
+        video_index = text_index = None
+        pair_pos = video_pos  # (B', T, d): every pair's clip positions
         if negatives:  # pair every video with its own and with the next video's query
             pair_masks.append((video_mask, text_mask.roll(-1, dims=0)))
-            video, video_mask, video_pos = (
-                torch.cat([x, x]) for x in (video, video_mask, video_pos)
-            )
-            text = torch.cat([text, text.roll(-1, dims=0)])
-            text_mask = torch.cat([text_mask, text_mask.roll(-1, dims=0)])
+            # the T2V layers project each video's clips and each query's words once: pair b
+            # is video video_index[b] with query text_index[b] (b + 1 mod B for the negatives)
+            own = torch.arange(batch_size, device=text.device)
+            video_index, text_index = torch.cat([own, own]), torch.cat([own, own.roll(-1)])
+            video_mask, pair_pos = (torch.cat([x, x]) for x in (video_mask, video_pos))
+            text_mask = text_mask.index_select(0, text_index)
         allowed = None
         if c.t2v_mask == "tiled":  # each pairing is its own batch in the released code
             allowed = torch.cat([tiled_t2v_allowed(v, t, c.nheads) for v, t in pair_masks])
-        text_pos = self.text_pos(text_mask) if self.text_pos is not None else None
-        clips = self.t2v(video, text, video_pos, text_pos, text_mask, allowed=allowed)  # (B', T, d)
+        clips = self.t2v(  # (B', T, d)
+            video,
+            text,
+            video_pos,
+            text_pos,
+            text_mask,
+            allowed=allowed,
+            context_index=text_index,
+            query_index=video_index,
+        )
 
         pairs = len(clips)
         src = torch.cat([self.global_token.expand(pairs, 1, d), clips], dim=1)
-        pos = torch.cat([self.global_pos.expand(pairs, 1, d), video_pos], dim=1)
+        pos = torch.cat([self.global_pos.expand(pairs, 1, d), pair_pos], dim=1)
         mask = torch.cat([video_mask.new_ones(pairs, 1), video_mask], dim=1)
         memory = self.encoder(src, pos, mask)  # (B', 1 + T, d)
         global_mem, clip_mem = memory[:, 0], memory[:, 1:]
@@ -196,7 +210,7 @@ class QDDETR(MomentModel):
 
         own_mask = video_mask[:batch_size]  # the decoder only sees the matched pairs
         hs, references = self.decoder(
-            clip_mem[:batch_size], self.anchors.weight, video_pos[:batch_size], own_mask
+            clip_mem[:batch_size], self.anchors.weight, video_pos, own_mask
         )
         out = self.head(hs, references, aux=self.config.loss.aux_loss)
         out["saliency_scores"] = saliency[:batch_size]

@@ -410,15 +410,19 @@ class SGDETR(MomentModel):
         sentence = self.sentence_pooling(text, text_mask, text_pos)  # (B, d)
         local = self.local_saliency(video, sentence)  # (B, T)
         b = len(video)
-        v, vm, vp, t, tm, tp = video, video_mask, video_pos, text, text_mask, text_pos
+        vm, vp, tm, v_index, t_index = video_mask, video_pos, text_mask, None, None
         if negatives:  # the same videos with the next video's query, as one batch of 2B
-            v, vm, vp = (torch.cat([x, x]) for x in (video, video_mask, video_pos))
-            t = torch.cat([text, text.roll(-1, 0)])
-            tm = torch.cat([text_mask, text_mask.roll(-1, 0)])
-            tp = torch.cat([text_pos, text_pos.roll(-1, 0)]) if text_pos is not None else None
+            vm, vp = (torch.cat([x, x]) for x in (video_mask, video_pos))
+            # each video's clip queries (first layer) and each query's words are projected
+            # once: pair i is video v_index[i] with query t_index[i]
+            own = torch.arange(b, device=text.device)
+            v_index, t_index = torch.cat([own, own]), torch.cat([own, own.roll(-1)])
+            tm = text_mask.index_select(0, t_index)
             local = torch.cat([local, self.local_saliency(video, sentence.roll(-1, 0))])
         gate = local.sigmoid() if c.sgca else None
-        clips = self.cross_modal(v, t, vp, tp, tm, gate)
+        clips = self.cross_modal(
+            video, text, video_pos, text_pos, tm, gate, context_index=t_index, query_index=v_index
+        )
         memory = self.encoder(clips, vp, vm)
         saliency = local
         if self.saliency_offset is not None:

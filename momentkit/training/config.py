@@ -194,6 +194,11 @@ class TrainerConfig:
         progress: show a progress bar.
         ddp_find_unused_parameters: let DistributedDataParallel tolerate parameters that get no
             gradient in a step.
+        compile: run the training forward through ``torch.compile`` (inductor; the first steps
+            compile, minutes on a CPU; where compiling is not possible here, one log line
+            and eager steps). Off by default: on the CPUs measured it made steps slower (see
+            docs/models.md, "Speed"). Compiled steps draw the same dropout masks as eager ones;
+            evaluation stays eager.
     """
 
     epochs: int = 200
@@ -209,6 +214,7 @@ class TrainerConfig:
     checkpoint_every: int = 0
     progress: bool = True
     ddp_find_unused_parameters: bool = False
+    compile: bool = False
 
     def validate(self, where: _Where) -> None:
         """Raise a ConfigError for out-of-range values."""
