@@ -12,9 +12,13 @@ Two figures, features cached in memory (no decoding, no encoders):
 momentkit's side is ``momentkit predict``'s loop (``inference_loop``: eval mode, no gradients,
 the model's own post-processing). With ``--official-dir DIR`` the official evaluation code
 (Lighthouse's / LD-DETR's / MS-DETR's ``compute_mr_results``: forward, ranking,
-``PostProcessorDETR``) runs on the same batches and the same weights (converted by
-``momentkit.interop``), alternating official and momentkit runs, and the ratio momentkit /
-official is printed per figure (median and range over the rounds). Example::
+``PostProcessorDETR``; UniMD's evaluation forward and soft-NMS, one video at a time) runs on
+the same batches and the same weights (converted by ``momentkit.interop``), alternating
+official and momentkit runs, and the ratio momentkit / official is printed per figure (median
+and range over the rounds), with the largest difference of the two sides' outputs on the first
+throughput batch. For ``unimd`` the items are Charades-STA videos, each with its sentences and
+the 157 action classes (``--queries`` counts videos; :mod:`momentkit.benchmarks.official_unimd`).
+Example::
 
     momentkit bench infer --model moment_detr --official-dir ~/src/lighthouse --threads 2
 """
@@ -27,25 +31,35 @@ import statistics
 from typing import Any
 
 HELP = "inference latency (1 query, 150 s video) and throughput (1550 queries), vs official"
+#: the sizes where ``--queries`` / ``--clips`` / ``--tokens`` are not given (an official pair may
+#: give its own: ``infer_defaults``)
+SHAPE = {"queries": 1550, "clips": 75, "tokens": 32}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, sizes, repetitions and the official checkout."""
-    from momentkit.benchmarks.train import add_official_arguments
+    from momentkit.benchmarks.train import add_compile_arguments, add_official_arguments
 
     parser.add_argument("--model", default="moment_detr", help="registered model name")
-    parser.add_argument("--queries", type=int, default=1550, help="queries in the throughput run")
+    parser.add_argument(
+        "--queries", type=int, default=None, help="queries in the throughput run (default 1550)"
+    )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="default: the official eval batch size, or 32"
     )
-    parser.add_argument("--clips", type=int, default=75, help="clips per video (2 s each)")
-    parser.add_argument("--tokens", type=int, default=32, help="tokens of the longest query")
+    parser.add_argument(
+        "--clips", type=int, default=None, help="clips per video (default 75 of 2 s)"
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=None, help="tokens of the longest query (default 32)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="throughput runs per side")
     parser.add_argument("--latency-repeat", type=int, default=20, help="latency runs per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     add_official_arguments(parser)
+    add_compile_arguments(parser)
 
 
 def momentkit_only(model: str, device: str, precision: str) -> Any:
@@ -62,10 +76,8 @@ def momentkit_only(model: str, device: str, precision: str) -> Any:
     return pair
 
 
-def _batches(pair: Any, queries: int, batch_size: int, clips: int, tokens: int) -> list[Any]:
+def _batches(make_videos: Any, queries: int, batch_size: int, clips: int, tokens: int) -> list[Any]:
     """``ceil(queries / batch_size)`` momentkit (and official) batches from a pool of 4."""
-    from momentkit.benchmarks.official import make_videos
-
     full, last = divmod(queries, batch_size)
     pool = [make_videos(batch_size, clips, tokens, seed=1 + i, qid_start=i * batch_size)
             for i in range(min(full, 4))]  # fmt: skip
@@ -84,24 +96,29 @@ def run(args: argparse.Namespace) -> int:
         Timing,
         alternate,
         build_pair,
+        compiled_momentkit,
         configure_device,
         load_average,
-        make_videos,
         ratio,
         threads,
         timed,
     )
+    from momentkit.benchmarks.train import compile_settings, fill_defaults
 
     configure_device(args.device, args.tf32)
-    with threads(args.threads):
+    with threads(args.threads), compiled_momentkit(compile_settings(args)):
         if args.official_dir:
             pair = build_pair(args.model, args.official_dir, args.device, args.precision)
         else:
             pair = momentkit_only(args.model, args.device, args.precision)
         official = args.official_dir is not None
+        # a pair may give its own sizes and synthetic videos (UniMD: Charades-STA videos)
+        fill_defaults(args, pair.infer_defaults, SHAPE)
+        make, unit = pair.make_videos, pair.query_unit
         batch_size = args.batch_size or (pair.eval_batch_size if official else 32)
-        single = make_videos(1, args.clips, args.tokens, seed=0, short_every=0, min_tokens=12)
-        throughput = _batches(pair, args.queries, batch_size, args.clips, args.tokens)
+        single = make(1, args.clips, args.tokens, seed=0, short_every=0, min_tokens=12)
+        throughput = _batches(make, args.queries, batch_size, args.clips, args.tokens)
+        differences = pair.max_differences(throughput[0]) if official else {}
         sides_inputs = {"momentkit": (pair.momentkit_predict, pair.momentkit_batch)}
         if official:
             theirs = (pair.official_predict, pair.official_batch)
@@ -130,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         "load_average_before": load_before,
         "load_average_after": load_after,
     }
+    if official:
+        result["max_difference"] = differences
     table = Table(title=f"inference, {args.model} (features cached)")
     table.add_column("figure")
     for side in sides_inputs:
@@ -138,11 +157,13 @@ def run(args: argparse.Namespace) -> int:
         table.add_column("momentkit / official: time", justify="right")
         table.add_column("CPU time", justify="right")
     for figure, times in figures.items():
-        row = [
-            "latency, 1 query, 150 s video (ms)"
-            if figure == "latency"
-            else f"throughput, {args.queries} queries, batches of {batch_size} (queries/s)"
-        ]
+        if figure == "throughput":
+            label = f"throughput, {args.queries} {unit}, batches of {batch_size} ({unit}/s)"
+        elif hasattr(pair, "describe_batch"):
+            label = f"latency, {pair.describe_batch(single)} (ms)"
+        else:
+            label = "latency, 1 query, 150 s video (ms)"
+        row = [label]
         for side, values in times.items():
             median = statistics.median(t.wall for t in values)
             value = median * 1000 if figure == "latency" else args.queries / median
@@ -171,6 +192,11 @@ def run(args: argparse.Namespace) -> int:
             else ""
         )  # fmt: skip
     )
+    if official:
+        console.print(
+            "same function: largest |official - momentkit| of the evaluation outputs on the "
+            "first throughput batch: " + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
+        )
     if args.json_out:
         from momentkit.utils.io import write_json
 

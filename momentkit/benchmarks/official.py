@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -47,8 +47,25 @@ PAIRS: dict[str, str] = {
     "qd_detr": "official_lighthouse",
     "ld_detr": "official_ld_detr",
     "ms_detr": "official_ms_detr",
+    "unimd": "official_unimd",
 }
 PRECISIONS = ("fp32", "bf16")
+
+#: the :func:`~momentkit.training.trainer.compile_model` keywords momentkit's side runs with
+#: (``--compile``; ``None``: eager), set by :func:`compiled_momentkit`
+_COMPILE: dict[str, dict[str, Any] | None] = {"settings": None}
+
+
+@contextlib.contextmanager
+def compiled_momentkit(settings: dict[str, Any] | None) -> Any:
+    """Inside the block, :class:`OfficialPair` runs momentkit's model compiled with
+    ``settings`` (``compile_model`` keywords; ``None``: eager); the official side never is."""
+    before = _COMPILE["settings"]
+    _COMPILE["settings"] = settings
+    try:
+        yield
+    finally:
+        _COMPILE["settings"] = before
 
 
 # ------------------------------------------------------------------------------ the two sides
@@ -98,6 +115,12 @@ class OfficialPair:
     stream_order: tuple[str, ...] = ("slowfast", "clip")
     eval_batch_size: int = 32
     revision: str = "unknown"
+    #: the synthetic batch's sizes for the ``bench train`` / ``bench infer`` options left unset
+    #: (``batch_size``, ``clips``, ``queries``...; the QVHighlights shape where absent), and
+    #: what one ``bench infer`` query is (UniMD times videos)
+    train_defaults: ClassVar[dict[str, int]] = {}
+    infer_defaults: ClassVar[dict[str, int]] = {}
+    query_unit: str = "queries"
 
     def __init__(self, root: Path | None, model: str, device: torch.device, precision: str) -> None:
         self.root, self.model_name, self.device, self.precision = root, model, device, precision
@@ -134,6 +157,20 @@ class OfficialPair:
         return contextlib.nullcontext()
 
     # --------------------------------------------------------------------------- batches
+    def make_videos(self, batch: int, clips: int, tokens: int, seed: int = 0, **kwargs: Any) -> Any:
+        """The synthetic videos this pair is timed on (default: QVHighlights-shaped)."""
+        return make_videos(batch, clips, tokens, seed=seed, **kwargs)
+
+    def describe_batch(self, videos: Videos) -> str:
+        """``"32 videos: 24 of 75 clips + 8 of 60-74; queries of 8-32 tokens"``-like summary."""
+        lengths, words = videos.lengths, [int(n) for n in videos.text_mask.sum(1)]
+        longest = max(lengths)
+        short = [n for n in lengths if n < longest]
+        text = f"{len(lengths)} videos: {len(lengths) - len(short)} of {longest} clips"
+        if short:
+            text += f" + {len(short)} of {min(short)}-{max(short)}"
+        return text + f"; queries of {min(words)}-{max(words)} tokens"
+
     def official_batch(self, videos: Videos, training: bool) -> Any:
         """The official model's inputs of ``videos``: ``(metas, batched)`` as the official
         ``start_end_collate`` returns them; for training, what :meth:`prepare_training` makes
@@ -192,21 +229,45 @@ class OfficialPair:
             lambda: torch.nn.utils.clip_grad_norm_(params, self.grad_clip),
         )
 
+    def momentkit_model(self) -> Any:
+        """momentkit's model as its steps and predictions call it: compiled inside
+        :func:`compiled_momentkit` (``--compile``), else the model itself."""
+        if getattr(self, "_momentkit_call", None) is None:
+            from momentkit.training.trainer import compile_model
+
+            settings = _COMPILE["settings"]
+            self._momentkit_call = (
+                self.momentkit
+                if settings is None
+                else compile_model(self.momentkit, self.device, **settings)
+            )
+            self._first_call = settings is not None
+        return self._momentkit_call
+
     def momentkit_step(self, batch: dict[str, Any]) -> Phases:
         """One momentkit training step, as ``momentkit.training.trainer`` takes it."""
         from momentkit.training.optim import clip_gradients
 
         model, criterion = self.momentkit, self.momentkit_criterion
+        call = self.momentkit_model()
         model.train()
 
         def forward_loss() -> torch.Tensor:
             with self.autocast():
-                outputs = model(batch)
+                outputs = call(batch)
             return criterion(to_float32(outputs), batch)["loss"]
 
-        return self._timed_step(
+        phases = self._timed_step(
             self.momentkit_optimizer, forward_loss, lambda: clip_gradients(model, self.grad_clip)
         )
+        self._report_compilation(phases.total)
+        return phases
+
+    def _report_compilation(self, seconds: float) -> None:
+        """After the first compiled call (a warm-up round): print what it took."""
+        if getattr(self, "_first_call", False):
+            self._first_call = False
+            print(f"torch.compile: momentkit's first compiled call took {seconds:.1f} s")
 
     def _timed_step(
         self,
@@ -266,7 +327,10 @@ class OfficialPair:
 
         post = PostProcessor(**getattr(self.momentkit.config, "postprocess", {}))
         dtype = torch.bfloat16 if self.precision == "bf16" else None
-        return inference_loop(self.momentkit, batches, self.device, post, dtype)
+        start = time.perf_counter()
+        rows = inference_loop(self.momentkit_model(), batches, self.device, post, dtype)
+        self._report_compilation(time.perf_counter() - start)
+        return rows
 
     def describe(self) -> str:
         """One line: the official code and its revision."""
@@ -331,7 +395,8 @@ def configure_device(device: str, tf32: bool) -> None:
 
 __all__ = [
     "PAIRS", "PRECISIONS", "STREAM_DIMS", "TEXT_DIM", "OfficialPair", "Phases", "Ratio",
-    "Timing", "Videos", "alternate", "build_pair", "configure_device", "git_revision",
+    "Timing", "Videos", "alternate", "build_pair", "compiled_momentkit", "configure_device",
+    "git_revision",
     "load_average", "make_videos", "ratio", "silence_progress", "synchronize", "threads",
     "timed", "to_device", "to_float32",
 ]  # fmt: skip

@@ -21,20 +21,9 @@ from momentkit.benchmarks.official import (
     build_pair,
     configure_device,
     load_average,
-    make_videos,
     ratio,
     threads,
 )
-
-
-def batch_description(lengths: list[int], words: list[int]) -> str:
-    """``"32 videos: 24 of 75 clips + 8 of 60-74; queries of 8-32 tokens"``-like summary."""
-    longest = max(lengths)
-    short = [n for n in lengths if n < longest]
-    text = f"{len(lengths)} videos: {len(lengths) - len(short)} of {longest} clips"
-    if short:
-        text += f" + {len(short)} of {min(short)}-{max(short)}"
-    return text + f"; queries of {min(words)}-{max(words)} tokens"
 
 
 def _median(rows: list[Phases], field: str) -> float:
@@ -52,10 +41,14 @@ def compare_training(args: argparse.Namespace) -> int:
         raise MomentkitError(
             "--set cannot be combined with --official-dir: both sides use the official options"
         )
+    from momentkit.benchmarks.train import SHAPE, fill_defaults
+
     configure_device(args.device, args.tf32)
     with threads(args.threads):
         pair = build_pair(args.model, args.official_dir, args.device, args.precision)
-        videos = make_videos(args.batch_size, args.clips, args.tokens, seed=0)
+        # a pair may give its own batch shape and synthetic videos (UniMD: Charades-STA)
+        fill_defaults(args, pair.train_defaults, SHAPE)
+        videos = pair.make_videos(args.batch_size, args.clips, args.tokens, seed=0)
         differences = pair.max_differences(videos)
         official_batch = pair.official_batch(videos, training=True)
         momentkit_batch = pair.momentkit_batch(videos, training=True)
@@ -69,14 +62,14 @@ def compare_training(args: argparse.Namespace) -> int:
             warmup=args.warmup,
         )
         load_after = load_average()
-    words = [int(n) for n in videos.text_mask.sum(1)]
+    batch = pair.describe_batch(videos)
     result: dict[str, Any] = {
         "model": args.model,
         "official_code": pair.describe(),
         "device": args.device,
         "precision": args.precision,
         "threads": args.threads,
-        "batch": batch_description(videos.lengths, words),
+        "batch": batch,
         "load_average_before": load_before,
         "load_average_after": load_after,
         "max_difference": differences,

@@ -13,17 +13,26 @@ At the QVHighlights shape (batch 32, 75 clips of SlowFast 2304 + CLIP 512 + 2 TE
 
 With ``--official-dir DIR`` it instead times the model's official implementation, imported
 from a checkout of its repository (line/lighthouse for ``moment_detr`` and ``qd_detr``,
-qingchen239/ld-detr, snailma0229/MS-DETR), against momentkit on the identical batch and the
-identical weights (the official model's, converted by ``momentkit.interop``: momentkit's
-``official`` variant), alternating one official and one momentkit step, and prints both step
-times by phase and the ratio (median and range over the rounds); see
+qingchen239/ld-detr, snailma0229/MS-DETR, yingsen1/UniMD), against momentkit on the identical
+batch and the identical weights (the official model's, converted by ``momentkit.interop``:
+momentkit's ``official`` variant), alternating one official and one momentkit step, and prints
+both step times by phase and the ratio (median and range over the rounds); see
 :mod:`momentkit.benchmarks.official`. The batch is QVHighlights-shaped: every 4th video has
-``--clips`` - 15 to ``--clips`` - 1 clips, queries have 8 to ``--tokens`` tokens.
+``--clips`` - 15 to ``--clips`` - 1 clips, queries have 8 to ``--tokens`` tokens (``unimd``:
+the release's Charades-STA batch instead, 2 videos with both tasks' queries; see
+:mod:`momentkit.benchmarks.official_unimd`).
+
+With ``--compile`` (and no ``--official-dir``) it times ``torch.compile`` instead: the
+compiled model against an eager copy with the same weights, alternating on the same batch, the
+compilation (first compiled step), graph breaks and the recompilations a batch of other lengths
+causes reported apart (:func:`compare_compiled`); with ``--official-dir`` it compiles momentkit's
+side of the comparison.
 
 Example::
 
     momentkit bench train --model qd_detr --threads 2
     momentkit bench train --model qd_detr --official-dir ~/src/lighthouse --items 0
+    momentkit bench train --model moment_detr --compile --threads 1 --steps 6 --warmup 1
 """
 
 from __future__ import annotations
@@ -42,14 +51,19 @@ HELP = "training step time and data-loading overhead at the QVHighlights shape"
 
 STREAMS = {"slowfast": 2304, "clip": 512}
 TEXT_DIM = 512
+#: the batch shape where ``--batch-size`` / ``--clips`` / ``--tokens`` are not given (an
+#: official pair may give its own: ``train_defaults``)
+SHAPE = {"batch_size": 32, "clips": 75, "tokens": 32}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, sizes and repetitions."""
     parser.add_argument("--model", default="moment_detr", help="registered model name")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--clips", type=int, default=75, help="clips per video")
-    parser.add_argument("--tokens", type=int, default=32, help="tokens per query")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 32 (unimd: 2)")
+    parser.add_argument(
+        "--clips", type=int, default=None, help="clips per video (default 75; unimd: 180 steps)"
+    )
+    parser.add_argument("--tokens", type=int, default=None, help="tokens per query (default 32)")
     parser.add_argument("--steps", type=int, default=15, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument(
@@ -59,6 +73,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser, "model config overrides, e.g. --set hidden_dim=128")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     add_official_arguments(parser)
+    add_compile_arguments(parser)
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--compile``, ``--compile-scope``, ``--compile-dynamic`` (shared with ``infer``)."""
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile momentkit's model (eager where compiling fails); bench train "
+        "without --official-dir times compiled against eager steps, alternating, same batch",
+    )
+    parser.add_argument(
+        "--compile-scope",
+        choices=("model", "layers"),
+        default="model",
+        help="compile the whole forward (default) or only each transformer layer",
+    )
+    parser.add_argument(
+        "--compile-dynamic",
+        action="store_true",
+        help="compile with dynamic shapes from the start (torch.compile(dynamic=True))",
+    )
 
 
 def add_official_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +115,13 @@ def add_official_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tf32", action="store_true", help="allow TF32 matmuls and convolutions (CUDA only)"
     )
+
+
+def fill_defaults(args: argparse.Namespace, *defaults: dict[str, Any]) -> None:
+    """Set each option left ``None`` to its value in the first of ``defaults`` holding it."""
+    for key in {k for table in defaults for k in table}:
+        if getattr(args, key, None) is None:
+            setattr(args, key, next(table[key] for table in defaults if key in table))
 
 
 def _model_and_criterion(name: str, overrides: list[str], video_dim: int) -> tuple[Any, Any]:
@@ -152,9 +195,14 @@ def _epoch_seconds(
 def run(args: argparse.Namespace) -> int:
     """Measure and print the figures."""
     if args.official_dir:
+        from momentkit.benchmarks.official import compiled_momentkit
         from momentkit.benchmarks.official_train import compare_training
 
-        return compare_training(args)
+        with compiled_momentkit(compile_settings(args)):
+            return compare_training(args)
+    fill_defaults(args, SHAPE)
+    if args.compile:
+        return compare_compiled(args)
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -232,4 +280,155 @@ def run(args: argparse.Namespace) -> int:
 
         write_json(args.json_out, results)
     print(json.dumps(results))
+    return 0
+
+
+def compile_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The :func:`~momentkit.training.trainer.compile_model` keywords of ``--compile``
+    (``None`` without it)."""
+    if not getattr(args, "compile", False):
+        return None
+    return {"scope": args.compile_scope, "dynamic": True if args.compile_dynamic else None}
+
+
+def _dynamo_counts() -> dict[str, int]:
+    """Graphs compiled, graph breaks and recompilations so far (dynamo's counters)."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "graphs": int(counters["stats"]["unique_graphs"]),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+        "recompiles": int(sum(counters["recompiles"].values())),
+    }
+
+
+def compare_compiled(args: argparse.Namespace) -> int:
+    """``--compile`` without ``--official-dir``: the compiled model against the eager one.
+
+    Two copies of the model with identical weights and optimisers take the same steps on the
+    same QVHighlights-shaped batch (:func:`~momentkit.benchmarks.official.make_videos`: every
+    4th video shorter, queries of 8 to ``--tokens`` tokens), each step seeded alike so both
+    draw the same dropout masks; eager and compiled alternate (A B) after the first compiled
+    step, which is timed apart (the compilation). A second batch of other lengths is then
+    stepped once, compiled, to count the recompilations new sizes cause.
+    """
+    import copy
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from momentkit.benchmarks.official import load_average, make_videos, ratio, threads
+    from momentkit.training.config import OptimConfig
+    from momentkit.training.optim import build_optimizer, clip_gradients
+    from momentkit.training.trainer import compile_model, compile_unavailable
+
+    settings = compile_settings(args) or {}
+    video_dim = sum(STREAMS.values()) + 2
+    order = tuple(STREAMS)
+    with threads(args.threads):
+        torch.manual_seed(0)
+        model, criterion = _model_and_criterion(args.model, args.overrides, video_dim)
+        twin = copy.deepcopy(model)
+        batch = make_videos(args.batch_size, args.clips, args.tokens, seed=0).momentkit_batch(order)
+        other = make_videos(args.batch_size, args.clips, args.tokens, seed=1).momentkit_batch(order)
+        compiled = compile_model(twin, "cpu", **settings)
+        fallback = compile_unavailable("cpu") is not None
+
+        def stepper(module: Any, forward: Any) -> Any:
+            optimizer = build_optimizer(module, OptimConfig())
+
+            def step(b: dict[str, Any], seed: int) -> tuple[float, float, float]:
+                torch.manual_seed(seed)  # the same dropout masks on both sides
+                cpu, start = time.process_time(), time.perf_counter()
+                loss = criterion(forward(b), b)["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip_gradients(module, OptimConfig().grad_clip)
+                optimizer.step()
+                return time.perf_counter() - start, time.process_time() - cpu, float(loss.detach())
+
+            return step
+
+        eager_step, compiled_step = stepper(model, model), stepper(twin, compiled)
+        before = _dynamo_counts()
+        first = compiled_step(batch, 0)  # compiles
+        compiled_counts = {k: v - before[k] for k, v in _dynamo_counts().items()}
+        losses = [(eager_step(batch, 0)[2], first[2])]
+        load_before = load_average()
+        times: dict[str, list[tuple[float, float, float]]] = {"eager": [], "compiled": []}
+        for i in range(1, 1 + args.warmup + args.steps):
+            pair = {"eager": eager_step(batch, i), "compiled": compiled_step(batch, i)}
+            losses.append((pair["eager"][2], pair["compiled"][2]))
+            if i > args.warmup:
+                for side, result in pair.items():
+                    times[side].append(result)
+        load_after = load_average()
+        seed = 1 + args.warmup + args.steps
+        before = _dynamo_counts()
+        new_shape = compiled_step(other, seed)
+        new_shape_counts = {k: v - before[k] for k, v in _dynamo_counts().items()}
+        losses.append((eager_step(other, seed)[2], new_shape[2]))
+
+    def median(side: str, j: int) -> float:
+        return statistics.median(t[j] for t in times[side])
+
+    wall = ratio([t[0] for t in times["compiled"]], [t[0] for t in times["eager"]])
+    cpu = ratio([t[1] for t in times["compiled"]], [t[1] for t in times["eager"]])
+    relative = [abs(a - b) / max(abs(a), 1e-12) for a, b in losses]
+    loss_diff = max(relative)
+    result: dict[str, Any] = {
+        "model": args.model,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "compile": settings,
+        "fallback_to_eager": fallback,
+        "compile_step_s": round(first[0], 2),
+        "compile_step_cpu_s": round(first[1], 2),
+        "compiled": compiled_counts,
+        "eager_step_s": round(median("eager", 0), 4),
+        "compiled_step_s": round(median("compiled", 0), 4),
+        "eager_step_cpu_s": round(median("eager", 1), 4),
+        "compiled_step_cpu_s": round(median("compiled", 1), 4),
+        "ratio": {"median": wall.median, "low": wall.low, "high": wall.high},
+        "cpu_ratio": {"median": cpu.median, "low": cpu.low, "high": cpu.high},
+        "new_lengths_step_s": round(new_shape[0], 2),
+        "new_lengths": new_shape_counts,
+        "first_step_relative_loss_difference": relative[0],
+        "max_relative_loss_difference": loss_diff,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+    }
+    table = Table(title=f"momentkit bench train --compile: {args.model}, {settings}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("first compiled step (compilation, s)", f"{first[0]:.1f}")
+    table.add_row(
+        "graphs / graph breaks / recompiles",
+        "{graphs} / {graph_breaks} / {recompiles}".format(**compiled_counts),
+    )
+    table.add_row("eager step (median, s)", f"{result['eager_step_s']:.3f}")
+    table.add_row("compiled step (median, s)", f"{result['compiled_step_s']:.3f}")
+    table.add_row("compiled / eager: time", str(wall))
+    table.add_row("compiled / eager: CPU time", str(cpu))
+    table.add_row(
+        "a batch of other lengths: s, new graphs / recompiles",
+        f"{new_shape[0]:.1f}, {new_shape_counts['graphs']} / {new_shape_counts['recompiles']}",
+    )
+    table.add_row(
+        "relative loss difference: first step, largest",
+        f"{relative[0]:.1e}, {loss_diff:.1e}",
+    )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{'compilation failed: both sides ran eager; ' if fallback else ''}"
+        f"{args.steps} A B rounds after {args.warmup} warm-up rounds; "
+        f"load average {load_before} -> {load_after}"
+    )
+    if args.json_out:
+        from momentkit.utils.io import write_json
+
+        write_json(args.json_out, result)
+    print(json.dumps(result))
     return 0
