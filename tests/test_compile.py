@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import torch
 
-from momentkit.training import trainer as trainer_module
+from momentkit.training import compile as compile_module
+from momentkit.training.compile import CompiledModel, compile_model
 from momentkit.training.config import ExperimentConfig
-from momentkit.training.trainer import CompiledModel, Trainer, compile_model
+from momentkit.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def aot_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trace with dynamo + AOT autograd, no C++ build."""
-    monkeypatch.setattr(trainer_module, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compile_module, "COMPILE_BACKEND", "aot_eager")
 
 
 def _tiny_moment_detr() -> dict[str, Any]:
@@ -125,8 +126,8 @@ def test_compiling_falls_back_to_eager_with_one_log_line(
     def no_compiler(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("Compiler: /nonexistent/g++ not found\nmore detail")
 
-    monkeypatch.setattr(trainer_module, "_COMPILE_PROBES", {})
-    monkeypatch.setattr(trainer_module, "_torch_compile", no_compiler)
+    monkeypatch.setattr(compile_module, "_COMPILE_PROBES", {})
+    monkeypatch.setattr(compile_module, "_torch_compile", no_compiler)
     model = torch.nn.Linear(2, 2)
     with caplog.at_level(logging.WARNING, logger="momentkit.training"):
         assert compile_model(model) is model
@@ -154,7 +155,7 @@ def test_inductor_step_gives_the_eager_loss(make_batch) -> None:
     criterion = build_criterion(model.config)
     compiled = compile_model(model)
     if compiled is model:
-        pytest.skip(f"torch.compile is not usable here: {trainer_module.compile_unavailable()}")
+        pytest.skip(f"torch.compile is not usable here: {compile_module.compile_unavailable()}")
     batch = make_batch()
     losses = []
     for forward in (model, compiled):

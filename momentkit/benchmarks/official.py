@@ -51,7 +51,7 @@ PAIRS: dict[str, str] = {
 }
 PRECISIONS = ("fp32", "bf16")
 
-#: the :func:`~momentkit.training.trainer.compile_model` keywords momentkit's side runs with
+#: the :func:`~momentkit.training.compile.compile_model` keywords momentkit's side runs with
 #: (``--compile``; ``None``: eager), set by :func:`compiled_momentkit`
 _COMPILE: dict[str, dict[str, Any] | None] = {"settings": None}
 
@@ -233,7 +233,7 @@ class OfficialPair:
         """momentkit's model as its steps and predictions call it: compiled inside
         :func:`compiled_momentkit` (``--compile``), else the model itself."""
         if getattr(self, "_momentkit_call", None) is None:
-            from momentkit.training.trainer import compile_model
+            from momentkit.training.compile import compile_model
 
             settings = _COMPILE["settings"]
             self._momentkit_call = (

@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def compile_settings(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The :func:`~momentkit.training.trainer.compile_model` keywords of ``--compile``
+    """The :func:`~momentkit.training.compile.compile_model` keywords of ``--compile``
     (``None`` without it)."""
     if not getattr(args, "compile", False):
         return None
@@ -319,9 +319,9 @@ def compare_compiled(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from momentkit.benchmarks.official import load_average, make_videos, ratio, threads
+    from momentkit.training.compile import compile_model, compile_unavailable
     from momentkit.training.config import OptimConfig
     from momentkit.training.optim import build_optimizer, clip_gradients
-    from momentkit.training.trainer import compile_model, compile_unavailable
 
     settings = compile_settings(args) or {}
     video_dim = sum(STREAMS.values()) + 2
