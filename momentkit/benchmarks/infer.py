@@ -159,15 +159,15 @@ def run(args: argparse.Namespace) -> int:
     for figure, times in figures.items():
         if figure == "throughput":
             label = f"throughput, {args.queries} {unit}, batches of {batch_size} ({unit}/s)"
-        elif hasattr(pair, "describe_batch"):
-            label = f"latency, {pair.describe_batch(single)} (ms)"
-        else:
+        elif unit == "queries":
             label = "latency, 1 query, 150 s video (ms)"
+        else:  # UniMD: one video with its queries
+            label = f"latency, {pair.describe_batch(single)} (ms)"
         row = [label]
         for side, values in times.items():
             median = statistics.median(t.wall for t in values)
             value = median * 1000 if figure == "latency" else args.queries / median
-            row.append(f"{value:.1f}")
+            row.append(f"{value:.1f}" if value >= 10 else f"{value:.3g}")  # 0.0743 videos/s
             result[f"{figure}_{side}_s"] = [round(t.wall, 5) for t in values]
             result[f"{figure}_{side}_cpu_s"] = [round(t.cpu, 5) for t in values]
             result[f"{figure}_{side}_median_s"] = round(median, 5)
