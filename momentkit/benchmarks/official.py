@@ -39,6 +39,7 @@ from momentkit.benchmarks.official_timing import (
     timed,
 )
 from momentkit.benchmarks.official_videos import STREAM_DIMS, TEXT_DIM, Videos, make_videos
+from momentkit.training.trainer import move_to_device, to_float32
 from momentkit.utils.errors import MomentkitError
 
 #: model name -> module under momentkit.benchmarks holding its OfficialPair subclass
@@ -51,46 +52,8 @@ PAIRS: dict[str, str] = {
 }
 PRECISIONS = ("fp32", "bf16")
 
-#: the :func:`~momentkit.training.compile.compile_model` keywords momentkit's side runs with
-#: (``--compile``; ``None``: eager), set by :func:`compiled_momentkit`
-_COMPILE: dict[str, dict[str, Any] | None] = {"settings": None}
-
-
-@contextlib.contextmanager
-def compiled_momentkit(settings: dict[str, Any] | None) -> Any:
-    """Inside the block, :class:`OfficialPair` runs momentkit's model compiled with
-    ``settings`` (``compile_model`` keywords; ``None``: eager); the official side never is."""
-    before = _COMPILE["settings"]
-    _COMPILE["settings"] = settings
-    try:
-        yield
-    finally:
-        _COMPILE["settings"] = before
-
 
 # ------------------------------------------------------------------------------ the two sides
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Tensors of a nested dict/list/tuple moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
-
-
-def to_float32(obj: Any) -> Any:
-    """Floating tensors of a nested output dict cast to float32 (losses after bf16 autocast)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() else obj
-    if isinstance(obj, dict):
-        return {k: to_float32(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_float32(v) for v in obj)
-    return obj
-
-
 class OfficialPair:
     """One model's official implementation and momentkit's, on identical weights.
 
@@ -121,6 +84,11 @@ class OfficialPair:
     train_defaults: ClassVar[dict[str, int]] = {}
     infer_defaults: ClassVar[dict[str, int]] = {}
     query_unit: str = "queries"
+    #: :func:`~momentkit.training.compile.compile_model` keywords momentkit's side runs with
+    #: (``--compile``; ``None``: eager); the official side is never compiled
+    compile_settings: dict[str, Any] | None = None
+    _momentkit_call: Any = None  # momentkit's model as called, once built
+    _first_call: bool = False  # the next momentkit call is the first compiled one
 
     def __init__(self, root: Path | None, model: str, device: torch.device, precision: str) -> None:
         self.root, self.model_name, self.device, self.precision = root, model, device, precision
@@ -204,7 +172,7 @@ class OfficialPair:
         """momentkit's batch of the same tensors: on the device for training, on the CPU for
         inference (``inference_loop`` moves each batch, as the official evaluation does)."""
         batch = videos.momentkit_batch(self.stream_order, self.label_scale)
-        return to_device(batch, self.device) if training else batch
+        return move_to_device(batch, self.device) if training else batch
 
     # ---------------------------------------------------------------------------- training
     def official_forward_loss(self, batch: Any) -> torch.Tensor:
@@ -230,12 +198,12 @@ class OfficialPair:
         )
 
     def momentkit_model(self) -> Any:
-        """momentkit's model as its steps and predictions call it: compiled inside
-        :func:`compiled_momentkit` (``--compile``), else the model itself."""
-        if getattr(self, "_momentkit_call", None) is None:
+        """momentkit's model as its steps and predictions call it: compiled with
+        :attr:`compile_settings` (``--compile``), else the model itself."""
+        if self._momentkit_call is None:
             from momentkit.training.compile import compile_model
 
-            settings = _COMPILE["settings"]
+            settings = self.compile_settings
             self._momentkit_call = (
                 self.momentkit
                 if settings is None
@@ -265,7 +233,7 @@ class OfficialPair:
 
     def _report_compilation(self, seconds: float) -> None:
         """After the first compiled call (a warm-up round): print what it took."""
-        if getattr(self, "_first_call", False):
+        if self._first_call:
             self._first_call = False
             print(f"torch.compile: momentkit's first compiled call took {seconds:.1f} s")
 
@@ -395,8 +363,7 @@ def configure_device(device: str, tf32: bool) -> None:
 
 __all__ = [
     "PAIRS", "PRECISIONS", "STREAM_DIMS", "TEXT_DIM", "OfficialPair", "Phases", "Ratio",
-    "Timing", "Videos", "alternate", "build_pair", "compiled_momentkit", "configure_device",
-    "git_revision",
+    "Timing", "Videos", "alternate", "build_pair", "configure_device", "git_revision",
     "load_average", "make_videos", "ratio", "silence_progress", "synchronize", "threads",
-    "timed", "to_device", "to_float32",
+    "timed",
 ]  # fmt: skip

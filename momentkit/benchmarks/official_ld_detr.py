@@ -24,9 +24,9 @@ from momentkit.benchmarks.official import (
     Videos,
     git_revision,
     silence_progress,
-    to_float32,
 )
 from momentkit.benchmarks.official_env import import_ld_detr, import_official
+from momentkit.training.trainer import to_float32
 
 #: ld_detr/scripts/train_qvhighlight.sh's options (feature folders are not read here)
 TRAIN_QVHIGHLIGHT = [

@@ -24,9 +24,9 @@ from momentkit.benchmarks.official import (
     OfficialPair,
     git_revision,
     silence_progress,
-    to_float32,
 )
 from momentkit.benchmarks.official_env import import_lighthouse
+from momentkit.training.trainer import to_float32
 
 
 class LighthousePair(OfficialPair):

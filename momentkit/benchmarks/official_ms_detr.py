@@ -24,9 +24,9 @@ from momentkit.benchmarks.official import (
     OfficialPair,
     git_revision,
     silence_progress,
-    to_float32,
 )
 from momentkit.benchmarks.official_env import cpu_only, import_ms_detr, import_official
+from momentkit.training.trainer import to_float32
 
 #: ms_detr/scripts/train.sh's options (feature folders are not read here)
 TRAIN_SH = [

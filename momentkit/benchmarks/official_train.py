@@ -41,11 +41,12 @@ def compare_training(args: argparse.Namespace) -> int:
         raise MomentkitError(
             "--set cannot be combined with --official-dir: both sides use the official options"
         )
-    from momentkit.benchmarks.train import SHAPE, fill_defaults
+    from momentkit.benchmarks.train import SHAPE, compile_settings, fill_defaults
 
     configure_device(args.device, args.tf32)
     with threads(args.threads):
         pair = build_pair(args.model, args.official_dir, args.device, args.precision)
+        pair.compile_settings = compile_settings(args)
         # a pair may give its own batch shape and synthetic videos (UniMD: Charades-STA)
         fill_defaults(args, pair.train_defaults, SHAPE)
         videos = pair.make_videos(args.batch_size, args.clips, args.tokens, seed=0)

@@ -68,13 +68,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from momentkit.benchmarks.official import OfficialPair, git_revision, silence_progress, to_device
+from momentkit.benchmarks.official import OfficialPair, git_revision, silence_progress
 from momentkit.benchmarks.official_env import (
     OfficialCodeError,
     import_official,
     import_unimd,
     stand_in,
 )
+from momentkit.training.trainer import move_to_device, to_float32
 
 #: the release's Charades-STA preset and its dataset section
 CONFIG = "configs/charades/charades_i3d_convnext_bs2_70e_stop20e.yaml"
@@ -364,7 +365,7 @@ class UniMDPair(OfficialPair):
         video with both tasks; on the device for training)."""
         items = self.official_items(videos)
         if training:
-            items = to_device(items, self.device)
+            items = move_to_device(items, self.device)
         return items, [["tad", "mr"] for _ in items]
 
     def momentkit_items(self, videos: UniMDVideos) -> list[Any]:
@@ -397,7 +398,7 @@ class UniMDPair(OfficialPair):
         from momentkit.data.multitask import collate_videos
 
         batch = collate_videos(self.momentkit_items(videos))
-        return to_device(batch, self.device) if training else batch
+        return move_to_device(batch, self.device) if training else batch
 
     # ---------------------------------------------------------------------------- training
     def official_forward_loss(self, batch: Any) -> torch.Tensor:
@@ -494,11 +495,8 @@ class UniMDPair(OfficialPair):
         """:class:`~momentkit.training.cotrain.CoEvaluation`'s loop: the model and
         ``batch_predictions`` (MR rows per sentence, TAD rows per video)."""
         from momentkit.training.cotrain import batch_predictions
-        from momentkit.training.trainer import move_to_device, to_float32
 
-        model = self.momentkit
-        # the compiled model under ``--compile`` where the shared pair offers it
-        call = getattr(self, "momentkit_model", lambda: model)()
+        model, call = self.momentkit, self.momentkit_model()  # compiled under --compile
         model.eval()
         preds: list[Any] = []
         with torch.no_grad():

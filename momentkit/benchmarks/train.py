@@ -195,11 +195,9 @@ def _epoch_seconds(
 def run(args: argparse.Namespace) -> int:
     """Measure and print the figures."""
     if args.official_dir:
-        from momentkit.benchmarks.official import compiled_momentkit
         from momentkit.benchmarks.official_train import compare_training
 
-        with compiled_momentkit(compile_settings(args)):
-            return compare_training(args)
+        return compare_training(args)
     fill_defaults(args, SHAPE)
     if args.compile:
         return compare_compiled(args)

@@ -157,6 +157,8 @@ def to_float32(obj: Any) -> Any:
         return {k: to_float32(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [to_float32(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_float32(v) for v in obj)
     return obj
 
 
