@@ -39,14 +39,18 @@ def residual(
     norm: nn.Module,
     dropout: nn.Module,
     pre_norm: bool,
+    source: Tensor | None = None,
 ) -> Tensor:
     """One residual sub-layer of a transformer layer: ``(..., d)`` -> ``(..., d)``.
 
     Pre-norm: ``x + dropout(sublayer(norm(x)))``; post-norm: ``norm(x + dropout(sublayer(x)))``.
+    ``source``: what the sub-layer reads instead of ``x`` (default ``x``): the distinct rows
+    ``x`` was expanded from, where the sub-layer does that expansion itself.
     """
+    source = x if source is None else source
     if pre_norm:
-        return x + dropout(sublayer(norm(x)))
-    return norm(x + dropout(sublayer(x)))
+        return x + dropout(sublayer(norm(source)))
+    return norm(x + dropout(sublayer(source)))
 
 
 def xavier_init_(module: nn.Module) -> None:
@@ -208,10 +212,7 @@ class CrossAttentionLayer(nn.Module):
         if self.ffn_skip_norm:
             s = x + self.dropout1(attend(rows))
             return self.norm2(s + self.dropout2(self.ffn(self.norm1(s))))
-        if self.pre_norm:  # residual(), the attention reading the distinct rows
-            x = x + self.dropout1(attend(self.norm1(rows)))
-        else:
-            x = self.norm1(x + self.dropout1(attend(rows)))
+        x = residual(x, attend, self.norm1, self.dropout1, self.pre_norm, source=rows)
         return residual(x, self.ffn, self.norm2, self.dropout2, self.pre_norm)
 
 
