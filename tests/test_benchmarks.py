@@ -375,8 +375,12 @@ def _run_bench(argv: list[str], tmp_path: Path) -> dict:
 def test_bench_train_official_side_by_side_on_the_same_function(tmp_path: Path) -> None:
     argv = ["train", "--model", "qd_detr", "--official-dir", str(LIGHTHOUSE), "--threads", "1"]
     argv += ["--batch-size", "4", "--clips", "10", "--tokens", "9", "--steps", "2"]
-    figures = _run_bench([*argv, "--warmup", "0"], tmp_path)
+    figures = _run_bench([*argv, "--warmup", "0", "--flops"], tmp_path)
     assert max(figures["max_difference"].values()) < 1e-4  # both sides: the same weights
+    # the same function, so about the same arithmetic: momentkit skips the padded rows only
+    arithmetic = figures["arithmetic"]
+    assert 0.7 < arithmetic["flop_ratio"] <= 1.0
+    assert arithmetic["official"]["uncounted"] == arithmetic["momentkit"]["uncounted"] == []
     for side in ("official", "momentkit"):
         step = figures[side]
         assert len(step["steps_s"]) == 2 and step["step_s"] > 0

@@ -16,8 +16,10 @@ the model's own post-processing). With ``--official-dir DIR`` the official evalu
 the same batches and the same weights (converted by ``momentkit.interop``), alternating
 official and momentkit runs, and the ratio momentkit / official is printed per figure (median
 and range over the rounds), with the largest difference of the two sides' outputs on the first
-throughput batch. For ``unimd`` the items are Charades-STA videos, each with its sentences and
-the 157 action classes (``--queries`` counts videos; :mod:`momentkit.benchmarks.official_unimd`).
+throughput batch. With ``--flops`` each figure also gets both sides' arithmetic and the
+lowest ratio it allows (:mod:`momentkit.benchmarks.arithmetic`). For ``unimd`` the items are
+Charades-STA videos, each with its sentences and the 157 action classes (``--queries`` counts
+videos; :mod:`momentkit.benchmarks.official_unimd`).
 Example::
 
     momentkit bench infer --model moment_detr --official-dir ~/src/lighthouse --threads 2
@@ -29,6 +31,8 @@ import argparse
 import json
 import statistics
 from typing import Any
+
+from momentkit.cli.common import at_least
 
 HELP = "inference latency (1 query, 150 s video) and throughput (1550 queries), vs official"
 #: the sizes where ``--queries`` / ``--clips`` / ``--tokens`` are not given (an official pair may
@@ -42,21 +46,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default="moment_detr", help="registered model name")
     parser.add_argument(
-        "--queries", type=int, default=None, help="queries in the throughput run (default 1550)"
+        "--queries",
+        type=at_least(1),
+        default=None,
+        help="queries in the throughput run (default 1550)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="default: the official eval batch size, or 32"
+        "--batch-size",
+        type=at_least(1),
+        default=None,
+        help="default: the official eval batch size, or 32",
     )
     parser.add_argument(
-        "--clips", type=int, default=None, help="clips per video (default 75 of 2 s)"
+        "--clips", type=at_least(1), default=None, help="clips per video (default 75 of 2 s)"
     )
     parser.add_argument(
-        "--tokens", type=int, default=None, help="tokens of the longest query (default 32)"
+        "--tokens", type=at_least(1), default=None, help="tokens of the longest query (default 32)"
     )
-    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per side")
-    parser.add_argument("--latency-repeat", type=int, default=20, help="latency runs per side")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--repeat", type=at_least(1), default=3, help="throughput runs per side")
+    parser.add_argument(
+        "--latency-repeat", type=at_least(1), default=20, help="latency runs per side"
+    )
+    parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed rounds first")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch intra-op threads")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     add_official_arguments(parser)
     add_compile_arguments(parser)
@@ -85,6 +97,22 @@ def _batches(make_videos: Any, queries: int, batch_size: int, clips: int, tokens
     if last:
         videos.append(make_videos(last, clips, tokens, seed=99, qid_start=full * batch_size))
     return videos
+
+
+def _arithmetic(
+    runs: dict[str, dict[str, Any]], figures: dict[str, dict[str, list[Any]]], device: Any
+) -> dict[str, dict[str, Any]]:
+    """``--flops``: per figure, each side's FLOPs of one timed run (counted once more, after the
+    timing) against its median time and the machine's peak matmul rate."""
+    from momentkit.benchmarks.arithmetic import arithmetic_report, count_flops, peak_matmul_rate
+
+    peak = peak_matmul_rate(device)
+    reports = {}
+    for figure, calls in runs.items():
+        flops = {side: count_flops(call) for side, call in calls.items()}
+        seconds = {side: statistics.median(t.wall for t in figures[figure][side]) for side in calls}
+        reports[figure] = arithmetic_report(flops, seconds, peak)
+    return reports
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             sides_inputs = {"official": theirs, **sides_inputs}
         load_before = load_average()
         figures: dict[str, dict[str, list[Timing]]] = {}
+        runs: dict[str, dict[str, Any]] = {}  # figure -> side -> its timed call
         for figure, videos, repeats in (
             ("latency", [single], args.latency_repeat),
             ("throughput", throughput, args.repeat),
@@ -134,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
                 batches = [to_batch(v, training=False) for v in videos]
                 calls[side] = timed(lambda p=predict, b=batches: p(b), pair.device)
             figures[figure] = alternate(calls, repeats=repeats, warmup=args.warmup)
+            runs[figure] = calls
         load_after = load_average()
+        arithmetic = _arithmetic(runs, figures, pair.device) if args.flops else {}
 
     result: dict[str, Any] = {
         "model": args.model,
@@ -149,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if official:
         result["max_difference"] = differences
+    for figure, report in arithmetic.items():
+        result[f"{figure}_arithmetic"] = report
     table = Table(title=f"inference, {args.model} (features cached)")
     table.add_column("figure")
     for side in sides_inputs:
@@ -197,6 +230,11 @@ def run(args: argparse.Namespace) -> int:
             "same function: largest |official - momentkit| of the evaluation outputs on the "
             "first throughput batch: " + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
         )
+    if arithmetic:
+        from momentkit.benchmarks.arithmetic import describe
+
+        for figure, report in arithmetic.items():
+            console.print(f"{figure}: " + describe(report, unit="run"))
     if args.json_out:
         from momentkit.utils.io import write_json
 

@@ -5,7 +5,9 @@ start from the identical weights; the steps alternate (official, momentkit, offi
 after ``--warmup`` untimed rounds, so both see the same machine load, and the ratio is taken
 per round. Printed: the median step by phase (forward + loss, backward, clip + AdamW), its CPU
 time (all threads), the ratio momentkit / official (median and range over the rounds), the
-batch and the machine's load averages before and after.
+batch and the machine's load averages before and after. With ``--flops``, after the timing, each
+side's arithmetic per step and the lowest ratio it allows
+(:mod:`momentkit.benchmarks.arithmetic`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def compare_training(args: argparse.Namespace) -> int:
             warmup=args.warmup,
         )
         load_after = load_average()
+        arithmetic = None
+        if args.flops:  # after the timing: the counted steps do not change the timed ones
+            from momentkit.benchmarks.arithmetic import (
+                arithmetic_report,
+                count_flops,
+                peak_matmul_rate,
+            )
+
+            flops = {
+                "official": count_flops(lambda: pair.official_step(official_batch)),
+                "momentkit": count_flops(lambda: pair.momentkit_step(momentkit_batch)),
+            }
+            seconds = {side: _median(rows, "total") for side, rows in times.items()}
+            arithmetic = arithmetic_report(flops, seconds, peak_matmul_rate(pair.device))
     batch = pair.describe_batch(videos)
     result: dict[str, Any] = {
         "model": args.model,
@@ -88,6 +104,8 @@ def compare_training(args: argparse.Namespace) -> int:
     cpu_ratio = ratio([p.cpu for p in times["momentkit"]], [p.cpu for p in times["official"]])
     result["ratio"] = {"median": step_ratio.median, "low": step_ratio.low, "high": step_ratio.high}
     result["cpu_ratio"] = {"median": cpu_ratio.median, "low": cpu_ratio.low, "high": cpu_ratio.high}
+    if arithmetic is not None:
+        result["arithmetic"] = arithmetic
 
     table = Table(title=f"training step, {args.model}: official vs momentkit ({result['batch']})")
     for column in ("side", "step (s)", "forward+loss", "backward", "clip+AdamW", "CPU (s)"):
@@ -112,6 +130,10 @@ def compare_training(args: argparse.Namespace) -> int:
         "same function: largest |official - momentkit| of the evaluation outputs on this "
         "batch: " + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
     )
+    if arithmetic is not None:
+        from momentkit.benchmarks.arithmetic import describe
+
+        console.print(describe(arithmetic))
     if args.json_out:
         from momentkit.utils.io import write_json
 

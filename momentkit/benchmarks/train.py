@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from momentkit.cli.common import add_set_argument
+from momentkit.cli.common import add_set_argument, at_least
 
 HELP = "training step time and data-loading overhead at the QVHighlights shape"
 
@@ -59,17 +59,29 @@ SHAPE = {"batch_size": 32, "clips": 75, "tokens": 32}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, sizes and repetitions."""
     parser.add_argument("--model", default="moment_detr", help="registered model name")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 32 (unimd: 2)")
     parser.add_argument(
-        "--clips", type=int, default=None, help="clips per video (default 75; unimd: 180 steps)"
+        "--batch-size", type=at_least(1), default=None, help="default 32 (unimd: 2)"
     )
-    parser.add_argument("--tokens", type=int, default=None, help="tokens per query (default 32)")
-    parser.add_argument("--steps", type=int, default=15, help="timed steps (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument(
-        "--items", type=int, default=320, help="feature files in the epoch test (0 skips it)"
+        "--clips",
+        type=at_least(1),
+        default=None,
+        help="clips per video (default 75; unimd: 180 steps)",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--tokens", type=at_least(1), default=None, help="tokens per query (default 32)"
+    )
+    parser.add_argument(
+        "--steps", type=at_least(1), default=15, help="timed steps (median reported)"
+    )
+    parser.add_argument("--warmup", type=at_least(0), default=3, help="untimed steps first")
+    parser.add_argument(
+        "--items",
+        type=at_least(0),
+        default=320,
+        help="feature files in the epoch test (0 skips it)",
+    )
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch intra-op threads")
     add_set_argument(parser, "model config overrides, e.g. --set hidden_dim=128")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this file")
     add_official_arguments(parser)
@@ -114,6 +126,12 @@ def add_official_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tf32", action="store_true", help="allow TF32 matmuls and convolutions (CUDA only)"
+    )
+    parser.add_argument(
+        "--flops",
+        action="store_true",
+        help="also count each side's matmul/convolution/attention FLOPs and time this "
+        "machine's peak matmul rate: the lowest ratio the same arithmetic can reach",
     )
 
 
@@ -165,11 +183,12 @@ def _write_features(root: Path, items: int, clips: int, tokens: int) -> list[Any
             last_hidden_state=rng.standard_normal((tokens, TEXT_DIM), np.float32),
             pooler_output=rng.standard_normal(TEXT_DIM, np.float32),
         )
-        start = int(rng.integers(0, clips - 10))
-        ids = list(range(start, start + 10))
+        span = min(10, clips)  # a 20 s moment, or the whole of a shorter video
+        start = int(rng.integers(0, clips - span + 1))
+        ids = list(range(start, start + span))
         annotations.append(
             MomentAnnotation(
-                i, "query", vid, clips * 2.0, [[start * 2.0, (start + 10) * 2.0]], ids,
+                i, "query", vid, clips * 2.0, [[start * 2.0, (start + span) * 2.0]], ids,
                 [[int(x) for x in rng.integers(0, 5, 3)] for _ in ids],
             )
         )  # fmt: skip
@@ -241,6 +260,18 @@ def run(args: argparse.Namespace) -> int:
             step_cpu_s=round(statistics.median(cpu_times), 4),
             samples_per_s=round(args.batch_size / step, 1),
         )
+        if args.flops:
+            from momentkit.benchmarks.arithmetic import (
+                arithmetic_report,
+                count_flops,
+                peak_matmul_rate,
+            )
+
+            flops = count_flops(lambda: _step(model, criterion, optimizer, fixed))
+            peak = peak_matmul_rate()
+            results["arithmetic"] = arithmetic_report(
+                {"momentkit": flops}, {"momentkit": step}, peak
+            )
 
         if args.items:
             for stream in [*STREAMS, "text"]:
@@ -273,6 +304,10 @@ def run(args: argparse.Namespace) -> int:
                 f"{results[f'epoch_{label}_s']:.2f} ({results[f'epoch_{label}_ratio']:.2f}x)",
             )
     Console().print(table)
+    if "arithmetic" in results:
+        from momentkit.benchmarks.arithmetic import describe
+
+        print(describe(results["arithmetic"]))
     if args.json_out:
         from momentkit.utils.io import write_json
 
