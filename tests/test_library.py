@@ -576,8 +576,10 @@ def test_index_cli_leaves_no_database_behind_on_bad_input(tmp_path, capsys):
     assert main(["index", str(afile), "--db", str(db)]) == 2
     assert "is not a folder" in capsys.readouterr().err
     for bad in ("-1", "0", "nan"):
-        assert main(["index", str(tmp_path), "--db", str(db), "--clip-len", bad]) == 2
-        assert "--clip-len must be a positive number" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as exit_info:
+            main(["index", str(tmp_path), "--db", str(db), "--clip-len", bad])
+        assert exit_info.value.code == 2
+        assert "argument --clip-len: must be a finite number > 0" in capsys.readouterr().err
     assert not list(tmp_path.glob("x.db*"))
     existing = tmp_path / "lib.db"
     existing.write_bytes(b"")  # a file the user has: never removed by a failed run

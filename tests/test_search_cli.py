@@ -288,7 +288,6 @@ def test_per_video_outputs_need_a_video_placeholder(cli, tmp_path):
         ({"q.txt": "# only a comment\n"}, ["--queries-file", "q.txt"], "holds no query"),
         ({}, ["--queries-file", "missing.txt"], "missing.txt: no such queries file"),
         ({}, [], "no query given"),
-        ({}, ["a dog", "--min-score", "1.5"], "--min-score must be a relevance between 0 and 1"),
         ({}, ["a dog", "--export", "xls:m.xls"], "FORMAT one of json, qvh, csv"),
     ],
 )  # fmt: skip
@@ -401,7 +400,6 @@ def test_sparkline_and_slugs():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--top", "0"], "--top must be >= 1"),
         (["--encoder", "offline", "--encoder", "motion"], "one --encoder"),
         (["--encoder", "motion"], "image-text space"),
     ],

@@ -188,7 +188,10 @@ def test_index_cli_skips_the_long_file_without_loading_a_model(tmp_path, long_vi
     out = capsys.readouterr().out
     assert "1,800,001 clips of 2 s), over the limit of 43,200 clips" in out
     assert "1 file(s) over the clip limit were skipped" in out
-    assert main([*args, "--max-clips", "-1"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--max-clips", "-1"])
+    assert exit_info.value.code == 2
+    assert "argument --max-clips: must be an integer >= 0, got '-1'" in capsys.readouterr().err
 
 
 def test_a_long_search_stops_at_its_budget_and_starves_no_one(tmp_path, library_db, long_video):
@@ -519,12 +522,14 @@ def test_serve_checks_its_limits(capsys):
     from momentkit.cli import serve
 
     for args, message in [
-        (["--max-clips", "-1"], "--max-clips must be >= 0"),
-        (["--search-timeout", "nan"], "--search-timeout must be a positive number"),
-        (["--queue-timeout", "0"], "--queue-timeout must be a positive number"),
-        (["--max-upload-storage", "-5"], "--max-upload-storage must be >= 0"),
+        (["--max-clips", "-1"], "argument --max-clips: must be an integer >= 0"),
+        (["--search-timeout", "nan"], "argument --search-timeout: must be a finite number > 0"),
+        (["--queue-timeout", "0"], "argument --queue-timeout: must be a finite number > 0"),
+        (["--max-upload-storage", "-5"], "--max-upload-storage: must be a finite number >= 0"),
     ]:
-        assert main(["serve", *args]) == 2
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", *args])
+        assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
     limits = ServiceLimits()
     assert (serve.DEFAULT_MAX_CLIPS, serve.DEFAULT_SEARCH_TIMEOUT, serve.DEFAULT_QUEUE_TIMEOUT) == (

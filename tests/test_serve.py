@@ -347,10 +347,13 @@ def test_serve_cli_arguments():
     serve.add_arguments(parser)
     args = parser.parse_args([])
     assert (args.host, args.port, args.max_upload_mb, args.db) == ("127.0.0.1", 8000, 200.0, None)
-    with pytest.raises(MomentkitError, match="--max-upload-mb"):
-        serve.run(parser.parse_args(["--max-upload-mb", "0"]))
+    for bad in (["--max-upload-mb", "0"], ["--port", "70000"]):  # usage errors (argparse)
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    with pytest.raises(MomentkitError, match="--max-upload-mb"):  # run() checks on its own
+        serve.run(argparse.Namespace(**{**vars(args), "max_upload_mb": 0.0}))
     with pytest.raises(MomentkitError, match="--port"):
-        serve.run(parser.parse_args(["--port", "70000"]))
+        serve.run(argparse.Namespace(**{**vars(args), "port": 70000}))
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.com")
 

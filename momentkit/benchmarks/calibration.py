@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from momentkit.cli.common import at_least, unit_interval
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -44,11 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="a `momentkit synth` folder")
     parser.add_argument("--checkpoint", type=Path, help="a model trained on that benchmark")
     parser.add_argument(
-        "--bank", type=int, default=122, help="reference (unrelated) queries (default 122)"
+        "--bank", type=at_least(1), default=122, help="reference (unrelated) queries (default 122)"
     )
-    parser.add_argument("--queries", type=int, default=None, help="validation queries used")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
-    parser.add_argument("--seed", type=int, default=0, help="draws of negatives and the bank")
+    parser.add_argument("--queries", type=at_least(2), default=None, help="validation queries used")
+    parser.add_argument("--thresholds", type=unit_interval, nargs="+", default=list(THRESHOLDS))
+    parser.add_argument(
+        "--seed", type=at_least(0), default=0, help="draws of negatives and the bank"
+    )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
 
 

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from momentkit.cli.common import at_least
+
 HELP = "time momentkit commands as whole processes (vs an earlier checkout, alternating)"
 
 _ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--videos DIR [--baseline-src DIR] [--repeat N] [--only NAME ...] [--out JSON]``."""
     parser.add_argument("--videos", type=Path, help="folder of videos for the query library")
     parser.add_argument("--baseline-src", type=Path, help="an earlier momentkit checkout")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each command per side")
+    parser.add_argument(
+        "--repeat", type=at_least(1), default=3, help="runs of each command per side"
+    )
     parser.add_argument(
         "--only", nargs="+", default=None, help="commands to time (default: all available)"
     )

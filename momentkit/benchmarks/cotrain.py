@@ -23,7 +23,7 @@ from typing import Any
 
 from momentkit.benchmarks.learn import add_data_arguments, format_table
 from momentkit.benchmarks.parallel import add_parallel_arguments, run_parallel
-from momentkit.cli.common import add_set_argument
+from momentkit.cli.common import add_set_argument, at_least
 
 HELP = "UniMD: MR only, TAD only and the co-training strategies over seeds; mean +- std table"
 
@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rows", nargs="+", choices=list(ROWS), default=list(ROWS), help="rows of the table"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, help="override the preset's epoch count")
+    parser.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=at_least(1), help="override the preset's epoch count")
     parser.add_argument("--preset", default="synth", help="UniMD preset")
     add_set_argument(parser, "config overrides applied to every run")
     add_parallel_arguments(parser)

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from momentkit.cli.common import at_least
+
 HELP = "time the QVHighlights evaluator on the official sample predictions (vs the official one)"
 
 _SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "qvhighlights"
@@ -48,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_DEFAULT_EXPECTED,
         help="metrics JSON the result must equal (skipped if the file does not exist)",
     )
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs of ours (median)")
+    parser.add_argument("--repeat", type=at_least(1), default=5, help="timed runs of ours (median)")
     parser.add_argument(
         "--official-dir",
         type=Path,
@@ -56,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="a checkout of the official standalone_eval directory, timed side by side",
     )
-    parser.add_argument("--official-repeat", type=int, default=1, help="timed official runs")
+    parser.add_argument(
+        "--official-repeat", type=at_least(1), default=1, help="timed official runs"
+    )
     parser.add_argument(
         "--whole-process",
         action="store_true",

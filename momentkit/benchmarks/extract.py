@@ -25,6 +25,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from momentkit.cli.common import at_least, positive_float
+
 HELP = "feature-extraction speed (x real time) for the offline and a CLIP ViT-B/32 encoder"
 
 
@@ -36,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'offline', 'clip-b32' or any encoder spec (default: offline and clip-b32)",
     )
     parser.add_argument("--video", help="video to extract (default: the packaged example)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per encoder (median)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--clip-len", type=float, default=2.0, help="seconds per clip")
+    parser.add_argument("--repeat", type=at_least(1), default=3, help="runs per encoder (median)")
+    parser.add_argument("--threads", type=at_least(1), default=2, help="torch intra-op threads")
+    parser.add_argument("--clip-len", type=positive_float, default=2.0, help="seconds per clip")
     parser.add_argument(
         "--official-dir",
         metavar="DIR",

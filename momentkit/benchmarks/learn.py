@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from momentkit.benchmarks.parallel import add_parallel_arguments, run_parallel
-from momentkit.cli.common import add_set_argument
+from momentkit.cli.common import add_set_argument, at_least
 
 HELP = "train model variants over several seeds on the synthetic benchmark; mean +- std table"
 
@@ -72,7 +72,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument(
         "--make-data",
         nargs=3,
-        type=int,
+        type=at_least(0),
         metavar=("TRAIN", "VAL", "SEED"),
         help="generate the benchmark into --data first if it is missing",
     )
@@ -85,8 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--variant", action="append", required=True, help="'LABEL=MODEL [key=value ...]'"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, help="override every preset's epoch count")
+    parser.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=at_least(1), help="override every preset's epoch count")
     parser.add_argument("--preset", default="synth", help="preset of every variant's model")
     add_set_argument(parser, "overrides applied to every variant (before the variant's own)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the similarity row")

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from momentkit.cli.common import at_least, positive_float
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -69,33 +71,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_long_video"), metavar="DIR")
     parser.add_argument(
         "--lengths",
-        type=float,
+        type=positive_float,
         nargs="+",
         default=[10.0, 30.0, 60.0],
         metavar="MIN",
         help="video lengths to measure, in minutes (default: 10 30 60)",
     )
-    parser.add_argument("--queries", type=int, default=30, help="queries per length (default: 30)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data (default: 0)")
+    parser.add_argument(
+        "--queries", type=at_least(1), default=30, help="queries per length (default: 30)"
+    )
+    parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the data (default: 0)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=at_least(1),
         default=1,
         help="torch CPU threads for training and measuring (default: 1: stable timings on a "
         "shared machine)",
     )
     parser.add_argument(
-        "--train-steps", type=int, default=300, help="optimiser steps without --checkpoint"
+        "--train-steps", type=at_least(1), default=300, help="optimiser steps without --checkpoint"
     )
     parser.add_argument(
         "--train-minutes",
-        type=float,
+        type=positive_float,
         nargs=2,
         default=[10.0, 20.0],
         metavar=("MIN", "MAX"),
         help="length range of the training videos in minutes (default: 10 20)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="training videos per step")
+    parser.add_argument(
+        "--batch-size", type=at_least(1), default=8, help="training videos per step"
+    )
     parser.add_argument(
         "--mr-checkpoint",
         metavar="DIR",
@@ -109,13 +115,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--selection-lr",
-        type=float,
+        type=positive_float,
         help="learning rate of the selection network (default: the preset's optim.lr, 2e-4; "
         "measured: at 1e-3 the selection logits collapse to a constant within 150 steps)",
     )
     parser.add_argument(
         "--slowfast-dim",
-        type=int,
+        type=at_least(1),
         default=256,
         help="width of the SlowFast-like stream (default: 256; the standard benchmark: 2304)",
     )

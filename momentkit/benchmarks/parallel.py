@@ -13,18 +13,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from momentkit.cli.common import at_least
+
 
 def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
     """``--jobs`` and ``--threads``: how many runs train at once, with how many threads each."""
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=at_least(1),
         default=1,
         help="runs trained at once, each in its own process (default 1: one after another)",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=at_least(1),
         help="torch threads of each run (default with --jobs > 1: the CPU count / --jobs)",
     )
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-from momentkit.cli.common import add_set_argument
+from momentkit.cli.common import add_set_argument, at_least
 
 HELP = "train a model briefly at a constant lr; saliency ranking accuracy every few steps"
 
@@ -38,11 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="a `momentkit synth` output folder")
     parser.add_argument("--model", required=True, help="model name (ms_detr, qd_detr, ...)")
     parser.add_argument("--preset", default="synth", help="preset of the model")
-    parser.add_argument("--steps", type=int, default=600, help="training steps")
-    parser.add_argument("--every", type=int, default=100, help="report every N steps")
-    parser.add_argument("--train", type=int, default=400, help="training queries used")
-    parser.add_argument("--val", type=int, default=200, help="validation queries scored")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=at_least(1), default=600, help="training steps")
+    parser.add_argument("--every", type=at_least(1), default=100, help="report every N steps")
+    parser.add_argument("--train", type=at_least(1), default=400, help="training queries used")
+    parser.add_argument("--val", type=at_least(1), default=200, help="validation queries scored")
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--json", help="also write the reports to this JSON file")
     add_set_argument(parser, "config overrides (--set model.fuse_dropout=0.1 ...)")
 

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from momentkit.cli.common import at_least
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -43,28 +45,36 @@ QUERIES = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``[--clips N] [--dims D ...] [--queries N] [--video PATH] [--copies N] ...``."""
-    parser.add_argument("--clips", type=int, default=100_000, help="synthetic clips (100000)")
+    parser.add_argument(
+        "--clips", type=at_least(1), default=100_000, help="synthetic clips (100000)"
+    )
     parser.add_argument(
         "--dims",
-        type=int,
+        type=at_least(1),
         nargs="+",
         default=[512, BRIDGE_DIM],
         help="vector dimensions to test (default: 512 for CLIP, 1000 for the offline bridge)",
     )
-    parser.add_argument("--queries", type=int, default=50, help="timed coarse queries (50)")
+    parser.add_argument("--queries", type=at_least(1), default=50, help="timed coarse queries (50)")
     parser.add_argument(
-        "--clips-per-video", type=int, default=50, help="synthetic clips per video (50)"
+        "--clips-per-video", type=at_least(1), default=50, help="synthetic clips per video (50)"
     )
-    parser.add_argument("--n-clips", type=int, default=200, help="clips retrieved per query")
-    parser.add_argument("--n-videos", type=int, default=5, help="candidate videos per query")
+    parser.add_argument(
+        "--n-clips", type=at_least(1), default=200, help="clips retrieved per query"
+    )
+    parser.add_argument(
+        "--n-videos", type=at_least(1), default=5, help="candidate videos per query"
+    )
     parser.add_argument("--video", type=Path, default=_DEMO, help="real video for end to end")
-    parser.add_argument("--copies", type=int, default=2, help="copies of --video indexed (2)")
+    parser.add_argument(
+        "--copies", type=at_least(1), default=2, help="copies of --video indexed (2)"
+    )
     parser.add_argument("--encoder", default="offline", help="encoder of the real library")
     parser.add_argument(
-        "--e2e-repeat", type=int, default=2, help="passes over the end-to-end queries (2)"
+        "--e2e-repeat", type=at_least(1), default=2, help="passes over the end-to-end queries (2)"
     )
     parser.add_argument("--skip-e2e", action="store_true", help="only the synthetic benchmark")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=at_least(0), default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
 
 

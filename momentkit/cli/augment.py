@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from momentkit.cli.common import at_least
 from momentkit.utils.errors import MomentkitError
 
 if TYPE_CHECKING:
@@ -44,11 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "temporal/semantic positive/negative)",
     )
     parser.add_argument(
-        "--per-generator", type=int, default=2, metavar="N",
+        "--per-generator", type=at_least(1), default=2, metavar="N",
         help="most queries each generator makes per source query (default: 2)",
     )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="corpus seed (default: 0)")
-    parser.add_argument("--start-id", type=int, default=0, help="first aug_id (default: 0)")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="corpus seed (default: 0)")
+    parser.add_argument("--start-id", type=at_least(0), default=0, help="first aug_id (default: 0)")
     parser.add_argument("--lexicon", metavar="JSON", help="word lists (default: built-in)")
     parser.add_argument(
         "--glove", action="store_true",
@@ -77,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where qid<aug_id>.npz features go (with --synth, default: "
         "DIR/features/aug_text)",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=64, help="queries per encoder call")
+    parser.add_argument(
+        "--batch-size", type=at_least(1), default=64, help="queries per encoder call"
+    )
     parser.add_argument("--device", default="cpu", help="encoder device (default: cpu)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 
@@ -34,3 +35,66 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
     parse.__name__ = f"integer >= {minimum}"  # argparse names the type in some messages
     return parse
+
+
+def int_in_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]`` (``argument --port: must be an integer
+    in [1, 65535], got '0'``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {text!r}")
+        return value
+
+    parse.__name__ = f"integer in [{low}, {high}]"
+    return parse
+
+
+def in_range(
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in the interval from ``low`` to ``high`` (each end
+    included unless ``low_open`` / ``high_open``); NaN, infinities and anything else are a usage
+    error naming the option and the interval (``argument --min-score: must be a number in
+    [0, 1], got '1.5'``). An infinite ``low`` or ``high`` leaves that side unbounded:
+    ``in_range(0, low_open=True)`` is a number > 0."""
+    if math.isinf(low) and math.isinf(high):
+        wanted = "a finite number"
+    elif math.isinf(high):
+        wanted = f"a finite number {'>' if low_open else '>='} {low:g}"
+    elif math.isinf(low):
+        wanted = f"a finite number {'<' if high_open else '<='} {high:g}"
+    else:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        wanted = f"a number in {left}{low:g}, {high:g}{right}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value)
+        ok = ok and (value > low if low_open else value >= low)
+        ok = ok and (value < high if high_open else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = wanted  # argparse names the type in some messages
+    return parse
+
+
+#: a finite number > 0 (seconds, sizes, rates)
+positive_float = in_range(0.0, low_open=True)
+#: a finite number >= 0
+non_negative_float = in_range(0.0)
+#: a probability, relevance or threshold: a number in [0, 1]
+unit_interval = in_range(0.0, 1.0)

@@ -27,6 +27,8 @@ import logging
 import sys
 from typing import Any
 
+from momentkit.cli.common import at_least
+
 HELP = "co-train UniMD on moment retrieval and temporal action detection"
 
 STRATEGIES = ("synchronized", "selective", "random", "sequential")
@@ -79,7 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--first", choices=("mr", "tad"), help="sequential: the pre-training task (default: tad)"
     )
-    parser.add_argument("--pretrain-epochs", type=int, help="sequential: epochs of the first task")
+    parser.add_argument(
+        "--pretrain-epochs", type=at_least(0), help="sequential: epochs of the first task"
+    )
     parser.add_argument(
         "--tad-tiou",
         metavar="T",
@@ -89,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mr-evaluator", help="MR evaluator (default: grounding)")
     parser.add_argument("--best-metric", help="metric selecting the best checkpoint")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
-    parser.add_argument("--epochs", type=int, help="training epochs (trainer.epochs)")
-    parser.add_argument("--batch-size", type=int, help="(video, task) units per step")
+    parser.add_argument("--epochs", type=at_least(0), help="training epochs (trainer.epochs)")
+    parser.add_argument("--batch-size", type=at_least(1), help="(video, task) units per step")
     parser.add_argument(
         "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
         help="config overrides, e.g. model.hidden_dim=256 optim.lr=2e-4",

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from momentkit.cli.common import at_least
+
 HELP = "search a real video with three queries (zero-shot); --synthetic: the synthetic benchmark"
 
 #: the packaged example video and the queries the demo asks
@@ -60,13 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: a temporary folder, deleted afterwards)",
     )
     synth.add_argument(
-        "--seed", type=int, default=0, help="seed of the synthetic data (default: 0)"
+        "--seed", type=at_least(0), default=0, help="seed of the synthetic data (default: 0)"
     )
     synth.add_argument(
-        "--train", type=int, default=200, metavar="N", help="training queries (default: 200)"
+        "--train",
+        type=at_least(0),
+        default=200,
+        metavar="N",
+        help="training queries (default: 200)",
     )
     synth.add_argument(
-        "--val", type=int, default=100, metavar="N", help="validation queries (default: 100)"
+        "--val",
+        type=at_least(1),
+        default=100,
+        metavar="N",
+        help="validation queries (default: 100)",
     )
 
 

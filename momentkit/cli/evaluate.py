@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from momentkit.cli.common import positive_float
+
 HELP = "score predictions against ground truth (official QVHighlights metrics, R@k/mIoU, HD mAP)"
 
 #: the names of ``momentkit.evaluation.EVALUATORS`` (kept here so --help needs no import)
@@ -43,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--clip-len",
-        type=float,
+        type=positive_float,
         default=2.0,
         metavar="SECONDS",
         help="qvhighlights: seconds per clip of pred_saliency_scores (default: 2)",

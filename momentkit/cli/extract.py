@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from momentkit.cli.common import at_least, positive_float
+
 HELP = "extract clip features of videos (and queries) into FEAT_DIR/<stream>/<id>.npz"
 
 
@@ -40,14 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--clip-len",
-        type=float,
+        type=positive_float,
         default=2.0,
         metavar="S",
         help="seconds per clip (default 2, as QVHighlights; Charades-STA models use 1)",
     )
     parser.add_argument(
         "--frames-per-clip",
-        type=int,
+        type=at_least(1),
         default=1,
         metavar="K",
         help="frames averaged per clip by appearance encoders (1 = the clip centre)",
@@ -56,15 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--streams", nargs="+", metavar="STREAM", help="write only these streams (default: all)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=32, metavar="N", help="images per forward pass"
+        "--batch-size", type=at_least(1), default=32, metavar="N", help="images per forward pass"
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument(
-        "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's)"
+        "--threads", type=at_least(1), metavar="N", help="torch CPU threads (default: torch's)"
     )
     parser.add_argument(
         "--decode-threads",
-        type=int,
+        type=at_least(0),
         default=1,
         metavar="N",
         help="FFmpeg threads per video (default 1; 0 = FFmpeg chooses)",
@@ -76,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ray-cpus-per-task",
-        type=float,
+        type=positive_float,
         default=1.0,
         metavar="C",
         help="CPUs (and torch threads) per video task with --ray (default 1)",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from momentkit.cli.common import at_least, positive_float
+
 HELP = "index a folder of videos into a searchable library (incremental)"
 #: clips per video above which ``momentkit index`` skips a file (24 h of 2 s clips)
 DEFAULT_MAX_CLIPS = 43_200
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--clip-len",
-        type=float,
+        type=positive_float,
         default=None,
         metavar="S",
         help="seconds per clip (default 2 for a new library; an existing one keeps its own)",
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-clips",
-        type=int,
+        type=at_least(0),
         default=DEFAULT_MAX_CLIPS,
         metavar="N",
         help=f"skip (and report) videos of more clips than this, before decoding them: a file "

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from momentkit.cli.common import unit_interval
 from momentkit.utils.errors import MomentkitError
 
 
@@ -22,7 +23,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, plot_help: str) -> Non
 
     parser.add_argument(
         "--min-score",
-        type=float,
+        type=unit_interval,
         metavar="X",
         help="keep only moments whose calibrated relevance (0 to 1) is at least X; a query "
         "with none is reported as having no confident match",

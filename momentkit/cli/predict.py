@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from momentkit.cli.common import at_least
+
 HELP = "predict moments and highlights with a trained checkpoint"
 
 
@@ -38,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--text-features", required=True, metavar="DIR", help="query store")
     parser.add_argument("--out", required=True, metavar="PRED.jsonl", help="predictions file")
-    parser.add_argument("--batch-size", type=int, help="queries per batch (default: the run's)")
+    parser.add_argument(
+        "--batch-size", type=at_least(1), help="queries per batch (default: the run's)"
+    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
 
 

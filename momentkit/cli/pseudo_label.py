@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from momentkit.cli.common import at_least, positive_float
+
 HELP = "pseudo-label captioned clips into moment-retrieval pretraining data (SG-DETR recipe)"
 
 
@@ -66,7 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, metavar="PSEUDO.jsonl", help="output annotations")
     parser.add_argument(
-        "--clip-len", type=float, default=2.0, metavar="SECONDS", help="seconds per clip (2)"
+        "--clip-len",
+        type=positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds per clip (2)",
     )
     parser.add_argument(
         "--threshold",
@@ -76,16 +82,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--annotators",
-        type=int,
+        type=at_least(1),
         default=3,
         help="saliency_scores columns, the grade repeated (3 as QVHighlights; 1 for one column)",
     )
     parser.add_argument(
-        "--min-clips", type=int, default=1, help="shortest run of positive clips kept (1)"
+        "--min-clips", type=at_least(1), default=1, help="shortest run of positive clips kept (1)"
     )
     parser.add_argument("--device", default="cpu", help="device of --text-encoder (cpu)")
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="captions per --text-encoder batch (64)"
+        "--batch-size", type=at_least(1), default=64, help="captions per --text-encoder batch (64)"
     )
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from momentkit.cli.common import at_least
 from momentkit.cli.output import add_output_arguments
 
 if TYPE_CHECKING:
@@ -45,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="queries, one per line (# starts a comment), or QVHighlights JSON Lines (.jsonl: "
         "'query', optional 'qid'); repeatable",
     )
-    parser.add_argument("--top", type=int, default=10, metavar="K", help="moments (default 10)")
+    parser.add_argument(
+        "--top", type=at_least(1), default=10, metavar="K", help="moments (default 10)"
+    )
     parser.add_argument(
         "--checkpoint",
         metavar="RUN_DIR",
@@ -60,14 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--videos",
-        type=int,
+        type=at_least(1),
         default=5,
         metavar="N",
         help="candidate videos localised after coarse retrieval (default 5)",
     )
     parser.add_argument(
         "--clips",
-        type=int,
+        type=at_least(1),
         default=200,
         metavar="N",
         help="clips taken from the vector index to choose the candidates (default 200)",

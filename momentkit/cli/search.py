@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from momentkit.cli.common import at_least, positive_float
 from momentkit.cli.output import add_output_arguments
 
 if TYPE_CHECKING:
@@ -97,11 +98,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "inferred from the checkpoint's stream names)",
     )
     parser.add_argument(
-        "--top", type=int, default=5, metavar="K", help="moments listed per query (default: 5)"
+        "--top",
+        type=at_least(1),
+        default=5,
+        metavar="K",
+        help="moments listed per query (default: 5)",
     )
     parser.add_argument(
         "--clip-len",
-        type=float,
+        type=positive_float,
         default=2.0,
         metavar="SEC",
         help="seconds per clip of the zero-shot predictor (default: 2; a checkpoint uses its "

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from momentkit.cli.common import at_least, int_in_range, non_negative_float, positive_float
+
 HELP = "serve a web page (and JSON API) to upload, search and play videos"
 # the defaults of momentkit.serving.service.ServiceLimits (not imported here: it needs numpy)
 DEFAULT_MAX_CLIPS = 5400
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``[--db FILE] [--host H] [--port P] [--checkpoint RUN_DIR] [--upload-dir DIR] ...``."""
     parser.add_argument("--db", metavar="FILE", help="an indexed library (momentkit index)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (8000)")
+    parser.add_argument("--port", type=int_in_range(1, 65535), default=8000, help="port (8000)")
     parser.add_argument(
         "--checkpoint",
         metavar="RUN_DIR",
@@ -51,11 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep uploads here (default: a temporary folder deleted when the server stops)",
     )
     parser.add_argument(
-        "--max-upload-mb", type=float, default=200.0, metavar="N", help="upload limit (200 MiB)"
+        "--max-upload-mb",
+        type=positive_float,
+        default=200.0,
+        metavar="N",
+        help="upload limit (200 MiB)",
     )
     parser.add_argument(
         "--max-upload-storage",
-        type=float,
+        type=non_negative_float,
         default=2048.0,
         metavar="MB",
         help="most MiB all uploads together may take; over it an upload gets 507 naming "
@@ -63,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-clips",
-        type=int,
+        type=at_least(0),
         default=DEFAULT_MAX_CLIPS,
         metavar="N",
         help=f"refuse uploads of more clips than this, before decoding them: a file of a few "
@@ -72,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--search-timeout",
-        type=float,
+        type=positive_float,
         default=DEFAULT_SEARCH_TIMEOUT,
         metavar="S",
         help=f"seconds of model work one search may take; then it is stopped with 504 "
@@ -80,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--queue-timeout",
-        type=float,
+        type=positive_float,
         default=DEFAULT_QUEUE_TIMEOUT,
         metavar="S",
         help=f"seconds a search may wait while the model is busy; then 503 with Retry-After "
@@ -101,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=positive_float,
         default=3.0,
         metavar="S",
         help="seconds to wait for open requests on SIGTERM / Ctrl-C (3)",

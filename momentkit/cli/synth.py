@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from momentkit.cli.common import add_set_argument
+from momentkit.cli.common import add_set_argument, at_least
 from momentkit.utils.errors import MomentkitError
 
 HELP = "write the synthetic benchmark (annotations + features in the standard layout)"
@@ -23,17 +23,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``OUTDIR``, split sizes, seeds and output options."""
     parser.add_argument("outdir", metavar="OUTDIR", help="folder to write the benchmark into")
     parser.add_argument(
-        "--train", type=int, default=2000, metavar="N", help="training queries (default: 2000)"
+        "--train",
+        type=at_least(0),
+        default=2000,
+        metavar="N",
+        help="training queries (default: 2000)",
     )
     parser.add_argument(
-        "--val", type=int, default=500, metavar="N", help="validation queries (default: 500)"
+        "--val",
+        type=at_least(0),
+        default=500,
+        metavar="N",
+        help="validation queries (default: 500)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the videos and queries (default: 0)"
+        "--seed", type=at_least(0), default=0, help="seed of the videos and queries (default: 0)"
     )
     parser.add_argument(
         "--world-seed",
-        type=int,
+        type=at_least(0),
         default=0,
         help="seed of the concept directions (default: 0); keep it to generate more data of "
         "the same world",

@@ -25,7 +25,7 @@ import json
 import logging
 import sys
 
-from momentkit.cli.common import add_set_argument
+from momentkit.cli.common import add_set_argument, at_least
 
 HELP = "train a moment retrieval / highlight detection model on feature files"
 
@@ -49,9 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--text-features", metavar="DIR", help="query feature store")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
-    parser.add_argument("--epochs", type=int, help="training epochs (trainer.epochs)")
+    parser.add_argument("--epochs", type=at_least(0), help="training epochs (trainer.epochs)")
     parser.add_argument(
-        "--batch-size", type=int, help="queries per step over all processes (trainer.batch_size)"
+        "--batch-size",
+        type=at_least(1),
+        help="queries per step over all processes (trainer.batch_size)",
     )
     parser.add_argument(
         "--preset",
