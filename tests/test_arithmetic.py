@@ -34,6 +34,23 @@ def test_count_flops_counts_matmuls_forward_and_backward() -> None:
     assert count_flops(lambda: relu(x)).flops == 0  # element-wise work is overhead: not counted
 
 
+def test_count_flops_under_inference_mode() -> None:
+    # evaluation code runs under torch.inference_mode, where linear, matmul and attention reach
+    # the counter undecomposed: counted as the same products as in training
+    linear = torch.nn.Linear(16, 4)
+    x, q = torch.randn(3, 8, 16), torch.randn(2, 5, 7, 6)  # q: (B, H, L, E)
+    attention = torch.nn.functional.scaled_dot_product_attention
+    for run, flops in [
+        (lambda: linear(x), 2 * 3 * 8 * 16 * 4),
+        (lambda: torch.matmul(x, torch.randn(16, 9)), 2 * 3 * 8 * 16 * 9),
+        (lambda: attention(q, q, q[..., :3]), 2 * (2 * 5) * 7 * 7 * (6 + 3)),
+    ]:
+        with torch.no_grad():
+            plain = count_flops(run)
+        with torch.inference_mode():
+            assert count_flops(run) == plain == (flops, ())
+
+
 def test_count_flops_of_cpu_attention_and_its_backward() -> None:
     # scaled_dot_product_attention on the CPU runs a kernel PyTorch's FLOP table lacks
     q = torch.randn(2, 4, 10, 8, requires_grad=True)  # (B, H, L, E)

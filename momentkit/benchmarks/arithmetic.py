@@ -16,6 +16,7 @@ give the three numbers that turn a measured ratio into "how far from the floor":
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -64,11 +65,34 @@ def _cpu_flash_attention_backward(grad, query, key, value, *args, out_shape=None
     return sdpa_backward_flop_count(grad, query, key, value)
 
 
+def _prod(shape: Any) -> int:
+    return math.prod(int(n) for n in shape)
+
+
+def _linear(input, weight, *args, out_shape=None, **kwargs) -> int:  # noqa: A002, ANN001
+    """``aten.linear``: a ``(..., k) @ (k, n)`` product, ``2 k`` FLOPs per output element."""
+    return 2 * _prod(out_shape) * int(input[-1])
+
+
+def _matmul(a, b, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    """``aten.matmul`` (any batch and broadcast): ``2 k`` FLOPs per output element."""
+    return 2 * _prod(out_shape) * int(a[-1])
+
+
+def _attention(query, key, value, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    """``aten.scaled_dot_product_attention``, ``(..., L, E)`` queries against ``(..., S, E)``
+    keys and ``(..., S, Ev)`` values: ``Q K^T`` and ``A V``."""
+    batch, length, keys = _prod(query[:-2]), int(query[-2]), int(key[-2])
+    return 2 * batch * length * keys * (int(query[-1]) + int(value[-1]))
+
+
 def count_flops(fn: Callable[[], Any]) -> FlopCount:
     """FLOPs of the matmuls, convolutions and attention one call of ``fn`` runs (its forward
     and any backward it runs), by ``torch.utils.flop_counter``'s formulas (a ``(m, k) @ (k, n)``
     product counts ``2 m k n``; the CPU flash attention kernel, which PyTorch's table lacks,
-    counts as its CUDA twin), and the operators of matmul-sized work it could not count."""
+    counts as its CUDA twin; ``linear``, ``matmul`` and ``scaled_dot_product_attention``, which
+    arrive undecomposed under ``torch.inference_mode``, as their products), and the operators
+    of matmul-sized work it could not count."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode, flop_registry
@@ -77,6 +101,11 @@ def count_flops(fn: Callable[[], Any]) -> FlopCount:
     formulas = {
         aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention,
         aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_attention_backward,
+        # composite operators reach the counter whole under torch.inference_mode (the
+        # evaluation code paths): counted as the products they decompose into
+        aten.linear: _linear,
+        aten.matmul: _matmul,
+        aten.scaled_dot_product_attention: _attention,
     }
     known = {str(op) for op in (*flop_registry, *formulas)}
 
