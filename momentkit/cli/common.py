@@ -20,38 +20,29 @@ def add_set_argument(parser: argparse.ArgumentParser, help: str, dest: str = "ov
     )
 
 
+def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]`` (``high`` None: no upper bound);
+    anything else is a usage error that names the option and the bounds (``argument --port:
+    must be an integer in [1, 65535], got '0'``)."""
+    wanted = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = wanted.removeprefix("an ")  # argparse names the type in some messages
+    return parse
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer ``>= minimum``; anything else is a usage error that
-    names the option and the bound (``argument --clips: must be an integer >= 1, got '0'``)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in some messages
-    return parse
-
-
-def int_in_range(low: int, high: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer in ``[low, high]`` (``argument --port: must be an integer
-    in [1, 65535], got '0'``)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be an integer in [{low}, {high}], got {text!r}")
-        return value
-
-    parse.__name__ = f"integer in [{low}, {high}]"
-    return parse
+    """An argparse ``type``: an integer ``>= minimum`` (``argument --clips: must be an integer
+    >= 1, got '0'``)."""
+    return int_in_range(minimum)
 
 
 def in_range(
