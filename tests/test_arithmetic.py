@@ -103,6 +103,20 @@ def test_peak_matmul_rate_is_the_best_timed_product(monkeypatch: pytest.MonkeyPa
     assert peak_matmul_rate(size=8, repeats=3) == pytest.approx(2 * 8**3 / 0.1)
 
 
+def test_peak_matmul_rate_times_the_dtype_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--precision bf16``: the floor is taken at the bf16 peak, so the timed products are
+    bf16 (the warm-up and each repeat), float32 without a dtype."""
+    import torch
+
+    real_mm, dtypes = torch.mm, []
+    monkeypatch.setattr(torch, "mm", lambda a, b: dtypes.append(a.dtype) or real_mm(a, b))
+    assert peak_matmul_rate(size=16, repeats=2, dtype=torch.bfloat16) > 0
+    assert dtypes == [torch.bfloat16] * 3
+    dtypes.clear()
+    peak_matmul_rate(size=16, repeats=1)
+    assert dtypes == [torch.float32] * 2
+
+
 def test_bench_train_flops_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "train.json"
     argv = ["bench", "train", "--model", "moment_detr", "--batch-size", "2", "--clips", "6"]

@@ -32,6 +32,102 @@ def test_bench_train_reports_step_and_epoch_ratios(tmp_path: Path) -> None:
         assert figures[f"epoch_{store}_s"] > 0
 
 
+def test_bench_train_steps_under_the_precision_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--precision bf16`` without official code: momentkit's forward runs under bf16 autocast
+    (its linear layers compute in bf16), the loss in float32, and the JSON says so; fp32 keeps
+    every layer in float32."""
+    import torch
+
+    seen: list[torch.dtype] = []
+    forward = torch.nn.Linear.forward
+
+    def recording(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        out = forward(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    argv = ["bench", "train", "--model", "moment_detr", "--batch-size", "2", "--clips", "6"]
+    argv += ["--tokens", "4", "--steps", "1", "--warmup", "0", "--items", "0", "--threads", "1"]
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        seen.clear()
+        out = tmp_path / f"{precision}.json"
+        assert main([*argv, "--precision", precision, "--set", *TINY, "--json", str(out)]) == 0
+        figures = json.loads(out.read_text())
+        assert figures["precision"] == precision and figures["device"] == "cpu"
+        assert seen and set(seen) == {dtype}
+        assert figures["step_s"] > 0
+
+
+@pytest.mark.parametrize("bench", ["train", "infer"])
+def test_official_precision_needs_official_code(
+    bench: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", bench, "--model", "moment_detr", "--official-precision", "fp32"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--official-precision needs --official-dir" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:  # not a precision the sides have
+        main([*argv[:-1], "fp16"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_each_side_autocasts_at_its_own_precision() -> None:
+    """``--precision bf16 --official-precision fp32``: momentkit's calls run under bf16
+    autocast, the official side's in float32; without ``--official-precision`` both follow
+    ``--precision``."""
+    import torch
+
+    from momentkit.benchmarks.official import OfficialPair
+
+    def dtype_inside(context: object) -> torch.dtype:
+        with context:  # type: ignore[attr-defined]
+            return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+
+    pair = OfficialPair(None, "moment_detr", torch.device("cpu"), "bf16")
+    assert dtype_inside(pair.autocast()) == dtype_inside(pair.official_autocast()) == torch.bfloat16
+    pair.official_precision = "fp32"
+    assert dtype_inside(pair.autocast()) == torch.bfloat16
+    assert dtype_inside(pair.official_autocast()) == torch.float32
+    plain = OfficialPair(None, "moment_detr", torch.device("cpu"), "fp32")
+    assert (
+        dtype_inside(plain.autocast()) == dtype_inside(plain.official_autocast()) == torch.float32
+    )
+
+
+def test_a_failure_inside_the_official_code_is_one_line_naming_its_file(tmp_path: Path) -> None:
+    """The official LD-DETR fails under bf16 autocast (a dtype mismatch in its own module):
+    the bench must name that file and line and the way round it, not print a traceback."""
+    import importlib.util
+
+    import torch
+
+    from momentkit.benchmarks.official import OfficialPair
+    from momentkit.benchmarks.official_env import OfficialCodeError
+
+    (tmp_path / "ld_detr").mkdir()
+    source = tmp_path / "ld_detr" / "methods.py"
+    error = "RuntimeError('both inputs should have same dtype')"
+    source.write_text(f"def forward():\n    raise {error}\n")
+    spec = importlib.util.spec_from_file_location("fake_official_methods", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    pair = OfficialPair(tmp_path, "ld_detr", torch.device("cpu"), "bf16")
+    with pytest.raises(OfficialCodeError) as err, pair.official_failures("a training step"):
+        module.forward()
+    message = str(err.value)
+    assert "failed during a training step at ld_detr/methods.py:2" in message
+    assert "RuntimeError: both inputs should have same dtype" in message
+    assert "--official-precision fp32" in message and len(message.splitlines()) == 1
+    pair.official_precision = "fp32"  # no bf16 hint when the official side ran in fp32
+    with pytest.raises(OfficialCodeError) as err, pair.official_failures("inference"):
+        module.forward()
+    assert "--official-precision" not in str(err.value)
+
+
 def test_bench_extract_times_an_encoder(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("av")
     assert main(["bench", "extract", "--encoder", "motion", "--repeat", "1"]) == 0
@@ -396,8 +492,9 @@ def test_bench_infer_official_latency_and_throughput_in_bf16(tmp_path: Path) -> 
     argv = ["infer", "--model", "moment_detr", "--official-dir", str(LIGHTHOUSE)]
     argv += ["--queries", "5", "--batch-size", "2", "--clips", "8", "--tokens", "6"]
     argv += ["--repeat", "1", "--latency-repeat", "2", "--warmup", "0", "--threads", "1"]
-    figures = _run_bench([*argv, "--precision", "bf16"], tmp_path)
+    figures = _run_bench([*argv, "--precision", "bf16", "--official-precision", "fp32"], tmp_path)
     assert figures["batch_size"] == 2 and figures["precision"] == "bf16"
+    assert figures["official_precision"] == "fp32"
     for figure in ("latency", "throughput"):
         assert figures[f"{figure}_official_median_s"] > 0
         assert figures[f"{figure}_momentkit_median_s"] > 0

@@ -127,17 +127,19 @@ def count_flops(fn: Callable[[], Any]) -> FlopCount:
     return FlopCount(int(counter.get_total_flops()), tuple(sorted(seen.names)))
 
 
-def peak_matmul_rate(device: Any = "cpu", size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a ``size`` x ``size`` float32 matmul on ``device`` with the current torch
-    threads: the best of ``repeats`` timed products after one warm-up (the rate the step's
-    own, smaller matmuls stay below)."""
+def peak_matmul_rate(
+    device: Any = "cpu", size: int = 2048, repeats: int = 5, dtype: Any = None
+) -> float:
+    """FLOP/s of a ``size`` x ``size`` matmul in ``dtype`` (default float32) on ``device`` with
+    the current torch threads: the best of ``repeats`` timed products after one warm-up (the
+    rate the step's own, smaller matmuls stay below)."""
     import torch
 
     from momentkit.benchmarks.official_timing import synchronize
 
     device = torch.device(device)
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)  # warms the library up, untimed
     best = float("inf")
     for _ in range(repeats):

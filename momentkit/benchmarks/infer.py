@@ -100,13 +100,19 @@ def _batches(make_videos: Any, queries: int, batch_size: int, clips: int, tokens
 
 
 def _arithmetic(
-    runs: dict[str, dict[str, Any]], figures: dict[str, dict[str, list[Any]]], device: Any
+    runs: dict[str, dict[str, Any]],
+    figures: dict[str, dict[str, list[Any]]],
+    device: Any,
+    precision: str,
 ) -> dict[str, dict[str, Any]]:
     """``--flops``: per figure, each side's FLOPs of one timed run (counted once more, after the
-    timing) against its median time and the machine's peak matmul rate."""
+    timing) against its median time and the machine's peak matmul rate (in momentkit's
+    ``precision``)."""
+    import torch
+
     from momentkit.benchmarks.arithmetic import arithmetic_report, count_flops, peak_matmul_rate
 
-    peak = peak_matmul_rate(device)
+    peak = peak_matmul_rate(device, dtype=torch.bfloat16 if precision == "bf16" else None)
     reports = {}
     for figure, calls in runs.items():
         flops = {side: count_flops(call) for side, call in calls.items()}
@@ -130,12 +136,20 @@ def run(args: argparse.Namespace) -> int:
         threads,
         timed,
     )
-    from momentkit.benchmarks.train import compile_settings, fill_defaults
+    from momentkit.benchmarks.train import (
+        compile_settings,
+        fill_defaults,
+        official_precision_note,
+        refuse_official_precision_alone,
+    )
 
+    refuse_official_precision_alone(args)
     configure_device(args.device, args.tf32)
     with threads(args.threads):
         if args.official_dir:
-            pair = build_pair(args.model, args.official_dir, args.device, args.precision)
+            pair = build_pair(
+                args.model, args.official_dir, args.device, args.precision, args.official_precision
+            )
         else:
             pair = momentkit_only(args.model, args.device, args.precision)
         pair.compile_settings = compile_settings(args)
@@ -149,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         differences = pair.max_differences(throughput[0]) if official else {}
         sides_inputs = {"momentkit": (pair.momentkit_predict, pair.momentkit_batch)}
         if official:
-            theirs = (pair.official_predict, pair.official_batch)
+            theirs = (pair.guarded_official_predict, pair.official_batch)
             sides_inputs = {"official": theirs, **sides_inputs}
         load_before = load_average()
         figures: dict[str, dict[str, list[Timing]]] = {}
@@ -165,13 +179,14 @@ def run(args: argparse.Namespace) -> int:
             figures[figure] = alternate(calls, repeats=repeats, warmup=args.warmup)
             runs[figure] = calls
         load_after = load_average()
-        arithmetic = _arithmetic(runs, figures, pair.device) if args.flops else {}
+        arithmetic = _arithmetic(runs, figures, pair.device, args.precision) if args.flops else {}
 
     result: dict[str, Any] = {
         "model": args.model,
         "official_code": pair.describe() if official else None,
         "device": args.device,
         "precision": args.precision,
+        "official_precision": (args.official_precision or args.precision) if official else None,
         "threads": args.threads,
         "queries": args.queries,
         "batch_size": batch_size,
@@ -182,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         result["max_difference"] = differences
     for figure, report in arithmetic.items():
         result[f"{figure}_arithmetic"] = report
-    table = Table(title=f"inference, {args.model} (features cached)")
+    table = Table(title=f"inference, {args.model} (features cached; {args.precision})")
     table.add_column("figure")
     for side in sides_inputs:
         table.add_column(side, justify="right")
@@ -230,6 +245,9 @@ def run(args: argparse.Namespace) -> int:
             "same function: largest |official - momentkit| of the evaluation outputs on the "
             "first throughput batch: " + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
         )
+    note = official_precision_note(args.precision, args.official_precision)
+    if note:
+        console.print(note)
     if arithmetic:
         from momentkit.benchmarks.arithmetic import describe
 

@@ -87,6 +87,9 @@ class OfficialPair:
     #: :func:`~momentkit.training.compile.compile_model` keywords momentkit's side runs with
     #: (``--compile``; ``None``: eager); the official side is never compiled
     compile_settings: dict[str, Any] | None = None
+    #: the official side's precision when it differs from momentkit's (``--official-precision``;
+    #: ``None``: the same as :attr:`precision`)
+    official_precision: str | None = None
     _momentkit_call: Any = None  # momentkit's model as called, once built
     _first_call: bool = False  # the next momentkit call is the first compiled one
 
@@ -119,10 +122,13 @@ class OfficialPair:
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on the device for ``--precision bf16``, else nothing."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """momentkit's side: bf16 autocast on the device for ``--precision bf16``, else
+        nothing."""
+        return _autocast(self.precision, self.device)
+
+    def official_autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The official side: as :meth:`autocast`, at ``--official-precision`` when given."""
+        return _autocast(self.official_precision or self.precision, self.device)
 
     # --------------------------------------------------------------------------- batches
     def make_videos(self, batch: int, clips: int, tokens: int, seed: int = 0, **kwargs: Any) -> Any:
@@ -191,11 +197,42 @@ class OfficialPair:
             self._official_optimizer = self.official_optimizer()
         self.official.train()
         params = list(self.official.parameters())
-        return self._timed_step(
-            self._official_optimizer,
-            lambda: self.official_forward_loss(batch),
-            lambda: torch.nn.utils.clip_grad_norm_(params, self.grad_clip),
-        )
+        with self.official_failures("a training step"):
+            return self._timed_step(
+                self._official_optimizer,
+                lambda: self.official_forward_loss(batch),
+                lambda: torch.nn.utils.clip_grad_norm_(params, self.grad_clip),
+            )
+
+    def guarded_official_predict(self, batches: Sequence[Any]) -> list[Any]:
+        """:meth:`official_predict`, its failures one :class:`OfficialCodeError` line."""
+        with self.official_failures("inference"):
+            return self.official_predict(batches)
+
+    @contextlib.contextmanager
+    def official_failures(self, doing: str) -> Any:
+        """An exception raised inside the official code becomes one
+        :class:`~momentkit.benchmarks.official_env.OfficialCodeError` line naming the official
+        file and line it came from, the error and (under bf16 autocast) the way round it."""
+        from momentkit.benchmarks.official_env import OfficialCodeError
+
+        try:
+            yield
+        except MomentkitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of foreign code, reported
+            where = official_frame(exc, self.root)
+            message = (str(exc).strip().splitlines() or [""])[0]
+            hint = ""
+            if (self.official_precision or self.precision) == "bf16":
+                hint = (
+                    "; it ran under bf16 autocast, which the release may not support: time it "
+                    "in fp32 with --official-precision fp32 (momentkit stays at --precision)"
+                )
+            raise OfficialCodeError(
+                f"the official code ({self.root}) failed during {doing}{where}: "
+                f"{type(exc).__name__}: {message}{hint}"
+            ) from exc
 
     def momentkit_model(self) -> Any:
         """momentkit's model as its steps and predictions call it: compiled with
@@ -272,7 +309,8 @@ class OfficialPair:
         self.official.eval()
         self.momentkit.eval()
         with torch.no_grad():
-            theirs = self.official_outputs(self.official_batch(videos, training=True))
+            with self.official_failures("the same-function check"):
+                theirs = self.official_outputs(self.official_batch(videos, training=True))
             ours = self.momentkit(self.momentkit_batch(videos, training=True))
         valid = videos.video_mask.float()
         diffs = {}
@@ -334,24 +372,54 @@ def git_revision(root: Path) -> str:
     return done.stdout.strip() if done.returncode == 0 else "unknown"
 
 
+def official_frame(exc: BaseException, root: Path | None) -> str:
+    """``" at ld_detr/methods.py:242"``: the innermost frame of ``exc``'s traceback inside
+    the checkout ``root`` (``""`` when none is)."""
+    import traceback
+
+    if root is None:
+        return ""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(root):
+            return f" at {path.relative_to(root)}:{frame.lineno}"
+    return ""
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` for ``"bf16"``, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def build_pair(
-    model: str, official_dir: str | Path, device: str = "cpu", precision: str = "fp32"
+    model: str,
+    official_dir: str | Path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    official_precision: str | None = None,
 ) -> OfficialPair:
-    """The :class:`OfficialPair` of ``model`` with the official code from ``official_dir``."""
+    """The :class:`OfficialPair` of ``model`` with the official code from ``official_dir``;
+    the official side at ``official_precision`` (``None``: ``precision``, the same arithmetic
+    on both sides)."""
     if model not in PAIRS:
         raise MomentkitError(
             f"--official-dir: no official code is wired for model '{model}'; "
             f"choose one of {', '.join(PAIRS)}"
         )
-    if precision not in PRECISIONS:
-        raise MomentkitError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    for option, value in (("--precision", precision), ("--official-precision", official_precision)):
+        if value is not None and value not in PRECISIONS:
+            raise MomentkitError(f"{option} must be one of {', '.join(PRECISIONS)}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MomentkitError("--device cuda: CUDA is not available on this machine")
     module = importlib.import_module(f"momentkit.benchmarks.{PAIRS[model]}")
     root = Path(official_dir).expanduser().resolve()
     torch.manual_seed(0)
-    return module.PAIR(root, model, dev, precision)
+    pair = module.PAIR(root, model, dev, precision)
+    pair.official_precision = official_precision
+    return pair
 
 
 def configure_device(device: str, tf32: bool) -> None:

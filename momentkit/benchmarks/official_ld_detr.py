@@ -83,7 +83,7 @@ class LDDETRPair(OfficialPair):
     def official_forward_loss(self, batch: Any) -> torch.Tensor:
         model_inputs, targets = batch
         self._batch_idx = (self._batch_idx + 1) % BATCHES_PER_EPOCH
-        with self.autocast():
+        with self.official_autocast():
             outputs = self.official(
                 **model_inputs,
                 epoch_i=1,
@@ -98,7 +98,7 @@ class LDDETRPair(OfficialPair):
 
     def official_predict(self, batches: Sequence[Any]) -> list[Any]:
         self.official.eval()
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.official_autocast():
             rows, _ = self.inference.compute_mr_results(self.official, batches, self.options)
         return rows
 

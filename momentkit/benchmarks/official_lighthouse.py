@@ -60,14 +60,14 @@ class LighthousePair(OfficialPair):
 
     def official_forward_loss(self, batch: Any) -> torch.Tensor:
         model_inputs, targets = batch
-        with self.autocast():
+        with self.official_autocast():
             outputs = self.official(**model_inputs)
         loss_dict = self.criterion(to_float32(outputs), targets)
         return self.weighted_total(loss_dict)
 
     def official_predict(self, batches: Sequence[Any]) -> list[Any]:
         self.official.eval()
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.official_autocast():
             rows, _ = self.lh.evaluate.compute_mr_results(
                 None, self.official, batches, self.options, None
             )

@@ -96,14 +96,14 @@ class MSDETRPair(OfficialPair):
         opt = self.options
         with cpu_only():
             inputs = self._inputs(batch, "train")
-            with self.autocast():
+            with self.official_autocast():
                 outputs, mask_dict = self.official(**inputs)
             loss_dict = self.criterion(to_float32(outputs), targets, mask_dict, opt, "train")
         return self.weighted_total(loss_dict)
 
     def official_predict(self, batches: Sequence[Any]) -> list[Any]:
         self.official.eval()
-        with torch.no_grad(), self.autocast(), cpu_only():
+        with torch.no_grad(), self.official_autocast(), cpu_only():
             rows, _ = self.modules["inference_cg"].compute_mr_results(
                 self.official, batches, self.options
             )

@@ -43,11 +43,18 @@ def compare_training(args: argparse.Namespace) -> int:
         raise MomentkitError(
             "--set cannot be combined with --official-dir: both sides use the official options"
         )
-    from momentkit.benchmarks.train import SHAPE, compile_settings, fill_defaults
+    from momentkit.benchmarks.train import (
+        SHAPE,
+        compile_settings,
+        fill_defaults,
+        official_precision_note,
+    )
 
     configure_device(args.device, args.tf32)
     with threads(args.threads):
-        pair = build_pair(args.model, args.official_dir, args.device, args.precision)
+        pair = build_pair(
+            args.model, args.official_dir, args.device, args.precision, args.official_precision
+        )
         pair.compile_settings = compile_settings(args)
         # a pair may give its own batch shape and synthetic videos (UniMD: Charades-STA)
         fill_defaults(args, pair.train_defaults, SHAPE)
@@ -78,13 +85,18 @@ def compare_training(args: argparse.Namespace) -> int:
                 "momentkit": count_flops(lambda: pair.momentkit_step(momentkit_batch)),
             }
             seconds = {side: _median(rows, "total") for side, rows in times.items()}
-            arithmetic = arithmetic_report(flops, seconds, peak_matmul_rate(pair.device))
+            import torch
+
+            dtype = torch.bfloat16 if args.precision == "bf16" else None  # momentkit's side
+            peak = peak_matmul_rate(pair.device, dtype=dtype)
+            arithmetic = arithmetic_report(flops, seconds, peak)
     batch = pair.describe_batch(videos)
     result: dict[str, Any] = {
         "model": args.model,
         "official_code": pair.describe(),
         "device": args.device,
         "precision": args.precision,
+        "official_precision": args.official_precision or args.precision,
         "threads": args.threads,
         "batch": batch,
         "load_average_before": load_before,
@@ -107,7 +119,11 @@ def compare_training(args: argparse.Namespace) -> int:
     if arithmetic is not None:
         result["arithmetic"] = arithmetic
 
-    table = Table(title=f"training step, {args.model}: official vs momentkit ({result['batch']})")
+    precisions = args.precision
+    if result["official_precision"] != args.precision:
+        precisions = f"official {result['official_precision']}, momentkit {args.precision}"
+    title = f"training step, {args.model}: official vs momentkit ({result['batch']}; {precisions})"
+    table = Table(title=title)
     for column in ("side", "step (s)", "forward+loss", "backward", "clip+AdamW", "CPU (s)"):
         table.add_column(column, justify="right" if column != "side" else "left")
     for side in ("official", "momentkit"):
@@ -130,6 +146,9 @@ def compare_training(args: argparse.Namespace) -> int:
         "same function: largest |official - momentkit| of the evaluation outputs on this "
         "batch: " + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
     )
+    note = official_precision_note(args.precision, args.official_precision)
+    if note:
+        console.print(note)
     if arithmetic is not None:
         from momentkit.benchmarks.arithmetic import describe
 

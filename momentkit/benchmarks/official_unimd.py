@@ -403,7 +403,7 @@ class UniMDPair(OfficialPair):
     # ---------------------------------------------------------------------------- training
     def official_forward_loss(self, batch: Any) -> torch.Tensor:
         video_list, tasks = batch
-        with self.autocast():
+        with self.official_autocast():
             losses = self.official(video_list, tasks, EPOCH, self.max_epoch)[0]
         total = 0
         for task in ("tad", "mr"):
@@ -485,7 +485,7 @@ class UniMDPair(OfficialPair):
             )
         self.official.eval()
         out = []
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.official_autocast():
             for items, tasks in batches:
                 for item, task in zip(items, tasks):
                     out.append(self.official([item], [task]))

@@ -125,6 +125,14 @@ def add_official_arguments(parser: argparse.ArgumentParser) -> None:
         help="bf16: both sides' forward under bf16 autocast (losses in float32)",
     )
     parser.add_argument(
+        "--official-precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="the official side's precision when it should differ from --precision (e.g. "
+        "momentkit in bf16 against the release as it runs, fp32): different arithmetic, "
+        "said in the output",
+    )
+    parser.add_argument(
         "--tf32", action="store_true", help="allow TF32 matmuls and convolutions (CUDA only)"
     )
     parser.add_argument(
@@ -155,11 +163,26 @@ def _model_and_criterion(name: str, overrides: list[str], video_dim: int) -> tup
     return model, build_criterion(model.config)
 
 
-def _step(model: Any, criterion: Any, optimizer: Any, batch: dict[str, Any]) -> None:
-    loss = criterion(model(batch), batch)["loss"]
+def _step(
+    model: Any, criterion: Any, optimizer: Any, batch: dict[str, Any], dtype: Any = None
+) -> None:
+    """One training step as the trainer takes it: the batch moved to the model's device, the
+    forward under ``dtype`` autocast (``None``: float32), the loss in float32; returns when
+    the device is done."""
+    import torch
+
+    from momentkit.benchmarks.official_timing import synchronize
+    from momentkit.training.trainer import move_to_device, to_float32
+
+    device = next(model.parameters()).device
+    batch = move_to_device(batch, device)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        outputs = model(batch)
+    loss = criterion(to_float32(outputs), batch)["loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    synchronize(device)
 
 
 def _write_features(root: Path, items: int, clips: int, tokens: int) -> list[Any]:
@@ -196,7 +219,7 @@ def _write_features(root: Path, items: int, clips: int, tokens: int) -> list[Any
 
 
 def _epoch_seconds(
-    model: Any, criterion: Any, optimizer: Any, dataset: Any, batch_size: int
+    model: Any, criterion: Any, optimizer: Any, dataset: Any, batch_size: int, dtype: Any
 ) -> tuple[float, int]:
     from torch.utils.data import DataLoader
 
@@ -206,7 +229,7 @@ def _epoch_seconds(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     start, steps = time.perf_counter(), 0
     for batch in prefetch(loader, depth=2):
-        _step(model, criterion, optimizer, batch)
+        _step(model, criterion, optimizer, batch, dtype)
         steps += 1
     return time.perf_counter() - start, steps
 
@@ -217,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         from momentkit.benchmarks.official_train import compare_training
 
         return compare_training(args)
+    refuse_official_precision_alone(args)
     fill_defaults(args, SHAPE)
     if args.compile:
         return compare_compiled(args)
@@ -226,14 +250,23 @@ def run(args: argparse.Namespace) -> int:
 
     from momentkit.data.loader import MomentDataset, collate
     from momentkit.features import open_feature_store, pack_features
+    from momentkit.training.trainer import move_to_device
+    from momentkit.utils.errors import MomentkitError
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MomentkitError("--device cuda: CUDA is not available on this machine")
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
     video_dim = sum(STREAMS.values()) + 2
     model, criterion = _model_and_criterion(args.model, args.overrides, video_dim)
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     results: dict[str, Any] = {
         "model": args.model,
+        "device": str(device),
+        "precision": args.precision,
         "threads": args.threads,
         "batch_size": args.batch_size,
         "shape": f"{args.clips} clips x {video_dim}, {args.tokens} tokens x {TEXT_DIM}",
@@ -245,12 +278,12 @@ def run(args: argparse.Namespace) -> int:
         sizes = {"max_v_len": args.clips, "max_q_len": args.tokens}
         npz_streams = [root / "npz" / s for s in STREAMS]
         npz_set = MomentDataset(annotations, npz_streams, root / "npz" / "text", **sizes)
-        fixed = collate([npz_set[i] for i in range(args.batch_size)])
+        fixed = move_to_device(collate([npz_set[i] for i in range(args.batch_size)]), device)
 
         times, cpu_times = [], []
         for i in range(args.warmup + args.steps):
             start, cpu_start = time.perf_counter(), time.process_time()
-            _step(model, criterion, optimizer, fixed)
+            _step(model, criterion, optimizer, fixed, dtype)
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
                 cpu_times.append(time.process_time() - cpu_start)
@@ -267,8 +300,8 @@ def run(args: argparse.Namespace) -> int:
                 peak_matmul_rate,
             )
 
-            flops = count_flops(lambda: _step(model, criterion, optimizer, fixed))
-            peak = peak_matmul_rate()
+            flops = count_flops(lambda: _step(model, criterion, optimizer, fixed, dtype))
+            peak = peak_matmul_rate(device, dtype=dtype)
             results["arithmetic"] = arithmetic_report(
                 {"momentkit": flops}, {"momentkit": step}, peak
             )
@@ -283,14 +316,15 @@ def run(args: argparse.Namespace) -> int:
             )
             for label, dataset in (("npz", npz_set), ("packed", packed_set)):
                 seconds, steps = _epoch_seconds(
-                    model, criterion, optimizer, dataset, args.batch_size
+                    model, criterion, optimizer, dataset, args.batch_size, dtype
                 )
                 compute = steps * step
                 results[f"epoch_{label}_s"] = round(seconds, 2)
                 results[f"epoch_{label}_ratio"] = round(seconds / compute, 3)
             results["epoch_compute_s"] = round(compute, 2)
 
-    table = Table(title=f"momentkit bench train: {args.model} ({results['shape']})")
+    title = f"momentkit bench train: {args.model} ({results['shape']}; {device}, {args.precision})"
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("step (median, s)", f"{results['step_s']:.3f}")
@@ -314,6 +348,29 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json_out, results)
     print(json.dumps(results))
     return 0
+
+
+def refuse_official_precision_alone(args: argparse.Namespace) -> None:
+    """``--official-precision`` sets the official side: without ``--official-dir`` a usage
+    error (it would be ignored)."""
+    if getattr(args, "official_precision", None) and not args.official_dir:
+        from momentkit.utils.errors import MomentkitError
+
+        raise MomentkitError(
+            "--official-precision needs --official-dir (it sets the official side's precision; "
+            "momentkit's is --precision)"
+        )
+
+
+def official_precision_note(precision: str, official_precision: str | None) -> str | None:
+    """The printed warning when the two sides run at different precisions, else ``None``."""
+    if official_precision is None or official_precision == precision:
+        return None
+    return (
+        f"different arithmetic: momentkit in {precision}, the official code in "
+        f"{official_precision}; the ratio mixes the precision's gain with the implementation's "
+        "(run both at one --precision for the implementation alone)"
+    )
 
 
 def compile_settings(args: argparse.Namespace) -> dict[str, Any] | None:
