@@ -37,13 +37,21 @@ def test_count_flops_counts_matmuls_forward_and_backward() -> None:
 def test_count_flops_under_inference_mode() -> None:
     # evaluation code runs under torch.inference_mode, where linear, matmul and attention reach
     # the counter undecomposed: counted as the same products as in training
+    # (LD-DETR's convolutional blocks and HD-head GRU too)
     linear = torch.nn.Linear(16, 4)
     x, q = torch.randn(3, 8, 16), torch.randn(2, 5, 7, 6)  # q: (B, H, L, E)
     attention = torch.nn.functional.scaled_dot_product_attention
+    conv = torch.nn.Conv1d(6, 4, kernel_size=3, padding=1, groups=2)  # (2, 6, 10) -> (2, 4, 10)
+    gru = torch.nn.GRU(6, 4, num_layers=2, batch_first=True, bidirectional=True)
+    gru_weights = 3 * 4 * 6 + 3 * 4 * 4 + 3 * 4 * 8 + 3 * 4 * 4  # per direction: layer 1, 2
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(2, 5, 6), [5, 3], batch_first=True)
     for run, flops in [
         (lambda: linear(x), 2 * 3 * 8 * 16 * 4),
         (lambda: torch.matmul(x, torch.randn(16, 9)), 2 * 3 * 8 * 16 * 9),
         (lambda: attention(q, q, q[..., :3]), 2 * (2 * 5) * 7 * 7 * (6 + 3)),
+        (lambda: conv(torch.randn(2, 6, 10)), 2 * (2 * 4 * 10) * (3 * 3)),
+        (lambda: gru(torch.randn(2, 5, 6)), 2 * (2 * 5) * 2 * gru_weights),
+        (lambda: gru(packed), 2 * (5 + 3) * 2 * gru_weights),  # packed: the valid steps only
     ]:
         with torch.no_grad():
             plain = count_flops(run)

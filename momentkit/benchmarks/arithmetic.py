@@ -86,13 +86,32 @@ def _attention(query, key, value, *args, out_shape=None, **kwargs) -> int:  # no
     return 2 * batch * length * keys * (int(query[-1]) + int(value[-1]))
 
 
+def _conv1d(input, weight, *args, out_shape=None, **kwargs) -> int:  # noqa: A002, ANN001
+    """``aten.conv1d``: each output element is a ``C_in / groups x kernel`` dot product."""
+    return 2 * _prod(out_shape) * int(weight[1]) * int(weight[2])
+
+
+def _gru(input: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:  # noqa: A002
+    """``aten.gru`` (``.input`` and packed ``.data``): every time step of every sequence
+    multiplies its input and hidden state by each layer's and direction's ``(3 H, in)`` and
+    ``(3 H, H)`` weights, the 2-d entries of the parameter list (the gates' element-wise work
+    is not counted)."""
+    params = next(a for a in args if isinstance(a, (list, tuple)) and a and _is_shape(a[0]))
+    steps = _prod(input[:-1])  # (T, B), (B, T), (T,) unbatched or the packed rows
+    return 2 * steps * sum(_prod(shape) for shape in params if len(shape) == 2)
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(n, int) for n in value)
+
+
 def count_flops(fn: Callable[[], Any]) -> FlopCount:
     """FLOPs of the matmuls, convolutions and attention one call of ``fn`` runs (its forward
     and any backward it runs), by ``torch.utils.flop_counter``'s formulas (a ``(m, k) @ (k, n)``
     product counts ``2 m k n``; the CPU flash attention kernel, which PyTorch's table lacks,
-    counts as its CUDA twin; ``linear``, ``matmul`` and ``scaled_dot_product_attention``, which
-    arrive undecomposed under ``torch.inference_mode``, as their products), and the operators
-    of matmul-sized work it could not count."""
+    counts as its CUDA twin; ``linear``, ``matmul``, ``scaled_dot_product_attention``,
+    ``conv1d`` and ``gru``, which arrive undecomposed under ``torch.inference_mode``, as their
+    products), and the operators of matmul-sized work it could not count."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode, flop_registry
@@ -106,6 +125,8 @@ def count_flops(fn: Callable[[], Any]) -> FlopCount:
         aten.linear: _linear,
         aten.matmul: _matmul,
         aten.scaled_dot_product_attention: _attention,
+        aten.conv1d: _conv1d,
+        aten.gru: _gru,
     }
     known = {str(op) for op in (*flop_registry, *formulas)}
 
