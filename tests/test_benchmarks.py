@@ -61,6 +61,17 @@ def test_bench_train_steps_under_the_precision_asked(
         assert figures["step_s"] > 0
 
 
+def test_bench_train_compile_alone_refuses_a_device_or_precision_it_would_ignore(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["bench", "train", "--model", "moment_detr", "--compile"]
+    for extra in (["--precision", "bf16"], ["--device", "cuda"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "compares compiled and eager steps on the CPU in fp32" in err
+        assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("bench", ["train", "infer"])
 def test_official_precision_needs_official_code(
     bench: str, capsys: pytest.CaptureFixture[str]

@@ -149,7 +149,7 @@ def count_flops(fn: Callable[[], Any]) -> FlopCount:
 
 
 def peak_matmul_rate(
-    device: Any = "cpu", size: int = 2048, repeats: int = 5, dtype: Any = None
+    device: Any = "cpu", size: int = 2048, repeats: int = 10, dtype: Any = None
 ) -> float:
     """FLOP/s of a ``size`` x ``size`` matmul in ``dtype`` (default float32) on ``device`` with
     the current torch threads: the best of ``repeats`` timed products after one warm-up (the

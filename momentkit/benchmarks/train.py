@@ -413,6 +413,14 @@ def compare_compiled(args: argparse.Namespace) -> int:
     from momentkit.training.config import OptimConfig
     from momentkit.training.optim import build_optimizer, clip_gradients
 
+    if args.device != "cpu" or args.precision != "fp32":
+        from momentkit.utils.errors import MomentkitError
+
+        raise MomentkitError(
+            "--compile without --official-dir compares compiled and eager steps on the CPU in "
+            "fp32: drop --device/--precision, or add --official-dir to time the compiled model "
+            "there against the official code"
+        )
     settings = compile_settings(args) or {}
     video_dim = sum(STREAMS.values()) + 2
     order = tuple(STREAMS)
