@@ -206,6 +206,19 @@ def test_input_projection_skips_padding() -> None:
     assert torch.allclose(out[mask], full[mask], atol=1e-6)
     assert torch.count_nonzero(out[~mask]) == 0
     assert torch.equal(proj(x, torch.ones(2, 5, dtype=torch.bool)), full)
+    # little padding (below PACK_MIN_PADDING): every row projected, the padded ones zeroed,
+    # even when the padding holds NaN; the valid rows equal the packed computation's
+    from momentkit.modeling import mlp
+
+    long_x = torch.randn(4, 30, 6)
+    long_mask = lengths_mask([30, 30, 30, 28], 30)  # 2 of 120 rows padded
+    long_x[~long_mask] = float("nan")
+    little = proj(long_x, long_mask)
+    assert torch.count_nonzero(little[~long_mask]) == 0 and not little.isnan().any()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mlp, "PACK_MIN_PADDING", 0.0)  # always gather
+        gathered = proj(long_x, long_mask)
+    torch.testing.assert_close(little, gathered, rtol=0, atol=1e-6)
     # the last layer has no ReLU
     assert not proj.layers[-1].relu and proj.layers[0].relu
 
