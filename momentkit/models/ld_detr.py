@@ -49,6 +49,7 @@ from momentkit.modeling.heads import SpanHead
 from momentkit.modeling.losses import FOREGROUND, matched_index, register_loss
 from momentkit.modeling.matcher import Indices
 from momentkit.modeling.moment_gru_head import SIMILARITIES, MomentGRUHead
+from momentkit.modeling.precision import in_float32
 from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_inputs
 from momentkit.models.moment_detr import check_postprocess
 
@@ -306,9 +307,10 @@ class LDDETR(MomentModel):
         hs, references = self.loop_decoder(memory, self.anchors.weight, video_pos, video_mask)
         out = self.moment_head(hs, references, aux=self.config.loss.aux_loss)
         clip_len = float(batch.get("clip_len", 1.0))
-        out["saliency_scores"] = self.highlight_head(
-            out["pred_logits"], out["pred_spans"], memory, video, video_mask, clip_len
-        )
+        out["saliency_scores"] = in_float32(
+            self.highlight_head,
+            out["pred_logits"], out["pred_spans"], memory, video, video_mask, clip_len,
+        )  # fmt: skip
         out["video_mask"] = video_mask
         if self.distill_align is not None:
             encoders = (self.video_encoder, self.text_encoder)

@@ -23,6 +23,7 @@ import torch
 
 from momentkit.modeling.heads import SpanHead
 from momentkit.modeling.postprocess import PostProcessor
+from momentkit.modeling.precision import in_float32
 from momentkit.modeling.transformer import TransformerDecoder, TransformerEncoder
 from momentkit.models.base import (
     MODELS,
@@ -130,7 +131,7 @@ class MomentDETR(MomentModel):
         memory_mask = None if not every_row and bool(mask.all()) else mask
         hs = self.decoder(tgt, memory, self.query_embed.weight.unsqueeze(0), pos, memory_mask)
         out = self.head(hs, aux=self.config.loss.aux_loss)
-        saliency = self.saliency_proj(memory[:, : video.shape[1]]).squeeze(-1)
+        saliency = in_float32(self.saliency_proj, memory[:, : video.shape[1]]).squeeze(-1)
         if saliency.shape[1] < length:  # trimmed clips: what a padded (zero) memory row gives
             fill = self.saliency_proj.bias.expand(len(saliency), length - saliency.shape[1])
             saliency = torch.cat([saliency, fill], dim=1)

@@ -78,6 +78,7 @@ from momentkit.modeling.mtcd_denoising import (
     take_rows,
 )
 from momentkit.modeling.position_encoding import PositionEmbeddingLearned, build_position_encoding
+from momentkit.modeling.precision import in_float32
 from momentkit.modeling.transformer import TransformerEncoder
 from momentkit.models.base import MODELS, DETRConfig, MomentModel
 from momentkit.models.moment_detr import check_postprocess
@@ -402,7 +403,7 @@ class MSDETR(MomentModel):
         pos = torch.cat([self.sentence_pos.expand(rows, 1, d), pair_pos], dim=1)
         mask = torch.cat([pair_mask.new_ones(rows, 1), pair_mask], dim=1)
         memory = self.encoder(src, pos, mask)  # (rows, 1 + T, d)
-        saliency = self.saliency(memory[:, 1:], memory[:, 0])  # (rows, T)
+        saliency = in_float32(self.saliency, memory[:, 1:], memory[:, 0])  # (rows, T)
         return {
             "memory": memory,
             "saliency": saliency,

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from momentkit.modeling.anchor_decoder import AnchorDecoder
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.heads import SpanHead
+from momentkit.modeling.precision import in_float32
 from momentkit.modeling.transformer import CrossAttentionEncoder, TransformerEncoder
 from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align, build_inputs
 from momentkit.models.moment_detr import LIGHTHOUSE_POSTPROCESS, check_postprocess
@@ -152,6 +153,13 @@ class QDDETR(MomentModel):
         self.saliency_proj2 = nn.Linear(d, d)
         self.distill_align = build_distill_align(c, self.video_proj, self.text_proj)
 
+    def saliency(self, clip_mem: Tensor, global_mem: Tensor) -> Tensor:
+        """``(B', T, d)`` clips, ``(B', d)`` global tokens -> ``(B', T)`` scaled dot products of
+        their projections (run in float32: :func:`~momentkit.modeling.precision.in_float32`)."""
+        return torch.einsum(
+            "btd,bd->bt", self.saliency_proj1(clip_mem), self.saliency_proj2(global_mem)
+        ) / math.sqrt(clip_mem.shape[-1])
+
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Batch dict -> output dict; adds ``saliency_scores_neg`` ``(B, T)`` in training mode
         (and in evaluation with ``neg_pairs="always"``)."""
@@ -204,9 +212,7 @@ class QDDETR(MomentModel):
         mask = torch.cat([video_mask.new_ones(pairs, 1), video_mask], dim=1)
         memory = self.encoder(src, pos, mask)  # (B', 1 + T, d)
         global_mem, clip_mem = memory[:, 0], memory[:, 1:]
-        saliency = torch.einsum(  # (B', T)
-            "btd,bd->bt", self.saliency_proj1(clip_mem), self.saliency_proj2(global_mem)
-        ) / math.sqrt(d)
+        saliency = in_float32(self.saliency, clip_mem, global_mem)  # (B', T)
 
         own_mask = video_mask[:batch_size]  # the decoder only sees the matched pairs
         hs, references = self.decoder(

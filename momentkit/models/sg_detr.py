@@ -100,6 +100,7 @@ from momentkit.modeling.losses import (
     register_loss,
 )
 from momentkit.modeling.matcher import Indices, MatcherConfig, pad_targets
+from momentkit.modeling.precision import in_float32
 from momentkit.modeling.query_selection import QuerySelection
 from momentkit.modeling.saliency_guided import (
     CrossModalEncoder,
@@ -408,7 +409,7 @@ class SGDETR(MomentModel):
         video_pos = self.video_pos(video_mask)
         text_pos = self.text_pos(text_mask) if self.text_pos is not None else None
         sentence = self.sentence_pooling(text, text_mask, text_pos)  # (B, d)
-        local = self.local_saliency(video, sentence)  # (B, T)
+        local = in_float32(self.local_saliency, video, sentence)  # (B, T)
         b = len(video)
         vm, vp, tm, v_index, t_index = video_mask, video_pos, text_mask, None, None
         if negatives:  # the same videos with the next video's query, as one batch of 2B
@@ -418,7 +419,7 @@ class SGDETR(MomentModel):
             own = torch.arange(b, device=text.device)
             v_index, t_index = torch.cat([own, own]), torch.cat([own, own.roll(-1)])
             tm = text_mask.index_select(0, t_index)
-            local = torch.cat([local, self.local_saliency(video, sentence.roll(-1, 0))])
+            local = torch.cat([local, in_float32(self.local_saliency, video, sentence.roll(-1, 0))])
         gate = local.sigmoid() if c.sgca else None
         clips = self.cross_modal(
             video, text, video_pos, text_pos, tm, gate, context_index=t_index, query_index=v_index
@@ -426,7 +427,7 @@ class SGDETR(MomentModel):
         memory = self.encoder(clips, vp, vm)
         saliency = local
         if self.saliency_offset is not None:
-            offsets = self.saliency_offset(self.amplifier(memory, local)).squeeze(-1)
+            offsets = in_float32(self.saliency_offset, self.amplifier(memory, local)).squeeze(-1)
             saliency = local + offsets
             memory = self.amplifier(memory, saliency)
         scores = {"saliency_scores": saliency[:b], "local_saliency_scores": local[:b]}
