@@ -22,10 +22,16 @@ same top ``max_num`` as running to the end.
   (the C++ ``nms_1d_cpu``) drops the segments scoring ``<= min_score`` first, ranks the rest
   with ``torch.sort`` (which decides among equal scores) and suppresses IoU
   ``>= iou_threshold``.
+
+:func:`soft_nms_groups` runs many independent groups (UniMD: one per class or sentence of a
+video) together, one vectorised step per pick over all of them, instead of a Python loop per
+group; each group's result is exactly what it gets alone (:func:`soft_nms` is the one-group
+case).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -66,105 +72,204 @@ def soft_nms(
         ``(segments (K, 2), scores (K,), indices (K,))`` best first; ``scores`` are the decayed
         scores and ``indices`` point into the input.
     """
-    if segments.ndim != 2 or segments.shape[-1] != 2 or len(segments) != len(scores):
-        raise ValueError(
-            f"expected (N, 2) segments and (N,) scores, got {tuple(segments.shape)} and "
-            f"{tuple(scores.shape)}"
-        )
+    return soft_nms_groups(
+        [(segments, scores)],
+        method=method,
+        sigma=sigma,
+        iou_threshold=iou_threshold,
+        min_score=min_score,
+        max_num=max_num,
+        arithmetic=arithmetic,
+    )[0]
+
+
+def soft_nms_groups(
+    groups: Sequence[tuple[Tensor, Tensor]],
+    *,
+    method: Method = "gaussian",
+    sigma: float = 0.5,
+    iou_threshold: float = 0.1,
+    min_score: float = 0.001,
+    max_num: int | None = None,
+    arithmetic: Arithmetic = "float64",
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """:func:`soft_nms` of each ``(segments (N_g, 2), scores (N_g,))`` group, independently.
+
+    Gaussian and linear decay run all groups at once: the groups are padded to the longest
+    (``(G, N)`` arrays), and each step picks one segment in every group that has one left.
+    Returns one ``(segments, scores, indices)`` per group, as :func:`soft_nms` returns it.
+    """
+    for segments, scores in groups:
+        if segments.ndim != 2 or segments.shape[-1] != 2 or len(segments) != len(scores):
+            raise ValueError(
+                f"expected (N, 2) segments and (N,) scores, got {tuple(segments.shape)} and "
+                f"{tuple(scores.shape)}"
+            )
     if method not in ("gaussian", "linear", "hard"):
         raise ValueError(f"unknown soft-NMS method '{method}'; use gaussian, linear or hard")
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     if arithmetic not in ("float64", "official"):
         raise ValueError(f"arithmetic must be 'float64' or 'official', got {arithmetic!r}")
-    limit = len(scores) if max_num is None else max(0, int(max_num))
-    if arithmetic == "official":
-        return _official(segments, scores, method, sigma, iou_threshold, min_score, limit)
     if method == "hard":
-        keep = scores >= min_score
-        idx = torch.nonzero(keep).flatten()
-        order = idx[temporal_nms(segments[idx].cpu(), scores[idx].cpu(), iou_threshold)]
-        order = order[:limit].to(segments.device)
-        return segments[order], scores[order], order
-    seg = segments.detach().cpu().double().numpy()
-    sc = scores.detach().cpu().double().numpy().copy()
-    alive = np.flatnonzero(sc >= min_score)
-    picks: list[int] = []
-    picked_scores: list[float] = []
-    while len(alive) and len(picks) < limit:
-        best = alive[int(np.argmax(sc[alive]))]
-        picks.append(int(best))
-        picked_scores.append(float(sc[best]))
-        alive = alive[alive != best]
-        if not len(alive):
+        return [
+            _hard(
+                segments, scores, iou_threshold, min_score, _limit(len(scores), max_num), arithmetic
+            )
+            for segments, scores in groups
+        ]
+    if not groups:
+        return []
+    size = max(len(scores) for _, scores in groups)
+    limit = _limit(size, max_num)
+    dtype = np.float32 if arithmetic == "official" else np.float64
+    seg = np.zeros((len(groups), size, 2), dtype)
+    sc = np.zeros((len(groups), size), dtype)
+    lengths = np.array([len(scores) for _, scores in groups], dtype=np.int64)
+    for g, (segments, scores) in enumerate(groups):
+        seg[g, : len(scores)] = segments.detach().cpu().numpy()
+        sc[g, : len(scores)] = scores.detach().cpu().numpy()
+    decay = _Decay(method, sigma, iou_threshold)
+    if arithmetic == "official":
+        order, picked, kept = _official(seg, sc, lengths, decay, min_score, limit)
+    else:
+        order, picked, kept = _float64(seg, sc, lengths, decay, min_score, limit)
+    out = []
+    for g, (segments, scores) in enumerate(groups):
+        index = torch.as_tensor(order[g, : kept[g]], dtype=torch.long, device=segments.device)
+        new = torch.as_tensor(picked[g, : kept[g]], device=scores.device).to(scores.dtype)
+        out.append((segments[index], new, index))
+    return out
+
+
+def _limit(size: int, max_num: int | None) -> int:
+    return size if max_num is None else max(0, int(max_num))
+
+
+class _Decay:
+    """The factor a segment's score is multiplied by, from its IoU with the pick (``(G, M)``
+    arrays; float32 stays float32)."""
+
+    def __init__(self, method: Method, sigma: float, iou_threshold: float) -> None:
+        self.method, self.sigma, self.threshold = method, sigma, iou_threshold
+
+    def __call__(self, iou: np.ndarray) -> np.ndarray:
+        kind = iou.dtype.type
+        if self.method == "gaussian":
+            return np.exp(-(iou * iou) / kind(self.sigma)).astype(kind)
+        return np.where(iou >= kind(self.threshold), kind(1) - iou, kind(1)).astype(kind)
+
+
+def _float64(
+    seg: np.ndarray,
+    sc: np.ndarray,
+    lengths: np.ndarray,
+    decay: _Decay,
+    min_score: float,
+    limit: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """momentkit's arithmetic on ``(G, N)`` groups: float64, IoU of the plain lengths, the first
+    of equal maxima in input order. Returns the picks ``(G, limit)``, their scores and the
+    number of picks of each group."""
+    groups, size = sc.shape
+    x1, x2 = seg[..., 0], seg[..., 1]
+    length = x2 - x1
+    alive = (np.arange(size) < lengths[:, None]) & (sc >= min_score)
+    order = np.zeros((groups, limit), np.int64)
+    picked = np.zeros((groups, limit), np.float64)
+    count = np.zeros(groups, np.int64)
+    for step in range(min(limit, size)):
+        rows = np.flatnonzero(alive.any(1))
+        if not len(rows):
             break
-        inter = np.clip(
-            np.minimum(seg[alive, 1], seg[best, 1]) - np.maximum(seg[alive, 0], seg[best, 0]),
-            0.0,
-            None,
-        )
-        union = (seg[alive, 1] - seg[alive, 0]) + (seg[best, 1] - seg[best, 0]) - inter
+        live = alive[rows]
+        best = np.where(live, sc[rows], -np.inf).argmax(1)
+        order[rows, step], picked[rows, step] = best, sc[rows, best]
+        count[rows] += 1
+        live[np.arange(len(rows)), best] = False
+        b1, b2 = x1[rows, best][:, None], x2[rows, best][:, None]
+        inter = np.clip(np.minimum(x2[rows], b2) - np.maximum(x1[rows], b1), 0.0, None)
+        union = length[rows] + (b2 - b1) - inter
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        if method == "gaussian":
-            sc[alive] *= np.exp(-(iou * iou) / sigma)
-        else:
-            sc[alive] *= np.where(iou >= iou_threshold, 1.0 - iou, 1.0)
-        alive = alive[sc[alive] >= min_score]
-    index = torch.tensor(picks, dtype=torch.long, device=segments.device)
-    out_scores = torch.tensor(picked_scores, dtype=scores.dtype, device=scores.device)
-    return segments[index], out_scores, index
+        scores = np.where(live, sc[rows] * decay(iou), sc[rows])
+        sc[rows] = scores
+        alive[rows] = live & (scores >= min_score)
+    return order, picked, count
 
 
 def _official(
+    seg: np.ndarray,
+    sc: np.ndarray,
+    lengths: np.ndarray,
+    decay: _Decay,
+    min_score: float,
+    limit: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``official`` arithmetic (module docstring) on ``(G, N)`` groups: float32, lengths +
+    1e-6, the best remaining segment swapped to position ``i`` at step ``i``, and then every
+    dropped segment of positions ``i+1 .. n-1`` replaced by the last remaining one (what the
+    C++ scan does, as one rearrangement: the dropped slots among the first ``kept`` positions,
+    left to right, take the kept segments beyond them, right to left)."""
+    f32 = np.float32
+    groups, size = sc.shape
+    x1, x2 = seg[..., 0].copy(), seg[..., 1].copy()
+    areas = (x2 - x1) + f32(1e-6)
+    inds = np.broadcast_to(np.arange(size), (groups, size)).copy()
+    arrays = (x1, x2, sc, areas, inds)
+    n = lengths.copy()
+    picked = np.zeros((groups, size), f32)
+    columns = np.arange(size)
+    for i in range(min(limit, size)):
+        rows = np.flatnonzero(n > i)
+        if not len(rows):
+            break
+        window = (columns >= i) & (columns < n[rows, None])
+        best = np.where(window, sc[rows], -np.inf).argmax(1)  # first of equal maxima
+        for arr in arrays:
+            arr[rows, i], arr[rows, best] = arr[rows, best], arr[rows, i]
+        picked[rows, i] = sc[rows, i]
+        rest = slice(i + 1, size)
+        inter = np.maximum(
+            f32(0),
+            np.minimum(x2[rows, i, None], x2[rows, rest])
+            - np.maximum(x1[rows, i, None], x1[rows, rest]),
+        )
+        with np.errstate(divide="ignore", invalid="ignore"):  # padded columns
+            iou = inter / (areas[rows, i, None] + areas[rows, rest] - inter)
+        block = window[:, i + 1 :]
+        scores = np.where(block, sc[rows, rest] * decay(iou), sc[rows, rest])
+        sc[rows, rest] = scores
+        good = block & (scores >= f32(min_score))
+        kept = good.sum(1)
+        first = columns[None, i + 1 :] < (i + 1 + kept)[:, None]
+        holes = np.nonzero(block & first & ~good)  # (row, column) left to right
+        fills = np.nonzero((good & ~first)[:, ::-1])  # right to left
+        if len(holes[0]):
+            r = rows[holes[0]]
+            to, src = i + 1 + holes[1], size - 1 - fills[1]
+            for arr in arrays:
+                arr[r, to] = arr[r, src]
+        n[rows] = i + 1 + kept
+    count = np.minimum(n, limit)
+    return inds, picked, count
+
+
+def _hard(
     segments: Tensor,
     scores: Tensor,
-    method: Method,
-    sigma: float,
     iou_threshold: float,
     min_score: float,
     limit: int,
+    arithmetic: Arithmetic,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``official`` arithmetic (module docstring): float32, lengths + 1e-6, swap order."""
-    f32 = np.float32
-    if method == "hard":
+    """Greedy NMS of one group (``hard``)."""
+    if arithmetic == "official":
         return _official_hard(segments, scores, iou_threshold, min_score, limit)
-    seg = segments.detach().cpu().float().numpy()
-    sc = scores.detach().cpu().float().numpy().copy()
-    inds = np.arange(len(sc))
-    x1, x2 = seg[:, 0].copy(), seg[:, 1].copy()
-    areas = (x2 - x1) + f32(1e-6)
-    n = len(sc)
-    picked_scores: list[float] = []
-    i = 0
-    while i < n:
-        best = i + int(np.argmax(sc[i:n]))  # first of equal maxima, as the C++ scan
-        for arr in (x1, x2, sc, areas, inds):
-            arr[i], arr[best] = arr[best], arr[i]
-        picked_scores.append(float(sc[i]))
-        rest = slice(i + 1, n)
-        inter = np.maximum(f32(0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        ovr = inter / (areas[i] + areas[rest] - inter)
-        if method == "gaussian":
-            weight = np.exp(-(ovr * ovr) / f32(sigma)).astype(f32)
-        else:
-            weight = np.where(ovr >= f32(iou_threshold), f32(1) - ovr, f32(1)).astype(f32)
-        sc[rest] *= weight
-        pos = i + 1
-        while pos < n:  # a dropped segment is replaced by the last remaining one
-            below = np.flatnonzero(sc[pos:n] < f32(min_score))
-            if not len(below):
-                break
-            pos += int(below[0])
-            last = n - 1
-            for arr in (x1, x2, sc, areas, inds):
-                arr[pos] = arr[last]
-            n -= 1
-        i += 1
-    keep = min(n, limit)
-    index = torch.as_tensor(inds[:keep], dtype=torch.long, device=segments.device)
-    out_segs = torch.as_tensor(np.stack([x1[:keep], x2[:keep]], axis=1), device=segments.device)
-    out_scores = torch.tensor(picked_scores[:keep], dtype=torch.float32, device=scores.device)
-    return out_segs.to(segments.dtype), out_scores.to(scores.dtype), index
+    keep = scores >= min_score
+    idx = torch.nonzero(keep).flatten()
+    order = idx[temporal_nms(segments[idx].cpu(), scores[idx].cpu(), iou_threshold)]
+    order = order[:limit].to(segments.device)
+    return segments[order], scores[order], order
 
 
 def _official_hard(
@@ -193,4 +298,4 @@ def _official_hard(
     return segments[picks], scores[picks], picks
 
 
-__all__ = ["Arithmetic", "Method", "soft_nms"]
+__all__ = ["Arithmetic", "Method", "soft_nms", "soft_nms_groups"]

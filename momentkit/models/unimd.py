@@ -44,7 +44,7 @@ from momentkit.modeling.dense_losses import (
     pyramid_points,
 )
 from momentkit.modeling.query_heads import QueryClassificationHead, QueryRegressionHead
-from momentkit.modeling.soft_nms import soft_nms
+from momentkit.modeling.soft_nms import soft_nms_groups
 from momentkit.models.base import MODELS, ModelConfig, MomentModel
 
 
@@ -519,26 +519,29 @@ def _decode_task(
     segs = torch.stack([t - off[:, 0] * s, t + off[:, 1] * s], dim=1)
     long_enough = segs[:, 1] - segs[:, 0] > config.duration_thresh
     q_idx, segs, scores = q_idx[long_enough], segs[long_enough], scores[long_enough]
-    all_q, all_segs, all_scores = [], [], []
-    for q in range(num_q):  # per query (class) NMS, in query order
-        sel = q_idx == q
-        qs, qsc = _suppress(segs[sel], scores[sel], config)
-        all_q.append(torch.full((len(qsc),), q, dtype=torch.long))
-        all_segs.append(qs)
-        all_scores.append(qsc)
+    order = q_idx.argsort(stable=True)  # the queries' candidates, each in candidate order
+    counts = torch.bincount(q_idx, minlength=num_q).tolist()
+    groups = list(zip(segs[order].split(counts), scores[order].split(counts), strict=True))
+    kept = _suppress(groups, config)  # per query (class) NMS, in query order
+    all_q = [torch.full((len(qsc),), q, dtype=torch.long) for q, (_, qsc) in enumerate(kept)]
+    all_segs, all_scores = [qs for qs, _ in kept], [qsc for _, qsc in kept]
     q_cat, seg_cat, sc_cat = torch.cat(all_q), torch.cat(all_segs), torch.cat(all_scores)
     top = sc_cat.argsort(descending=True, stable=True)[: config.max_seg_num]
     return q_cat[top], seg_cat[top], sc_cat[top]
 
 
-def _suppress(segs: Tensor, scores: Tensor, config: UniMDConfig) -> tuple[Tensor, Tensor]:
-    """NMS of one query's candidates (``config.nms_method``), best first, ``max_seg_num`` kept."""
-    if config.nms_method == "none" or not len(scores):
-        order = scores.argsort(descending=True, stable=True)[: config.max_seg_num]
-        return segs[order], scores[order]
-    kept_segs, kept_scores, _ = soft_nms(
-        segs,
-        scores,
+def _suppress(
+    groups: list[tuple[Tensor, Tensor]], config: UniMDConfig
+) -> list[tuple[Tensor, Tensor]]:
+    """NMS of each query's candidates (``config.nms_method``; all queries in one
+    :func:`~momentkit.modeling.soft_nms.soft_nms_groups` call), best first, ``max_seg_num``
+    kept of each."""
+    if config.nms_method == "none":
+        orders = [scores.argsort(descending=True, stable=True)[: config.max_seg_num]
+                  for _, scores in groups]  # fmt: skip
+        return [(segs[o], scores[o]) for (segs, scores), o in zip(groups, orders)]
+    kept = soft_nms_groups(
+        groups,
         method=config.nms_method,  # type: ignore[arg-type]
         sigma=config.nms_sigma,
         iou_threshold=config.iou_threshold,
@@ -546,7 +549,7 @@ def _suppress(segs: Tensor, scores: Tensor, config: UniMDConfig) -> tuple[Tensor
         max_num=config.max_seg_num,
         arithmetic=config.nms_arithmetic,  # type: ignore[arg-type]
     )
-    return kept_segs, kept_scores
+    return [(segs, scores) for segs, scores, _ in kept]
 
 
 def detr_proposals(

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Time two later speed changes against the code before them, in one process (not run by CI).
+
+The same-run tables of the README were taken at commit 56c9bbb; two model changes came after:
+
+- ``InputProjection`` projects every row and zeroes the padded ones below 10 % padding
+  (``momentkit.modeling.mlp.PACK_MIN_PADDING``; before: it always gathered the valid rows);
+- under bf16 autocast the saliency heads run in float32 (``momentkit.modeling.precision``;
+  before: in bf16).
+
+"before" restores the old behaviour (threshold 0, the model module's ``in_float32`` made a plain
+call), "after" is the code as it is; the two alternate (before, after, before, ...) on the same
+inputs and the same weights: ``predict`` over QVHighlights-shaped batches (1550 queries, batches of
+100, every 4th video shorter) and a training step (32 videos, forward + loss + backward + AdamW)::
+
+    python scripts/speed_ab.py --model moment_detr --precision fp32 --rounds 4
+    python scripts/speed_ab.py --model moment_detr --precision bf16 --rounds 4
+
+Prints the medians and the ratio after / before (median and range over the rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from momentkit.benchmarks.infer import _batches, momentkit_only
+from momentkit.benchmarks.official import alternate, load_average, ratio, threads, timed
+from momentkit.benchmarks.train import _step
+from momentkit.modeling import mlp
+from momentkit.models import build_criterion
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="moment_detr")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--rounds", type=int, default=4, help="predict rounds per side")
+    parser.add_argument("--steps", type=int, default=10, help="training-step rounds per side")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    module = sys.modules[type(momentkit_only(args.model, "cpu", "fp32").momentkit).__module__]
+    current = getattr(module, "in_float32", None)
+
+    def code(before: bool) -> None:
+        mlp.PACK_MIN_PADDING = 0.0 if before else 0.1
+        if current is not None:
+            module.in_float32 = (lambda fn, *a, **k: fn(*a, **k)) if before else current
+
+    def report(name: str, results: dict[str, list[Any]]) -> None:
+        before = [t.wall for t in results["before"]]
+        after = [t.wall for t in results["after"]]
+        print(
+            f"{args.model} {args.precision} {name}: before {statistics.median(before):.3f} s, "
+            f"after {statistics.median(after):.3f} s, after / before {ratio(after, before)}"
+        )
+
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    with threads(args.threads):
+        pair = momentkit_only(args.model, "cpu", args.precision)
+        batches = [
+            pair.momentkit_batch(v, training=False)
+            for v in _batches(pair.make_videos, 1550, 100, 75, 32)
+        ]
+        print("load average before", load_average())
+
+        def predict(before: bool) -> Callable[[], Any]:
+            return timed(lambda: (code(before), pair.momentkit_predict(batches)), pair.device)
+
+        sides = {"before": predict(True), "after": predict(False)}
+        report("predict, 1550 queries", alternate(sides, repeats=args.rounds, warmup=1))
+
+        model = pair.momentkit.train()
+        criterion = build_criterion(model.config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+        batch = pair.momentkit_batch(pair.make_videos(32, 75, 32, seed=1), training=True)
+
+        def step(before: bool) -> Callable[[], Any]:
+            return timed(
+                lambda: (code(before), _step(model, criterion, optimizer, batch, dtype)),
+                pair.device,
+            )
+
+        sides = {"before": step(True), "after": step(False)}
+        report("training step", alternate(sides, repeats=args.steps, warmup=3))
+        print("load average after", load_average())
+    code(False)
+
+
+if __name__ == "__main__":
+    main()
