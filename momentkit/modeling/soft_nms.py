@@ -32,6 +32,7 @@ case).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -129,11 +130,8 @@ def soft_nms_groups(
     for g, (segments, scores) in enumerate(groups):
         seg[g, : len(scores)] = segments.detach().cpu().numpy()
         sc[g, : len(scores)] = scores.detach().cpu().numpy()
-    decay = _Decay(method, sigma, iou_threshold)
-    if arithmetic == "official":
-        order, picked, kept = _official(seg, sc, lengths, decay, min_score, limit)
-    else:
-        order, picked, kept = _float64(seg, sc, lengths, decay, min_score, limit)
+    padded = _Groups(seg, sc, lengths, _Decay(method, sigma, iou_threshold), min_score, limit)
+    order, picked, kept = (_official if arithmetic == "official" else _float64)(padded)
     out = []
     for g, (segments, scores) in enumerate(groups):
         index = torch.as_tensor(order[g, : kept[g]], dtype=torch.long, device=segments.device)
@@ -160,24 +158,32 @@ class _Decay:
         return np.where(iou >= kind(self.threshold), kind(1) - iou, kind(1)).astype(kind)
 
 
-def _float64(
-    seg: np.ndarray,
-    sc: np.ndarray,
-    lengths: np.ndarray,
-    decay: _Decay,
-    min_score: float,
-    limit: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass
+class _Groups:
+    """The padded groups: ``seg`` ``(G, N, 2)``, ``sc`` ``(G, N)`` (both in the arithmetic's
+    float type), ``lengths`` ``(G,)``, and the settings."""
+
+    seg: np.ndarray
+    sc: np.ndarray
+    lengths: np.ndarray
+    decay: _Decay
+    min_score: float
+    limit: int
+
+
+def _float64(groups: _Groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """momentkit's arithmetic on ``(G, N)`` groups: float64, IoU of the plain lengths, the first
     of equal maxima in input order. Returns the picks ``(G, limit)``, their scores and the
     number of picks of each group."""
-    groups, size = sc.shape
+    seg, sc, lengths = groups.seg, groups.sc, groups.lengths
+    decay, min_score, limit = groups.decay, groups.min_score, groups.limit
+    count_groups, size = sc.shape
     x1, x2 = seg[..., 0], seg[..., 1]
     length = x2 - x1
     alive = (np.arange(size) < lengths[:, None]) & (sc >= min_score)
-    order = np.zeros((groups, limit), np.int64)
-    picked = np.zeros((groups, limit), np.float64)
-    count = np.zeros(groups, np.int64)
+    order = np.zeros((count_groups, limit), np.int64)
+    picked = np.zeros((count_groups, limit), np.float64)
+    count = np.zeros(count_groups, np.int64)
     for step in range(min(limit, size)):
         rows = np.flatnonzero(alive.any(1))
         if not len(rows):
@@ -197,27 +203,22 @@ def _float64(
     return order, picked, count
 
 
-def _official(
-    seg: np.ndarray,
-    sc: np.ndarray,
-    lengths: np.ndarray,
-    decay: _Decay,
-    min_score: float,
-    limit: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _official(groups: _Groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``official`` arithmetic (module docstring) on ``(G, N)`` groups: float32, lengths +
     1e-6, the best remaining segment swapped to position ``i`` at step ``i``, and then every
     dropped segment of positions ``i+1 .. n-1`` replaced by the last remaining one (what the
     C++ scan does, as one rearrangement: the dropped slots among the first ``kept`` positions,
     left to right, take the kept segments beyond them, right to left)."""
     f32 = np.float32
-    groups, size = sc.shape
+    seg, sc, lengths = groups.seg, groups.sc, groups.lengths
+    decay, min_score, limit = groups.decay, groups.min_score, groups.limit
+    size = sc.shape[1]
     x1, x2 = seg[..., 0].copy(), seg[..., 1].copy()
     areas = (x2 - x1) + f32(1e-6)
-    inds = np.broadcast_to(np.arange(size), (groups, size)).copy()
+    inds = np.broadcast_to(np.arange(size), sc.shape).copy()
     arrays = (x1, x2, sc, areas, inds)
     n = lengths.copy()
-    picked = np.zeros((groups, size), f32)
+    picked = np.zeros(sc.shape, f32)
     columns = np.arange(size)
     for i in range(min(limit, size)):
         rows = np.flatnonzero(n > i)
