@@ -34,6 +34,7 @@ from momentkit.benchmarks.official import alternate, load_average, ratio, thread
 from momentkit.benchmarks.train import _step
 from momentkit.modeling import mlp
 from momentkit.models import build_criterion
+from momentkit.training.trainer import autocast_dtype
 
 
 def main() -> None:
@@ -44,7 +45,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="training-step rounds per side")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    module = sys.modules[type(momentkit_only(args.model, "cpu", "fp32").momentkit).__module__]
+    pair = momentkit_only(args.model, "cpu", args.precision)
+    module = sys.modules[type(pair.momentkit).__module__]  # where the model calls in_float32
     current = getattr(module, "in_float32", None)
 
     def code(before: bool) -> None:
@@ -60,9 +62,8 @@ def main() -> None:
             f"after {statistics.median(after):.3f} s, after / before {ratio(after, before)}"
         )
 
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    dtype = autocast_dtype(args.precision, torch.device("cpu"))
     with threads(args.threads):
-        pair = momentkit_only(args.model, "cpu", args.precision)
         batches = [
             pair.momentkit_batch(v, training=False)
             for v in _batches(pair.make_videos, 1550, 100, 75, 32)

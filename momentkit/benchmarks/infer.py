@@ -108,11 +108,10 @@ def _arithmetic(
     """``--flops``: per figure, each side's FLOPs of one timed run (counted once more, after the
     timing) against its median time and the machine's peak matmul rate (in momentkit's
     ``precision``)."""
-    import torch
-
     from momentkit.benchmarks.arithmetic import arithmetic_report, count_flops, peak_matmul_rate
+    from momentkit.training.trainer import autocast_dtype
 
-    peak = peak_matmul_rate(device, dtype=torch.bfloat16 if precision == "bf16" else None)
+    peak = peak_matmul_rate(device, dtype=autocast_dtype(precision, device))
     reports = {}
     for figure, calls in runs.items():
         flops = {side: count_flops(call) for side, call in calls.items()}

@@ -329,10 +329,10 @@ class OfficialPair:
     def momentkit_predict(self, batches: Sequence[dict[str, Any]]) -> list[Any]:
         """momentkit's predictions (``momentkit predict``'s ``inference_loop``) of ``batches``."""
         from momentkit.modeling.postprocess import PostProcessor
-        from momentkit.training.trainer import inference_loop
+        from momentkit.training.trainer import autocast_dtype, inference_loop
 
         post = PostProcessor(**getattr(self.momentkit.config, "postprocess", {}))
-        dtype = torch.bfloat16 if self.precision == "bf16" else None
+        dtype = autocast_dtype(self.precision, self.device)
         start = time.perf_counter()
         rows = inference_loop(self.momentkit_model(), batches, self.device, post, dtype)
         self._report_compilation(time.perf_counter() - start)
@@ -388,9 +388,18 @@ def official_frame(exc: BaseException, root: Path | None) -> str:
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on ``device`` for ``"bf16"``, else nothing."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    from momentkit.training.trainer import autocast_dtype
+
+    dtype = autocast_dtype(precision, device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def benchmark_device(device: str) -> torch.device:
+    """``--device`` as a :class:`torch.device`; a CUDA device where CUDA is missing is refused."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MomentkitError("--device cuda: CUDA is not available on this machine")
+    return dev
 
 
 def build_pair(
@@ -411,9 +420,7 @@ def build_pair(
     for option, value in (("--precision", precision), ("--official-precision", official_precision)):
         if value is not None and value not in PRECISIONS:
             raise MomentkitError(f"{option} must be one of {', '.join(PRECISIONS)}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MomentkitError("--device cuda: CUDA is not available on this machine")
+    dev = benchmark_device(device)
     module = importlib.import_module(f"momentkit.benchmarks.{PAIRS[model]}")
     root = Path(official_dir).expanduser().resolve()
     torch.manual_seed(0)
@@ -431,7 +438,8 @@ def configure_device(device: str, tf32: bool) -> None:
 
 __all__ = [
     "PAIRS", "PRECISIONS", "STREAM_DIMS", "TEXT_DIM", "OfficialPair", "Phases", "Ratio",
-    "Timing", "Videos", "alternate", "build_pair", "configure_device", "git_revision",
+    "Timing", "Videos", "alternate", "benchmark_device", "build_pair", "configure_device",
+    "git_revision",
     "load_average", "make_videos", "ratio", "silence_progress", "synchronize", "threads",
     "timed",
 ]  # fmt: skip

@@ -85,10 +85,10 @@ def compare_training(args: argparse.Namespace) -> int:
                 "momentkit": count_flops(lambda: pair.momentkit_step(momentkit_batch)),
             }
             seconds = {side: _median(rows, "total") for side, rows in times.items()}
-            import torch
+            from momentkit.training.trainer import autocast_dtype
 
-            dtype = torch.bfloat16 if args.precision == "bf16" else None  # momentkit's side
-            peak = peak_matmul_rate(pair.device, dtype=dtype)
+            # the peak in momentkit's precision
+            peak = peak_matmul_rate(pair.device, dtype=autocast_dtype(args.precision, pair.device))
             arithmetic = arithmetic_report(flops, seconds, peak)
     batch = pair.describe_batch(videos)
     result: dict[str, Any] = {

@@ -248,17 +248,15 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from momentkit.benchmarks.official import benchmark_device
     from momentkit.data.loader import MomentDataset, collate
     from momentkit.features import open_feature_store, pack_features
-    from momentkit.training.trainer import move_to_device
-    from momentkit.utils.errors import MomentkitError
+    from momentkit.training.trainer import autocast_dtype, move_to_device
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MomentkitError("--device cuda: CUDA is not available on this machine")
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    device = benchmark_device(args.device)
+    dtype = autocast_dtype(args.precision, device)
     video_dim = sum(STREAMS.values()) + 2
     model, criterion = _model_and_criterion(args.model, args.overrides, video_dim)
     model.to(device)
