@@ -9,12 +9,15 @@ The same-run tables of the README were taken at commit 56c9bbb; two model change
   before: in bf16).
 
 "before" restores the old behaviour (threshold 0, the model module's ``in_float32`` made a plain
-call), "after" is the code as it is; the two alternate (before, after, before, ...) on the same
-inputs and the same weights: ``predict`` over QVHighlights-shaped batches (1550 queries, batches of
-100, every 4th video shorter) and a training step (32 videos, forward + loss + backward + AdamW)::
+call), "after" is the code as it is. ``--change onednn-linear`` times the float32 linear layers
+through oneDNN (``momentkit.modeling.linear``; before: ``MOMENTKIT_ONEDNN_LINEAR=0``, after:
+``1``). The two sides alternate (before, after, before, ...) on the same inputs and the same
+weights: ``predict`` over QVHighlights-shaped batches (1550 queries, batches of 100, every 4th
+video shorter) and a training step (32 videos, forward + loss + backward + AdamW)::
 
     python scripts/speed_ab.py --model moment_detr --precision fp32 --rounds 4
     python scripts/speed_ab.py --model moment_detr --precision bf16 --rounds 4
+    python scripts/speed_ab.py --model qd_detr --change onednn-linear --rounds 2 --steps 6
 
 Prints the medians and the ratio after / before (median and range over the rounds).
 """
@@ -22,6 +25,7 @@ Prints the medians and the ratio after / before (median and range over the round
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -44,12 +48,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="predict rounds per side")
     parser.add_argument("--steps", type=int, default=10, help="training-step rounds per side")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--change",
+        choices=["packing-and-saliency", "onednn-linear"],
+        default="packing-and-saliency",
+    )
     args = parser.parse_args()
     pair = momentkit_only(args.model, "cpu", args.precision)
     module = sys.modules[type(pair.momentkit).__module__]  # where the model calls in_float32
     current = getattr(module, "in_float32", None)
 
     def code(before: bool) -> None:
+        if args.change == "onednn-linear":
+            os.environ["MOMENTKIT_ONEDNN_LINEAR"] = "0" if before else "1"
+            return
         mlp.PACK_MIN_PADDING = 0.0 if before else 0.1
         if current is not None:
             module.in_float32 = (lambda fn, *a, **k: fn(*a, **k)) if before else current
@@ -58,7 +70,8 @@ def main() -> None:
         before = [t.wall for t in results["before"]]
         after = [t.wall for t in results["after"]]
         print(
-            f"{args.model} {args.precision} {name}: before {statistics.median(before):.3f} s, "
+            f"{args.model} {args.precision} {args.change} {name}: "
+            f"before {statistics.median(before):.3f} s, "
             f"after {statistics.median(after):.3f} s, after / before {ratio(after, before)}"
         )
 

@@ -34,6 +34,26 @@ def test_count_flops_counts_matmuls_forward_and_backward() -> None:
     assert count_flops(lambda: relu(x)).flops == 0  # element-wise work is overhead: not counted
 
 
+def test_count_flops_counts_the_onednn_linear_forward_and_backward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """momentkit's oneDNN linear (``mkldnn._linear_pointwise``, forward and both backward
+    products) counts as the same products as ``F.linear``."""
+    from momentkit.modeling import linear as lin
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("PyTorch built without oneDNN")
+    monkeypatch.setenv("MOMENTKIT_ONEDNN_LINEAR", "1")
+    monkeypatch.setattr(lin, "MIN_MACS", 1)
+    layer = lin.Linear(16, 4)
+    x = torch.randn(2, 8, 16, requires_grad=True)
+    product = 2 * 16 * 16 * 4
+    assert count_flops(lambda: layer(x)) == (product, ())
+    assert count_flops(lambda: layer(x).sum().backward()) == (3 * product, ())
+    with torch.inference_mode():
+        assert count_flops(lambda: layer(x)) == (product, ())
+
+
 def test_count_flops_under_inference_mode() -> None:
     # evaluation code runs under torch.inference_mode, where linear, matmul and attention reach
     # the counter undecomposed: counted as the same products as in training
@@ -104,10 +124,12 @@ def test_peak_matmul_rate_is_the_best_timed_product(monkeypatch: pytest.MonkeyPa
     import momentkit.benchmarks.arithmetic as arithmetic
 
     assert peak_matmul_rate(size=256, repeats=3) > 1e8  # any CPU: faster than 0.1 GFLOP/s
-    # each timed product's (start, end) on a fake clock (the warm-up product is not timed):
-    # the best, 0.1 s, gives the rate
-    ticks = iter([1.0, 1.2, 2.0, 2.1, 3.0, 3.3])
+    # each timed product's (start, end) on a fake clock (the warm-up products are not timed),
+    # torch.mm's three then momentkit's linear's (oneDNN where enabled): the best gives the rate
+    ticks = iter([1.0, 1.2, 2.0, 2.1, 3.0, 3.3, 4.0, 4.5, 5.0, 5.05, 6.0, 6.4])
     monkeypatch.setattr(arithmetic, "_clock", lambda: next(ticks))
+    assert peak_matmul_rate(size=8, repeats=3) == pytest.approx(2 * 8**3 / 0.05)
+    ticks = iter([1.0, 1.2, 2.0, 2.1, 3.0, 3.3, 4.0, 4.5, 5.0, 5.3, 6.0, 6.4])
     assert peak_matmul_rate(size=8, repeats=3) == pytest.approx(2 * 8**3 / 0.1)
 
 

@@ -40,15 +40,17 @@ def test_bench_train_steps_under_the_precision_asked(
     and the JSON says so; fp32 keeps every layer in float32."""
     import torch
 
+    from momentkit.modeling.linear import Linear
+
     seen: list[torch.dtype] = []
-    forward = torch.nn.Linear.forward
+    forward = Linear.forward  # every linear layer of the models (oneDNN or F.linear inside)
 
     def recording(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
         out = forward(self, x)
         seen.append(out.dtype)
         return out
 
-    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    monkeypatch.setattr(Linear, "forward", recording)
     argv = ["bench", "train", "--model", "moment_detr", "--batch-size", "2", "--clips", "6"]
     argv += ["--tokens", "4", "--steps", "1", "--warmup", "0", "--items", "0", "--threads", "1"]
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):

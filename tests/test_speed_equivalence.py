@@ -150,6 +150,63 @@ def test_encoder_without_padding_takes_the_plain_path() -> None:
     assert packing.pad(packing.pack(x)).tolist() == [[[0, 1], [0, 0]], [[4, 5], [6, 7]]]
 
 
+@pytest.mark.parametrize("drop_path", [0.0, 0.3])
+def test_convnext_block_skipping_padding_gives_the_same_outputs_and_gradients(
+    drop_path: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UniMD's blocks run LayerNorm + MLP on the valid steps only (37-43 % of its Charades-STA
+    steps are padding): the output (zero at padded steps), the input gradient and every
+    parameter's gradient equal the plain path's, stochastic depth included."""
+    from momentkit.modeling import convnext_pyramid
+    from momentkit.modeling.packing import Packing
+
+    torch.manual_seed(0)
+    block = convnext_pyramid.ConvNeXtBlock1d(16, 3, drop_path=drop_path, layer_scale_init=0.5)
+    block.train()
+    lengths = torch.tensor([11, 4, 7])
+    mask = torch.arange(12)[None] < lengths[:, None]  # 42 % padding
+    x0, grad = torch.randn(3, 16, 12), torch.randn(3, 16, 12)
+    packed_calls = []
+    monkeypatch.setattr(
+        Packing, "pack", lambda self, x, f=Packing.pack: packed_calls.append(1) or f(self, x)
+    )
+    results = {}
+    for plain in (True, False):
+        monkeypatch.setattr(convnext_pyramid, "PACK_MIN_PADDING", 1.0 if plain else 0.1)
+        block.zero_grad()
+        x = x0.clone().requires_grad_()
+        torch.manual_seed(1)  # the same stochastic-depth draws
+        out, out_mask = block(x, mask)
+        out.backward(grad)
+        grads = {n: p.grad.clone() for n, p in block.named_parameters()}
+        results[plain] = (out.detach(), x.grad, grads)
+        assert torch.equal(out_mask, mask)
+    assert len(packed_calls) == 1  # the fast path ran once, the plain one did not pack
+    (out_a, dx_a, g_a), (out_b, dx_b, g_b) = results[True], results[False]
+    assert float(out_b[~mask[:, None].expand_as(out_b)].abs().max()) == 0.0
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dx_b, dx_a, rtol=1e-5, atol=1e-6)
+    for name, g in g_a.items():
+        torch.testing.assert_close(g_b[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_convnext_block_packs_only_from_the_padding_threshold() -> None:
+    """Below :data:`~momentkit.modeling.mlp.PACK_MIN_PADDING` of padding every step runs the
+    branch (no gather), and a fully valid batch never packs."""
+    from unittest.mock import patch
+
+    from momentkit.modeling.convnext_pyramid import ConvNeXtBlock1d
+    from momentkit.modeling.packing import Packing
+
+    block = ConvNeXtBlock1d(8, 3).eval()
+    x = torch.randn(2, 8, 20)
+    for lengths, packs in (([20, 20], False), ([20, 19], False), ([20, 12], True)):
+        mask = torch.arange(20)[None] < torch.tensor(lengths)[:, None]
+        with patch.object(Packing, "pack", autospec=True, side_effect=Packing.pack) as spy:
+            block(x, mask)
+        assert spy.called is packs, lengths
+
+
 # ------------------------------------------------------ QD-DETR: no negatives in predictions
 def test_qd_detr_predictions_skip_the_negative_pairs_and_stay_equal(make_batch) -> None:
     from tiny_configs import TINY_DETR

@@ -8,8 +8,8 @@ give the three numbers that turn a measured ratio into "how far from the floor":
 - :func:`count_flops`: FLOPs of one call (forward and, for a training step, backward), counted
   by ``torch.utils.flop_counter`` (matmuls, convolutions, attention; element-wise work is not
   counted: it is the overhead a faster implementation can remove);
-- :func:`peak_matmul_rate`: FLOP/s of a large float32 matmul with the same threads and device,
-  the rate no step's matmuls exceed;
+- :func:`peak_matmul_rate`: FLOP/s of a large float32 matmul with the same threads and device
+  (the faster of the BLAS and oneDNN), the rate no step's matmuls exceed;
 - :func:`arithmetic_report`: per side GFLOP, achieved GFLOP/s, and the floor ratio
   ``momentkit FLOPs / peak / official time`` (no same-arithmetic implementation can beat it).
 """
@@ -128,6 +128,8 @@ def count_flops(fn: Callable[[], Any]) -> FlopCount:
         aten.conv1d: _conv1d,
         aten.gru: _gru,
     }
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):  # momentkit.modeling.linear's kernel
+        formulas[torch.ops.mkldnn._linear_pointwise] = _linear
     known = {str(op) for op in (*flop_registry, *formulas)}
 
     class Uncounted(TorchDispatchMode):
@@ -153,22 +155,26 @@ def peak_matmul_rate(
 ) -> float:
     """FLOP/s of a ``size`` x ``size`` matmul in ``dtype`` (default float32) on ``device`` with
     the current torch threads: the best of ``repeats`` timed products after one warm-up (the
-    rate the step's own, smaller matmuls stay below)."""
+    rate the step's own, smaller matmuls stay below), by the faster of ``torch.mm`` (the BLAS)
+    and :func:`momentkit.modeling.linear.linear` (oneDNN, where enabled: on AMD processors
+    MKL's float32 ``sgemm`` runs its AVX2 code, about half of what oneDNN reaches)."""
     import torch
 
     from momentkit.benchmarks.official_timing import synchronize
+    from momentkit.modeling.linear import linear
 
     device = torch.device(device)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    torch.mm(a, b)  # warms the library up, untimed
     best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = _clock()
-        torch.mm(a, b)
-        synchronize(device)
-        best = min(best, _clock() - start)
+    for product in (torch.mm, linear):
+        product(a, b)  # warms the library up, untimed
+        for _ in range(repeats):
+            synchronize(device)
+            start = _clock()
+            product(a, b)
+            synchronize(device)
+            best = min(best, _clock() - start)
     return 2 * size**3 / best
 
 

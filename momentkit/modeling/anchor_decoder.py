@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from momentkit.modeling.attention import ProjectedAttention, split_heads
 from momentkit.modeling.dropout import Dropout
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.mlp import MLP
 from momentkit.modeling.position_encoding import span_sine_encoding
 from momentkit.modeling.transformer import FeedForward, residual, xavier_init_
@@ -60,19 +61,19 @@ class AnchorDecoderLayer(nn.Module):
         self.nhead = nhead
         self.pre_norm = pre_norm
         # self-attention projections
-        self.sa_qcontent_proj = nn.Linear(d_model, d_model)
-        self.sa_qpos_proj = nn.Linear(d_model, d_model)
-        self.sa_kcontent_proj = nn.Linear(d_model, d_model)
-        self.sa_kpos_proj = nn.Linear(d_model, d_model)
-        self.sa_v_proj = nn.Linear(d_model, d_model)
+        self.sa_qcontent_proj = Linear(d_model, d_model)
+        self.sa_qpos_proj = Linear(d_model, d_model)
+        self.sa_kcontent_proj = Linear(d_model, d_model)
+        self.sa_kpos_proj = Linear(d_model, d_model)
+        self.sa_v_proj = Linear(d_model, d_model)
         self.self_attn = ProjectedAttention(d_model, nhead, dropout)
         # cross-attention projections
-        self.ca_qcontent_proj = nn.Linear(d_model, d_model)
-        self.ca_qpos_proj = nn.Linear(d_model, d_model) if query_pos_proj else None
-        self.ca_kcontent_proj = nn.Linear(d_model, d_model)
-        self.ca_kpos_proj = nn.Linear(d_model, d_model)
-        self.ca_v_proj = nn.Linear(d_model, d_model)
-        self.ca_qpos_sine_proj = nn.Linear(d_model, d_model)
+        self.ca_qcontent_proj = Linear(d_model, d_model)
+        self.ca_qpos_proj = Linear(d_model, d_model) if query_pos_proj else None
+        self.ca_kcontent_proj = Linear(d_model, d_model)
+        self.ca_kpos_proj = Linear(d_model, d_model)
+        self.ca_v_proj = Linear(d_model, d_model)
+        self.ca_qpos_sine_proj = Linear(d_model, d_model)
         self.cross_attn = ProjectedAttention(d_model, nhead, dropout)
         self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
         self.norm1 = nn.LayerNorm(d_model)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from momentkit.modeling.dropout import fast_dropout
+from momentkit.modeling.linear import Linear, linear
 from momentkit.modeling.packing import Packing
 
 
@@ -134,7 +135,7 @@ class MultiheadAttention(nn.Module):
         self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.out_proj = Linear(d_model, d_model)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
@@ -174,13 +175,13 @@ class MultiheadAttention(nn.Module):
         """
         d = self.d_model
         w, b = self.in_proj_weight, self.in_proj_bias
-        qk = F.linear(query, w[: 2 * d], b[: 2 * d]) if query is key else None
+        qk = linear(query, w[: 2 * d], b[: 2 * d]) if query is key else None
         if qk is not None:
             q, k = qk.chunk(2, dim=-1)
         else:
-            q = F.linear(query, w[:d], b[:d])
-            k = F.linear(key, w[d : 2 * d], b[d : 2 * d])
-        v = F.linear(value, w[2 * d :], b[2 * d :])
+            q = linear(query, w[:d], b[:d])
+            k = linear(key, w[d : 2 * d], b[d : 2 * d])
+        v = linear(value, w[2 * d :], b[2 * d :])
         if query_index is not None:
             if qk is not None:
                 raise ValueError("query_index is for cross-attention (query is not key)")
@@ -232,7 +233,7 @@ class ProjectedAttention(nn.Module):
             raise ValueError(f"value_dim {value_dim} is not divisible by nhead {nhead}")
         self.nhead = nhead
         self.dropout = dropout
-        self.out_proj = nn.Linear(value_dim, value_dim)
+        self.out_proj = Linear(value_dim, value_dim)
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(

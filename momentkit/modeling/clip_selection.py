@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from momentkit.modeling.dropout import Dropout
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.mlp import MLP
 
 
@@ -258,7 +259,7 @@ class TemporalContext(nn.Module):
         bound = 1.0 / math.sqrt(3.0)  # PyTorch's default init of a depthwise kernel of size 3
         self.taps = nn.Parameter(torch.empty(len(dilations), 3, d_model).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(len(dilations), d_model).uniform_(-bound, bound))
-        self.pointwise = nn.ModuleList(nn.Linear(d_model, d_model) for _ in dilations)
+        self.pointwise = nn.ModuleList(Linear(d_model, d_model) for _ in dilations)
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in dilations)
         self.dropout = Dropout(dropout)
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from momentkit.modeling.dropout import Dropout
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.transformer import CrossAttentionEncoder, TransformerEncoder, xavier_init_
 
 #: the fuser's stages besides the convolutional blocks, in the paper's order
@@ -103,13 +104,13 @@ class V2TExtractor(nn.Module):
 
     def __init__(self, d_model: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.video_score = nn.Linear(d_model, 1, bias=False)
-        self.text_score = nn.Linear(d_model, 1, bias=False)
+        self.video_score = Linear(d_model, 1, bias=False)
+        self.text_score = Linear(d_model, 1, bias=False)
         self.joint_score = nn.Parameter(torch.empty(d_model))
         self.dropout = Dropout(dropout)
-        self.fuse = nn.Linear(4 * d_model, d_model)
-        self.text_pool = nn.Linear(d_model, 1, bias=False)
-        self.output = nn.Linear(2 * d_model, d_model)
+        self.fuse = Linear(4 * d_model, d_model)
+        self.text_pool = Linear(d_model, 1, bias=False)
+        self.output = Linear(2 * d_model, d_model)
         xavier_init_(self)
         bound = math.sqrt(3.0 / d_model)  # xavier-uniform of the official (1, 1, d) weight
         nn.init.uniform_(self.joint_score, -bound, bound)

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.losses import register_loss
 from momentkit.modeling.matcher import Indices
 
@@ -347,7 +348,7 @@ class DistillAlign(nn.Module):
         self.enqueue_form = enqueue
         self.predictor: nn.Linear | None = None
         if similarity_predictor:
-            self.predictor = nn.Linear(dim, dim)
+            self.predictor = Linear(dim, dim)
             nn.init.xavier_uniform_(self.predictor.weight)
 
     def current_alpha(self) -> Tensor:

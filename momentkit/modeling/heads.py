@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from momentkit.modeling.anchor_decoder import inverse_sigmoid
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.mlp import MLP
 
 
@@ -20,7 +21,7 @@ class SpanHead(nn.Module):
 
     def __init__(self, d_model: int, span_layers: int = 3) -> None:
         super().__init__()
-        self.class_embed = nn.Linear(d_model, 2)
+        self.class_embed = Linear(d_model, 2)
         self.span_embed = MLP(d_model, d_model, 2, span_layers)
 
     def forward(

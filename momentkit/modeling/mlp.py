@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from momentkit.modeling.dropout import Dropout
+from momentkit.modeling.linear import Linear
 
 
 class MLP(nn.Module):
@@ -19,7 +20,7 @@ class MLP(nn.Module):
         if num_layers < 1:
             raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., in_dim)`` -> ``(..., out_dim)``."""
@@ -45,7 +46,7 @@ class LinearLayer(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(in_dim) if layer_norm else nn.Identity()
         self.dropout = Dropout(dropout)
-        self.linear = nn.Linear(in_dim, out_dim)
+        self.linear = Linear(in_dim, out_dim)
         self.relu = relu
 
     def forward(self, x: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from momentkit.modeling.linear import Linear
 from momentkit.structures.spans import span_cxw_to_xx
 
 
@@ -120,7 +121,7 @@ class MomentGRUHead(nn.Module):
         self.similarity = similarity
         self.form = form
         self.gru = nn.GRU(d_model, d_model, num_layers=1, batch_first=True)
-        self.saliency_proj = nn.Linear(d_model, d_model)
+        self.saliency_proj = Linear(d_model, d_model)
         self.scale = 1.0 / math.sqrt(d_model)
 
     def moment_feature(self, video: Tensor, start: Tensor, end: Tensor) -> Tensor:

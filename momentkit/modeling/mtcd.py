@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from momentkit.modeling.anchor_decoder import inverse_sigmoid
 from momentkit.modeling.denoising import DenoisingQueries
 from momentkit.modeling.heads import SpanHead
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.masked_anchor_decoder import MIN_ANCHOR_WIDTH, MaskedAnchorDecoder
 from momentkit.modeling.position_encoding import span_sine_encoding
 from momentkit.modeling.query_selection import QuerySelection, SelectedQueries, top_k_wrapped
@@ -86,8 +87,8 @@ class SentenceSaliency(nn.Module):
 
     def __init__(self, d_model: int) -> None:
         super().__init__()
-        self.clip_proj = nn.Linear(d_model, d_model)  # w_v
-        self.sentence_proj = nn.Linear(d_model, d_model)  # w_s
+        self.clip_proj = Linear(d_model, d_model)  # w_v
+        self.sentence_proj = Linear(d_model, d_model)  # w_s
 
     def forward(self, clips: Tensor, sentence: Tensor) -> Tensor:
         """``clips`` ``(B, T, d)``, ``sentence`` ``(B, d)`` -> ``(B, T)`` scores."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from momentkit.modeling.convnext_pyramid import ChannelLayerNorm, MaskedConv1d
+from momentkit.modeling.linear import Linear
 
 
 class ConvTower(nn.Module):
@@ -184,7 +185,7 @@ class QueryKernelGenerator(nn.Module):
         self.shape = (out_channels, in_channels, kernel_size)
         size = out_channels * (in_channels * kernel_size + 1)
         dims = [query_dim] + [hidden_dim] * (num_layers - 1) + [size]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims[1:-1])
         self.dropout = nn.Dropout(dropout)
 

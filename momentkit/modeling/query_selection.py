@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from momentkit.modeling.anchor_decoder import inverse_sigmoid
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.losses import loss_labels, loss_spans, register_loss, span_targets
 from momentkit.modeling.matcher import HungarianMatcher, Indices
 from momentkit.modeling.mlp import MLP
@@ -78,9 +79,9 @@ class QuerySelection(nn.Module):
         super().__init__()
         self.num_queries = num_queries
         self.default_widths = list(default_widths)
-        self.enc_output = nn.Linear(d_model, d_model)
+        self.enc_output = Linear(d_model, d_model)
         self.enc_norm = nn.LayerNorm(d_model)
-        self.class_embed = nn.Linear(d_model, 2)
+        self.class_embed = Linear(d_model, 2)
         self.span_embed = MLP(d_model, d_model, 2, 3)
         nn.init.zeros_(self.span_embed.layers[-1].weight)
         nn.init.zeros_(self.span_embed.layers[-1].bias)

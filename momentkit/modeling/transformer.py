@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from momentkit.modeling.attention import MultiheadAttention
 from momentkit.modeling.dropout import Dropout
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.packing import Packing, packing_of
 from momentkit.modeling.prelu import PReLU
 
@@ -75,9 +76,9 @@ class FeedForward(nn.Module):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation '{activation}'; use one of {list(_ACTIVATIONS)}")
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear1 = Linear(d_model, dim_feedforward)
         self.dropout = Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.activation = _ACTIVATIONS[activation]()
 
     def forward(self, x: Tensor) -> Tensor:

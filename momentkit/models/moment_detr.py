@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from momentkit.modeling.heads import SpanHead
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.postprocess import PostProcessor
 from momentkit.modeling.precision import in_float32
 from momentkit.modeling.transformer import TransformerDecoder, TransformerEncoder
@@ -106,7 +107,7 @@ class MomentDETR(MomentModel):
         )
         self.query_embed = torch.nn.Embedding(c.num_queries, d)
         self.head = SpanHead(d)
-        self.saliency_proj = torch.nn.Linear(d, 1)
+        self.saliency_proj = Linear(d, 1)
         self.distill_align = build_distill_align(c, self.video_proj, self.text_proj)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from momentkit.modeling.anchor_decoder import AnchorDecoder
 from momentkit.modeling.criterion import LossConfig
 from momentkit.modeling.heads import SpanHead
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.precision import in_float32
 from momentkit.modeling.transformer import CrossAttentionEncoder, TransformerEncoder
 from momentkit.models.base import MODELS, DETRConfig, MomentModel, build_distill_align, build_inputs
@@ -149,8 +150,8 @@ class QDDETR(MomentModel):
         self.global_token = nn.Parameter(torch.randn(d))
         self.global_pos = nn.Parameter(torch.randn(d))
         self.head = SpanHead(d)
-        self.saliency_proj1 = nn.Linear(d, d)
-        self.saliency_proj2 = nn.Linear(d, d)
+        self.saliency_proj1 = Linear(d, d)
+        self.saliency_proj2 = Linear(d, d)
         self.distill_align = build_distill_align(c, self.video_proj, self.text_proj)
 
     def saliency(self, clip_mem: Tensor, global_mem: Tensor) -> Tensor:

@@ -91,6 +91,7 @@ from momentkit.modeling.iou_head import (
     localization_score,
     score_to_logits,
 )
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.losses import (
     FOREGROUND,
     loss_saliency_ce,
@@ -374,7 +375,7 @@ class SGDETR(MomentModel):
         self.encoder = TransformerEncoder(d, c.nheads, c.enc_layers, *layer_args)
         # 3.4 local to global saliency
         self.amplifier = SaliencyAmplifier()
-        self.saliency_offset = nn.Linear(d, 1) if c.global_saliency else None
+        self.saliency_offset = Linear(d, 1) if c.global_saliency else None
         if self.saliency_offset is not None:
             nn.init.zeros_(self.saliency_offset.weight)
             nn.init.zeros_(self.saliency_offset.bias)

@@ -64,6 +64,7 @@ from momentkit.modeling.clip_selection import (
 )
 from momentkit.modeling.criterion import LossConfig, SetCriterion
 from momentkit.modeling.dropout import Dropout
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.losses import register_loss
 from momentkit.modeling.matcher import Indices
 from momentkit.modeling.mlp import MLP, InputProjection
@@ -248,7 +249,7 @@ class CrossModalFusion(nn.Module):
     def __init__(self, in_dim: int, config: ClipTrimmingConfig) -> None:
         super().__init__()
         d = config.hidden_dim
-        self.input = nn.Linear(in_dim, d)
+        self.input = Linear(in_dim, d)
         self.attn = MultiheadAttention(d, config.nheads, config.dropout)
         self.norm1 = nn.LayerNorm(d)
         self.ffn = MLP(2 * d, config.dim_feedforward, d, 2)

@@ -43,6 +43,7 @@ from momentkit.modeling.dense_losses import (
     dense_loss_sums,
     pyramid_points,
 )
+from momentkit.modeling.linear import Linear
 from momentkit.modeling.query_heads import QueryClassificationHead, QueryRegressionHead
 from momentkit.modeling.soft_nms import soft_nms_groups
 from momentkit.models.base import MODELS, ModelConfig, MomentModel
@@ -352,7 +353,7 @@ class UniMD(MomentModel):
             c.neck, c.hidden_dim, c.num_levels, c.fpn_layers, c.fpn_kernel_size, options
         )
         self.query_proj = (
-            nn.Linear(c.text_dim, c.head_dim) if c.text_dim != c.head_dim else nn.Identity()
+            Linear(c.text_dim, c.head_dim) if c.text_dim != c.head_dim else nn.Identity()
         )
         self.cls_head = QueryClassificationHead(
             c.hidden_dim, c.head_dim, c.head_layers, c.head_kernel_size, c.head_with_ln, keep
