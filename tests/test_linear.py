@@ -31,22 +31,27 @@ def onednn(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.parametrize("shape", [(300, 64), (4, 90, 64), (2, 3, 70, 64)])
+@pytest.mark.parametrize("out_features", [96, 40])  # the weight gradient's two operand orders
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_onednn_linear_equals_f_linear_with_gradients(onednn, shape, with_bias) -> None:
+def test_onednn_linear_equals_f_linear_with_gradients(
+    onednn, shape, out_features, with_bias
+) -> None:
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(96, 64, generator=g, requires_grad=True)
-    b = torch.randn(96, generator=g, requires_grad=True) if with_bias else None
+    w = torch.randn(out_features, 64, generator=g, requires_grad=True)
+    b = torch.randn(out_features, generator=g, requires_grad=True) if with_bias else None
     x = torch.randn(*shape, generator=g).transpose(-1, -2).contiguous().transpose(-1, -2)
     x.requires_grad_()  # a strided (column-major) input: read in place
-    grad = torch.randn(*shape[:-1], 96, generator=g)
+    grad = torch.randn(*shape[:-1], out_features, generator=g)
     lin.MIN_MACS, old = 1, lin.MIN_MACS
     try:
         out = lin.linear(x, w, b)
         out.backward(grad)
     finally:
         lin.MIN_MACS = old
-    # forward, input gradient (weight^T), weight gradient (x^T as the 'weight')
-    assert onednn[:2] == [(96, 64), (64, 96)] and len(onednn) == 3 and onednn[2][0] == 64
+    # forward, input gradient (weight^T), weight gradient: the narrower operand second
+    rows = x.numel() // 64
+    last = (64, rows) if out_features < 64 else (out_features, rows)
+    assert onednn == [(out_features, 64), (64, out_features), last]
     got = (out.detach(), x.grad, w.grad, None if b is None else b.grad)
     x2, w2 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     b2 = None if b is None else b.detach().double().requires_grad_()
