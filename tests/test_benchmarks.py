@@ -59,6 +59,7 @@ def test_bench_train_steps_under_the_precision_asked(
         assert main([*argv, "--precision", precision, "--set", *TINY, "--json", str(out)]) == 0
         figures = json.loads(out.read_text())
         assert figures["precision"] == precision and figures["device"] == "cpu"
+        assert isinstance(figures["onednn_linear"], bool)  # which float32 kernel ran
         if dtype == torch.float32:
             assert seen and set(seen) == {torch.float32}
         else:  # the layers in bf16; the saliency head stays float32 (modeling/precision.py)

@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         official_precision_note,
         refuse_official_precision_alone,
     )
+    from momentkit.modeling.linear import onednn_linear_enabled
 
     refuse_official_precision_alone(args)
     configure_device(args.device, args.tf32)
@@ -187,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "official_precision": (args.official_precision or args.precision) if official else None,
         "threads": args.threads,
+        "onednn_linear": onednn_linear_enabled(),  # momentkit's float32 linear layers
         "queries": args.queries,
         "batch_size": batch_size,
         "load_average_before": load_before,

@@ -37,6 +37,7 @@ def compare_training(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from momentkit.modeling.linear import onednn_linear_enabled
     from momentkit.utils.errors import MomentkitError
 
     if args.overrides:
@@ -98,6 +99,7 @@ def compare_training(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "official_precision": args.official_precision or args.precision,
         "threads": args.threads,
+        "onednn_linear": onednn_linear_enabled(),  # momentkit's float32 linear layers
         "batch": batch,
         "load_average_before": load_before,
         "load_average_after": load_after,

@@ -251,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.benchmarks.official import benchmark_device
     from momentkit.data.loader import MomentDataset, collate
     from momentkit.features import open_feature_store, pack_features
+    from momentkit.modeling.linear import onednn_linear_enabled
     from momentkit.training.trainer import autocast_dtype, move_to_device
 
     torch.set_num_threads(args.threads)
@@ -266,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device),
         "precision": args.precision,
         "threads": args.threads,
+        "onednn_linear": onednn_linear_enabled(),  # momentkit's float32 linear layers
         "batch_size": args.batch_size,
         "shape": f"{args.clips} clips x {video_dim}, {args.tokens} tokens x {TEXT_DIM}",
     }
