@@ -21,15 +21,50 @@ def test_bench_train_reports_step_and_epoch_ratios(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
     argv = ["bench", "train", "--model", "moment_detr", "--batch-size", "4", "--clips", "12"]
     argv += ["--tokens", "6", "--steps", "2", "--warmup", "1", "--items", "8", "--threads", "1"]
+    argv += ["--epoch-rounds", "2"]
     assert main([*argv, "--set", *TINY, "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["step_s"] > 0 and figures["samples_per_s"] == pytest.approx(
         4 / figures["step_s"], rel=0.01
     )
     assert 0 < figures["step_cpu_s"] < 10 * figures["step_s"]  # one thread: CPU time ~ wall time
+    assert figures["epoch_rounds"] == 2 and figures["epoch_compute_s"] > 0
     for store in ("npz", "packed"):
-        assert figures[f"epoch_{store}_ratio"] > 0
+        low, high = figures[f"epoch_{store}_ratio_range"]
+        assert 0 < low <= figures[f"epoch_{store}_ratio"] <= high
         assert figures[f"epoch_{store}_s"] > 0
+
+
+def test_epoch_ratios_pair_each_round_with_its_own_compute_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The epoch test alternates compute, npz and packed epochs; each store's ratio is taken
+    against the compute epoch of the same round (a drifting machine affects both alike)."""
+    from momentkit.benchmarks import train
+
+    order: list[str] = []
+    store_times = {"npz": iter([1.2, 2.6, 3.3]), "packed": iter([1.0, 2.0, 3.0])}
+
+    def epoch(model, criterion, optimizer, dataset, batch_size, dtype):  # noqa: ANN001, ANN202
+        order.append(dataset)
+        return next(store_times[dataset]), 10
+
+    compute_times = iter([1.0, 2.0, 3.0])
+
+    def compute(model, criterion, optimizer, batch, steps, dtype):  # noqa: ANN001, ANN202
+        assert steps == 10  # as many steps as the stores' epochs took
+        order.append("compute")
+        return next(compute_times)
+
+    monkeypatch.setattr(train, "_epoch_seconds", epoch)
+    monkeypatch.setattr(train, "_compute_epoch_seconds", compute)
+    figures = train._epoch_figures(
+        None, None, None, {"npz": "npz", "packed": "packed"}, {}, 4, None, rounds=3
+    )
+    assert order == ["npz", "packed", "compute"] * 3
+    assert figures["epoch_npz_ratio"] == pytest.approx(1.2)  # rounds: 1.2, 1.3, 1.1
+    assert figures["epoch_npz_ratio_range"] == [1.1, 1.3]
+    assert figures["epoch_packed_ratio"] == 1.0 and figures["epoch_compute_s"] == 2.0
 
 
 def test_bench_train_steps_under_the_precision_asked(

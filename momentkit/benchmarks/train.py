@@ -9,7 +9,9 @@ At the QVHighlights shape (batch 32, 75 clips of SlowFast 2304 + CLIP 512 + 2 TE
   also counts the waits for a core);
 - the time of an epoch over ``--items`` feature files read through the real input pipeline
   (``MomentDataset`` + ``collate`` + the trainer's background prefetch), once from a ``.npz``
-  directory and once from the packed memory-mapped store, as a ratio to pure compute.
+  directory and once from the packed memory-mapped store, as a ratio to an epoch of pure
+  compute (the same steps on the fixed batch), the three alternating for ``--epoch-rounds``
+  rounds (median ratio and range).
 
 With ``--official-dir DIR`` it instead times the model's official implementation, imported
 from a checkout of its repository (line/lighthouse for ``moment_detr`` and ``qd_detr``,
@@ -80,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=at_least(0),
         default=320,
         help="feature files in the epoch test (0 skips it)",
+    )
+    parser.add_argument(
+        "--epoch-rounds",
+        type=at_least(1),
+        default=3,
+        help="rounds of the epoch test (compute, npz, packed epochs alternating; median ratio)",
     )
     parser.add_argument("--threads", type=at_least(1), default=2, help="torch intra-op threads")
     add_set_argument(parser, "model config overrides, e.g. --set hidden_dim=128")
@@ -234,6 +242,54 @@ def _epoch_seconds(
     return time.perf_counter() - start, steps
 
 
+def _compute_epoch_seconds(
+    model: Any, criterion: Any, optimizer: Any, batch: dict[str, Any], steps: int, dtype: Any
+) -> float:
+    """``steps`` steps on the fixed in-memory ``batch``: an epoch of pure compute."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        _step(model, criterion, optimizer, batch, dtype)
+    return time.perf_counter() - start
+
+
+def _epoch_figures(
+    model: Any,
+    criterion: Any,
+    optimizer: Any,
+    datasets: dict[str, Any],
+    fixed: dict[str, Any],
+    batch_size: int,
+    dtype: Any,
+    rounds: int,
+) -> dict[str, Any]:
+    """Epochs through each store's input pipeline and epochs of pure compute (the same number
+    of steps on the fixed batch), alternating compute, npz, packed, compute, ... for
+    ``rounds`` rounds: ``epoch_<store>_ratio`` is the median over the rounds of the store's
+    epoch over that round's compute epoch (``_range``: lowest and highest), so a machine whose
+    speed drifts affects both sides of each ratio alike."""
+    from momentkit.benchmarks.official_timing import ratio
+
+    times: dict[str, list[float]] = {"compute": [], **{label: [] for label in datasets}}
+    for _ in range(rounds):
+        steps = 0
+        for label, dataset in datasets.items():
+            seconds, steps = _epoch_seconds(model, criterion, optimizer, dataset, batch_size, dtype)
+            times[label].append(seconds)
+        times["compute"].append(
+            _compute_epoch_seconds(model, criterion, optimizer, fixed, steps, dtype)
+        )
+    figures: dict[str, Any] = {
+        "epoch_rounds": rounds,
+        "epoch_compute_s": round(statistics.median(times["compute"]), 2),
+    }
+    for label in datasets:
+        r = ratio(times[label], times["compute"])
+        figures[f"epoch_{label}_s"] = round(statistics.median(times[label]), 2)
+        figures[f"epoch_{label}_ratio"] = round(r.median, 3)
+        figures[f"epoch_{label}_ratio_range"] = [round(r.low, 3), round(r.high, 3)]
+    return figures
+
+
 def run(args: argparse.Namespace) -> int:
     """Measure and print the figures."""
     if args.official_dir:
@@ -314,14 +370,12 @@ def run(args: argparse.Namespace) -> int:
             packed_set = MomentDataset(
                 annotations, packed_streams, root / "packed" / "text", **sizes
             )
-            for label, dataset in (("npz", npz_set), ("packed", packed_set)):
-                seconds, steps = _epoch_seconds(
-                    model, criterion, optimizer, dataset, args.batch_size, dtype
+            results.update(
+                _epoch_figures(
+                    model, criterion, optimizer, {"npz": npz_set, "packed": packed_set},
+                    fixed, args.batch_size, dtype, args.epoch_rounds,
                 )
-                compute = steps * step
-                results[f"epoch_{label}_s"] = round(seconds, 2)
-                results[f"epoch_{label}_ratio"] = round(seconds / compute, 3)
-            results["epoch_compute_s"] = round(compute, 2)
+            )  # fmt: skip
 
     title = f"momentkit bench train: {args.model} ({results['shape']}; {device}, {args.precision})"
     table = Table(title=title)
@@ -333,9 +387,11 @@ def run(args: argparse.Namespace) -> int:
     if args.items:
         table.add_row("epoch, pure compute (s)", f"{results['epoch_compute_s']:.2f}")
         for label in ("npz", "packed"):
+            low, high = results[f"epoch_{label}_ratio_range"]
             table.add_row(
                 f"epoch from {label} (s, x compute)",
-                f"{results[f'epoch_{label}_s']:.2f} ({results[f'epoch_{label}_ratio']:.2f}x)",
+                f"{results[f'epoch_{label}_s']:.2f} ({results[f'epoch_{label}_ratio']:.2f}x, "
+                f"{low:.2f}-{high:.2f} over {results['epoch_rounds']} rounds)",
             )
     Console().print(table)
     if "arithmetic" in results:
