@@ -52,6 +52,11 @@ def test_count_flops_counts_the_onednn_linear_forward_and_backward(
     assert count_flops(lambda: layer(x).sum().backward()) == (3 * product, ())
     with torch.inference_mode():
         assert count_flops(lambda: layer(x)) == (product, ())
+    # unset, the first eligible call measures both kernels: not counted as the step's FLOPs
+    monkeypatch.delenv("MOMENTKIT_ONEDNN_LINEAR")
+    monkeypatch.setattr(lin, "_decision", None)
+    assert count_flops(lambda: layer(x)) == (product, ())
+    assert lin._decision is not None
 
 
 def test_count_flops_under_inference_mode() -> None:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _disable_current_modes
 
 #: fewest multiply-adds (rows x in x out) of a product sent to oneDNN (see the module doc)
 MIN_MACS = 1 << 20
@@ -64,7 +65,8 @@ def _measure() -> bool:
         "blas": lambda: (F.linear(x, w), grad.t().mm(x)),
     }
     best = dict.fromkeys(sides, float("inf"))
-    with torch.no_grad():
+    # outside any dispatch mode a caller may be in (a FLOP counter must not count these)
+    with torch.no_grad(), _disable_current_modes():
         try:
             for round_ in range(8):  # the first round warms up, untimed
                 for name, fn in sides.items():
