@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from step_results import step_results
 
 from momentkit.training import compile as compile_module
 from momentkit.training.compile import CompiledModel, compile_model
@@ -100,15 +101,9 @@ def test_compiled_outputs_and_gradients_equal_eager(make_batch) -> None:
     compiled = compile_model(model)
     assert isinstance(compiled, CompiledModel)
     batch = make_batch()
-    results = []
-    for forward in (model, compiled):
-        model.zero_grad()
-        torch.manual_seed(1)
-        out = forward(batch)
-        loss = criterion(out, batch)["loss"]
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((out["pred_spans"].detach(), loss.detach(), grads))
+    results = [
+        step_results(forward, model, criterion, batch, seed=1) for forward in (model, compiled)
+    ]
     (spans, loss, grads), (c_spans, c_loss, c_grads) = results
     torch.testing.assert_close(c_spans, spans, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(c_loss, loss, rtol=1e-5, atol=1e-6)

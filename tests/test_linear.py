@@ -109,6 +109,7 @@ def test_linear_module_is_a_drop_in_nn_linear() -> None:
 def test_tiny_model_step_is_the_same_through_onednn(name, make_batch, monkeypatch) -> None:
     """A whole training step (forward, loss, backward) with every product of the model
     through oneDNN equals the F.linear step: loss, outputs and every gradient."""
+    from step_results import step_results
     from tiny_configs import TINY_DETR
 
     from momentkit.models import build_criterion, build_model
@@ -121,14 +122,8 @@ def test_tiny_model_step_is_the_same_through_onednn(name, make_batch, monkeypatc
     monkeypatch.setattr(lin, "MIN_MACS", 1)
     for setting in ("0", "1"):
         monkeypatch.setenv("MOMENTKIT_ONEDNN_LINEAR", setting)
-        model.zero_grad()
-        torch.manual_seed(2)
-        out = model(batch)
-        loss = criterion(out, batch)["loss"]
-        loss.backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results[setting] = (loss.detach(), out["pred_spans"].detach(), grads)
-    (l0, s0, g0), (l1, s1, g1) = results["0"], results["1"]
+        results[setting] = step_results(model, model, criterion, batch, seed=2)
+    (s0, l0, g0), (s1, l1, g1) = results["0"], results["1"]
     torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-5)
     assert set(g0) == set(g1) and len(g0) > 20
