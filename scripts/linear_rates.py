@@ -28,9 +28,10 @@ from momentkit.modeling.linear import _onednn
 Product = Callable[[], Tensor]
 
 #: (rows, in, out): Moment-DETR's encoder FFN and projections (32 x 107 rows), its video input
-#: projection (32 x 75 rows of 2818), UniMD's ConvNeXt MLP (180 valid steps), a 98-row query
+#: projection (32 x 75 rows of 2818), UniMD's ConvNeXt MLP (180 valid steps), a 98-row query,
+#: LD-DETR's Distill Align queue (32 features against 65536 queued ones)
 SHAPES = [(3424, 256, 1024), (3424, 1024, 256), (3424, 256, 256), (2400, 2818, 256),
-          (180, 512, 2048), (180, 2048, 512), (98, 256, 256)]  # fmt: skip
+          (180, 512, 2048), (180, 2048, 512), (98, 256, 256), (32, 256, 65536)]  # fmt: skip
 
 
 def main() -> None:
