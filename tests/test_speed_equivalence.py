@@ -467,3 +467,40 @@ def test_qd_detr_training_step_is_the_repeated_context_computation(make_batch) -
     assert set(grads) == set(ref_grads)
     for name, g in ref_grads.items():
         torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------- inference loop: modes switched only if needed
+def test_inference_loop_keeps_modes_and_leaves_an_eval_model_untouched(make_batch) -> None:
+    """A model in training mode predicts in eval mode and comes back in training mode (a
+    submodule in training mode under an eval root predicts in eval mode too); a model already
+    in eval mode is not walked by eval()/train() (a tenth of a one-query prediction)."""
+    from unittest.mock import patch
+
+    from tiny_configs import TINY_DETR
+
+    from momentkit.modeling.postprocess import PostProcessor
+    from momentkit.models import build_model
+    from momentkit.training.trainer import inference_loop
+
+    torch.manual_seed(0)
+    model = build_model({"name": "moment_detr", **TINY_DETR})
+    batch, post = make_batch(), PostProcessor()
+    seen: list[bool] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a: seen.append(any(x.training for x in m.modules()))
+    )
+    train_preds = inference_loop(model.train(), [batch], torch.device("cpu"), post)
+    assert seen == [False] and model.training and all(m.training for m in model.modules())
+    model.eval()
+    model.encoder.train()  # one submodule left in training mode
+    inference_loop(model, [batch], torch.device("cpu"), post)
+    assert seen[-1] is False and not model.training  # predicted in eval mode, root restored
+    model.eval()
+    with patch.object(torch.nn.Module, "train", side_effect=AssertionError("walked")) as walk:
+        eval_preds = inference_loop(model, [batch], torch.device("cpu"), post)
+    assert not walk.called and seen[-1] is False
+    hook.remove()
+    assert [p.qid for p in eval_preds] == [p.qid for p in train_preds]
+    for a, b in zip(eval_preds, train_preds):  # eval mode both times: the same predictions
+        assert a.pred_relevant_windows == b.pred_relevant_windows
+        assert a.pred_saliency_scores == b.pred_saliency_scores
