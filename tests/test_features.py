@@ -306,3 +306,49 @@ def test_pack_cli_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
     assert main(["pack", str(tmp_path / "nope"), str(out)]) == 2
     assert "no such feature directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.arange(12, dtype=">f8").reshape(4, 3),  # big-endian float64
+        np.arange(5, dtype=np.int16),  # 1-d (a pooled query feature)
+        np.zeros((0, 7), np.float32),  # no clips
+        np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),  # zipfile's reader
+    ],
+)
+@pytest.mark.parametrize("compressed", [False, True])
+def test_read_npz_direct_read_equals_np_load(tmp_path: Path, array, compressed) -> None:
+    """Uncompressed members are read straight into the array (one copy, CRC checked); every
+    kind of member reads as np.load reads it."""
+    from unittest.mock import patch
+
+    from momentkit.features import npz
+
+    file = tmp_path / "a.npz"
+    (np.savez_compressed if compressed else np.savez)(file, features=array)
+    returned = []
+    real = npz._read_stored
+    with patch.object(npz, "_read_stored", lambda *a: returned.append(real(*a)) or returned[-1]):
+        got, name = npz.read_npz(file, None)
+    expected = np.load(file)["features"].astype(np.float32)
+    assert name == "features" and got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected if expected.ndim == 2 else expected[None])
+    took_direct = len(returned) == 1 and returned[0] is not None
+    assert took_direct is (not compressed and not np.isfortran(array))
+
+
+def test_read_npz_direct_read_checks_the_crc(tmp_path: Path) -> None:
+    """A flipped data byte in an uncompressed member is caught by its CRC-32, as zipfile's
+    own reader catches it."""
+    from momentkit.features.npz import read_npz
+
+    file = tmp_path / "a.npz"
+    np.savez(file, features=np.ones((64, 256), np.float32))  # larger than zipfile's read-ahead
+    raw = bytearray(file.read_bytes())
+    at = raw.rindex(np.float32(1.0).tobytes()) + 1  # inside the last value
+    raw[at] ^= 0x01
+    file.write_bytes(bytes(raw))
+    with pytest.raises(FeatureError, match="a.npz: array 'features' fails its CRC-32 check"):
+        read_npz(file, None)
