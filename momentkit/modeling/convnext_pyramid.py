@@ -140,9 +140,7 @@ class ConvNeXtBlock1d(nn.Module):
         """
         out, _ = self.dwconv(x, mask)
         out = out.transpose(1, 2)  # (B, T, C)
-        packing = packing_of(mask)
-        if packing is not None and len(packing.rows) > (1 - PACK_MIN_PADDING) * mask.numel():
-            packing = None  # little padding: gathering costs more than it saves
+        packing = packing_of(mask, min_padding=PACK_MIN_PADDING)
         out = self._branch(out if packing is None else packing.pack(out))
         if packing is not None:
             out = packing.pad(out)

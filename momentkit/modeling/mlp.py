@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from momentkit.modeling.dropout import Dropout
 from momentkit.modeling.linear import Linear
+from momentkit.modeling.packing import packing_of
 
 
 class MLP(nn.Module):
@@ -93,13 +94,10 @@ class InputProjection(nn.Module):
         """``x`` ``(B, L, in_dim)``, ``mask`` ``(B, L)`` (True = valid) -> ``(B, L, out_dim)``."""
         if mask is None:
             return self.layers(x)
-        batch, length = mask.shape
-        padded = batch * length - int(mask.sum())
-        if padded == 0:
-            return self.layers(x)
-        if padded < PACK_MIN_PADDING * batch * length:  # masked_fill: NaN padding ends as 0 too
-            return self.layers(x).masked_fill(~mask.unsqueeze(-1), 0.0)
-        rows = mask.reshape(-1).nonzero().squeeze(1)
-        projected = self.layers(x.reshape(batch * length, -1).index_select(0, rows))
-        out = projected.new_zeros(batch * length, self.out_dim)
-        return out.index_copy(0, rows, projected).view(batch, length, self.out_dim)
+        packing = packing_of(mask, min_padding=PACK_MIN_PADDING)
+        if packing is not None:
+            return packing.pad(self.layers(packing.pack(x)))
+        out = self.layers(x)
+        if bool(mask.all()):
+            return out
+        return out.masked_fill(~mask.unsqueeze(-1), 0.0)  # NaN padding ends as 0 too

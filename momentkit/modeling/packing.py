@@ -53,9 +53,15 @@ class Packing:
         return flat.view(self.batch, self.length, *x.shape[1:])
 
 
-def packing_of(mask: Tensor | None) -> Packing | None:
-    """The :class:`Packing` of ``mask`` ``(B, L)``, or ``None`` when it has no padding."""
-    if mask is None or bool(mask.all()):
+def packing_of(mask: Tensor | None, min_padding: float = 0.0) -> Packing | None:
+    """The :class:`Packing` of ``mask`` ``(B, L)``, or ``None`` when it has no padding or
+    less than ``min_padding`` (a share of the ``B * L`` rows) of it: below some share,
+    gathering the valid rows costs more than the padded rows' work it saves
+    (:data:`~momentkit.modeling.mlp.PACK_MIN_PADDING`)."""
+    if mask is None:
+        return None
+    padded = mask.numel() - int(mask.bool().sum())
+    if padded == 0 or padded < min_padding * mask.numel():
         return None
     return Packing.of(mask.bool())
 
