@@ -104,7 +104,9 @@ def _check_member(archive: zipfile.ZipFile, name: str, file: Path) -> _Header | 
     return _Header(tuple(shape), bool(fortran), dtype, header)
 
 
-def _read_stored(file: Path, info: zipfile.ZipInfo, header: _Header) -> np.ndarray | None:
+def _read_stored(
+    archive: zipfile.ZipFile, file: Path, info: zipfile.ZipInfo, header: _Header
+) -> np.ndarray | None:
     """The array of an uncompressed (``numpy.savez``) member read straight into its buffer,
     the member's CRC-32 checked; ``None`` where the standard reader must do it (compressed,
     encrypted, Fortran-ordered, object or sizes that do not add up).
@@ -124,16 +126,18 @@ def _read_stored(file: Path, info: zipfile.ZipInfo, header: _Header) -> np.ndarr
     array = np.empty(header.shape, dtype)
     if info.file_size != header.length + array.nbytes:
         return None
-    with open(file, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)
-        if len(local) != 30 or local[:4] != b"PK\x03\x04":
-            return None
-        name_length, extra_length = struct.unpack("<HH", local[26:30])
-        f.seek(info.header_offset + 30 + name_length + extra_length)
-        npy_header = f.read(header.length)
-        data = memoryview(array.reshape(-1)).cast("B") if array.size else memoryview(b"")
-        read = f.readinto(data) if array.size else 0
+    f = archive.fp  # the archive's own file handle (no member is open): no second open
+    if f is None:
+        return None
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        return None
+    name_length, extra_length = struct.unpack("<HH", local[26:30])
+    f.seek(info.header_offset + 30 + name_length + extra_length)
+    npy_header = f.read(header.length)
+    data = memoryview(array.reshape(-1)).cast("B") if array.size else memoryview(b"")
+    read = f.readinto(data) if array.size else 0
     if len(npy_header) != header.length or read != array.nbytes:
         return None
     if zlib.crc32(data, zlib.crc32(npy_header)) != info.CRC:
@@ -167,7 +171,7 @@ def read_npz(file: Path, field: str | None) -> tuple[np.ndarray, str]:
             name = select_field(names, field, str(file))
             header = _check_member(archive, name, file)
             info = archive.getinfo(f"{name}.npy")
-            array = None if header is None else _read_stored(file, info, header)
+            array = None if header is None else _read_stored(archive, file, info, header)
             if array is None:  # as np.load reads it, from the archive already open
                 with archive.open(info) as member:
                     array = np.lib.format.read_array(member, allow_pickle=False)
