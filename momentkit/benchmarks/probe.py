@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 "train_accuracy": round(_accuracy(model, train_set, collate), 4),
                 "val_accuracy": round(_accuracy(model, val_set, collate), 4),
                 **{k: round(v.item(), 4) for k, v in losses.items() if "saliency" in k},
-                "seconds": round(time.perf_counter() - start, 1),
+                "seconds": round(time.perf_counter() - start, 3),
             }
             reports.append(report)
             print(json.dumps(report), flush=True)
