@@ -11,13 +11,17 @@ The same-run tables of the README were taken at commit 56c9bbb; two model change
 "before" restores the old behaviour (threshold 0, the model module's ``in_float32`` made a plain
 call), "after" is the code as it is. ``--change onednn-linear`` times the float32 linear layers
 through oneDNN (``momentkit.modeling.linear``; before: ``MOMENTKIT_ONEDNN_LINEAR=0``, after:
-``1``). The two sides alternate (before, after, before, ...) on the same inputs and the same
-weights: ``predict`` over QVHighlights-shaped batches (1550 queries, batches of 100, every 4th
-video shorter) and a training step (32 videos, forward + loss + backward + AdamW)::
+``1``). ``--change row-blocks`` times evaluation with and without row blocks and grouped
+attention (``momentkit.modeling.row_blocks``; before: ``BLOCK_BYTES`` so large that every call
+takes the whole batch). The two sides alternate (before, after, before, ...) on the same
+inputs and the same weights: ``predict`` over QVHighlights-shaped batches (1550 queries,
+batches of 100, every 4th video shorter) and a training step (32 videos, forward + loss +
+backward + AdamW)::
 
     python scripts/speed_ab.py --model moment_detr --precision fp32 --rounds 4
     python scripts/speed_ab.py --model moment_detr --precision bf16 --rounds 4
     python scripts/speed_ab.py --model qd_detr --change onednn-linear --rounds 2 --steps 6
+    python scripts/speed_ab.py --model moment_detr --change row-blocks --rounds 6 --steps 0
 
 Prints the medians and the ratio after / before (median and range over the rounds).
 """
@@ -36,7 +40,7 @@ import torch
 from momentkit.benchmarks.infer import _batches, momentkit_only
 from momentkit.benchmarks.official import alternate, load_average, ratio, threads, timed
 from momentkit.benchmarks.train import _step
-from momentkit.modeling import mlp
+from momentkit.modeling import mlp, row_blocks
 from momentkit.models import build_criterion
 from momentkit.training.trainer import autocast_dtype
 
@@ -46,19 +50,25 @@ def main() -> None:
     parser.add_argument("--model", default="moment_detr")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--rounds", type=int, default=4, help="predict rounds per side")
-    parser.add_argument("--steps", type=int, default=10, help="training-step rounds per side")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="training-step rounds per side (0: none)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--change",
-        choices=["packing-and-saliency", "onednn-linear"],
+        choices=["packing-and-saliency", "onednn-linear", "row-blocks"],
         default="packing-and-saliency",
     )
     args = parser.parse_args()
     pair = momentkit_only(args.model, "cpu", args.precision)
     module = sys.modules[type(pair.momentkit).__module__]  # where the model calls in_float32
     current = getattr(module, "in_float32", None)
+    blocks = row_blocks.BLOCK_BYTES
 
     def code(before: bool) -> None:
+        if args.change == "row-blocks":
+            row_blocks.BLOCK_BYTES = 1 << 62 if before else blocks
+            return
         if args.change == "onednn-linear":
             os.environ["MOMENTKIT_ONEDNN_LINEAR"] = "0" if before else "1"
             return
@@ -100,8 +110,9 @@ def main() -> None:
                 pair.device,
             )
 
-        sides = {"before": step(True), "after": step(False)}
-        report("training step", alternate(sides, repeats=args.steps, warmup=3))
+        if args.steps:
+            sides = {"before": step(True), "after": step(False)}
+            report("training step", alternate(sides, repeats=args.steps, warmup=3))
         print("load average after", load_average())
     code(False)
 

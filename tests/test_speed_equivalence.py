@@ -504,3 +504,84 @@ def test_inference_loop_keeps_modes_and_leaves_an_eval_model_untouched(make_batc
     for a, b in zip(eval_preds, train_preds):  # eval mode both times: the same predictions
         assert a.pred_relevant_windows == b.pred_relevant_windows
         assert a.pred_saliency_scores == b.pred_saliency_scores
+
+
+# ------------------------------------------ inference: row blocks and grouped attention
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 8 rows of 16-wide intermediates (and 1-2 items of attention) for tiny models."""
+    from momentkit.modeling import row_blocks
+
+    monkeypatch.setattr(row_blocks, "BLOCK_BYTES", 8 * 16 * 4)
+    monkeypatch.setattr(row_blocks, "MIN_BLOCK_ROWS", 8)
+
+
+def test_row_blocks_split_only_without_autograd(small_blocks) -> None:
+    from momentkit.modeling.row_blocks import by_row_blocks
+
+    seen: list[int] = []
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[:-1].numel())
+        return torch.cat([x.sum(-1, keepdim=True), x * 2], -1)
+
+    x = torch.randn(3, 13, 16)
+    with torch.no_grad():
+        out = by_row_blocks(rows, x, 16)
+    assert seen == [8, 8, 8, 8, 7]  # 39 rows in blocks of 8
+    assert out.shape == (3, 13, 17) and torch.equal(out, rows(x))
+    seen.clear()
+    by_row_blocks(rows, x.requires_grad_(), 16)  # autograd records: one call
+    assert seen == [39]
+    seen.clear()
+    with torch.no_grad():
+        by_row_blocks(rows, x[:, :1], 16)  # 3 rows: under two blocks, one call
+    assert seen == [3]
+
+
+def test_feed_forward_and_input_projection_in_blocks_equal_the_whole(small_blocks) -> None:
+    from momentkit.modeling.mlp import InputProjection
+    from momentkit.modeling.transformer import FeedForward
+
+    torch.manual_seed(0)
+    ffn = FeedForward(16, 32, dropout=0.1).eval()
+    proj = InputProjection(24, 16, num_layers=2, dropout=0.5).eval()
+    x, feats = torch.randn(5, 11, 16), torch.randn(5, 11, 24)
+    mask = torch.ones(5, 11, dtype=torch.bool)
+    mask[1, 9:] = False  # below the packing threshold: every row projected, padding zeroed
+    whole = ffn(x), proj(feats, mask), proj(feats)
+    with torch.no_grad():
+        blocks = ffn(x), proj(feats, mask), proj(feats)
+    for a, b in zip(blocks, whole):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_grouped_attention_equals_the_whole_padded_batch(small_blocks) -> None:
+    """Evaluation of many items: packed self-attention in groups of items (here 1 item a
+    group: 7 rows x 3 x 16 wide > 8 x 16) gives the padded, key-masked batch's valid rows."""
+    from momentkit.modeling import attention
+    from momentkit.modeling.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(16, 2, 2, 32, dropout=0.1).eval()
+    lengths = torch.tensor([7, 3, 1, 5, 6, 7, 2])
+    assert len(lengths) > attention.PER_ITEM_MAX  # not the per-item path
+    mask = torch.arange(7)[None] < lengths[:, None]
+    mask[3, 1] = False
+    x, pos = torch.randn(7, 7, 16), torch.randn(7, 7, 16)
+    calls = []
+    grouped = attention.grouped_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[-1])
+        return grouped(*args, **kwargs)
+
+    attention.grouped_attention = counted
+    try:
+        with torch.no_grad():
+            plain = encoder(x, pos, mask, skip_padding=False) * mask[..., None]
+            out = encoder(x, pos, mask, skip_padding=True)
+    finally:
+        attention.grouped_attention = grouped
+    assert calls == [1, 1]  # both layers, one item a group
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from momentkit.modeling.dropout import Dropout
 from momentkit.modeling.linear import Linear
 from momentkit.modeling.packing import packing_of
+from momentkit.modeling.row_blocks import by_row_blocks
 
 
 class MLP(nn.Module):
@@ -93,11 +94,17 @@ class InputProjection(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``x`` ``(B, L, in_dim)``, ``mask`` ``(B, L)`` (True = valid) -> ``(B, L, out_dim)``."""
         if mask is None:
-            return self.layers(x)
+            return self._rows(x)
         packing = packing_of(mask, min_padding=PACK_MIN_PADDING)
         if packing is not None:
-            return packing.pad(self.layers(packing.pack(x)))
-        out = self.layers(x)
+            return packing.pad(self._rows(packing.pack(x)))
+        out = self._rows(x)
         if bool(mask.all()):
             return out
         return out.masked_fill(~mask.unsqueeze(-1), 0.0)  # NaN padding ends as 0 too
+
+    def _rows(self, x: Tensor) -> Tensor:
+        """The layers on ``(..., in_dim)`` rows (blocks of rows without autograd:
+        :func:`~momentkit.modeling.row_blocks.by_row_blocks`)."""
+        width = max(self.layers[0].linear.in_features, self.out_dim)
+        return by_row_blocks(self.layers, x, width)

@@ -20,6 +20,7 @@ from momentkit.modeling.dropout import Dropout
 from momentkit.modeling.linear import Linear
 from momentkit.modeling.packing import Packing, packing_of
 from momentkit.modeling.prelu import PReLU
+from momentkit.modeling.row_blocks import by_row_blocks
 
 _ACTIVATIONS: dict[str, Callable[[], Callable[[Tensor], Tensor]]] = {
     "relu": lambda: F.relu,
@@ -82,7 +83,11 @@ class FeedForward(nn.Module):
         self.activation = _ACTIVATIONS[activation]()
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(..., d)`` -> ``(..., d)``."""
+        """``(..., d)`` -> ``(..., d)`` (on blocks of rows without autograd:
+        :func:`~momentkit.modeling.row_blocks.by_row_blocks`)."""
+        return by_row_blocks(self._rows, x, self.linear1.out_features)
+
+    def _rows(self, x: Tensor) -> Tensor:
         hidden = self.linear1(x)
         if self.activation is F.relu:  # in place: addmm's backward does not read its output
             hidden = F.relu_(hidden)
