@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from momentkit.modeling import row_blocks
 from momentkit.modeling.dropout import fast_dropout
 from momentkit.modeling.linear import Linear, linear
 from momentkit.modeling.packing import Packing
-from momentkit.modeling import row_blocks
 
 
 def split_heads(x: Tensor, nhead: int) -> Tensor:
