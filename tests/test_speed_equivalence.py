@@ -585,3 +585,18 @@ def test_grouped_attention_equals_the_whole_padded_batch(small_blocks) -> None:
         attention.grouped_attention = grouped
     assert calls == [1, 1]  # both layers, one item a group
     torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_prelu_slope_gradient_in_half_precision_is_summed_in_float32(dtype: torch.dtype) -> None:
+    """The slope gradient of a bf16 / fp16 activation is the float32 sum of its products: its
+    error against the exact (float64) sum of the same values is float32 rounding, far below
+    one bf16 / fp16 rounding step (what a dot product in the activation's dtype makes)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 1024, generator=g).to(dtype)
+    grad = torch.randn(300, 1024, generator=g).to(dtype)
+    w = torch.tensor([0.25], requires_grad=True)
+    prelu(x.requires_grad_(), w).backward(grad)
+    exact = torch.dot(x.detach().double().clamp(max=0).reshape(-1), grad.double().reshape(-1))
+    assert w.grad is not None and w.grad.dtype == torch.float32
+    assert abs(float(w.grad) - float(exact)) <= 1e-5 * float(exact.abs()) + 1e-4

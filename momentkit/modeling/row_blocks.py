@@ -7,8 +7,10 @@ caches: Moment-DETR's input projection of 100 QVHighlights videos normalises a 1
 float32 tensor (85 MB) before its product, and each feed-forward layer writes a ~9500 x 1024
 hidden activation (39 MB). Allocations above glibc's largest mmap threshold (32 MB) are fresh
 pages every call, so writing them costs page faults as well. Run on blocks whose widest
-intermediate is about :data:`BLOCK_BYTES`, the same layers took 0.75 (the feed-forward layer) and
-0.78 (the 2818-d input projection) of the whole-matrix time (``docs/models.md``, "Row blocks").
+intermediate is about :data:`BLOCK_BYTES` (with packed self-attention in groups of items,
+:func:`~momentkit.modeling.attention.grouped_attention`), predicting 1550 QVHighlights-shaped
+queries in batches of 100 took 0.90x the time for Moment-DETR and 0.96x for QD-DETR
+(``scripts/speed_ab.py --change row-blocks``; ``docs/models.md``, "Row blocks").
 
 With autograd recording, every intermediate is kept for the backward pass anyway, so blocks
 would only add calls: :func:`by_row_blocks` then calls the function once.
