@@ -13,7 +13,9 @@ call), "after" is the code as it is. ``--change onednn-linear`` times the float3
 through oneDNN (``momentkit.modeling.linear``; before: ``MOMENTKIT_ONEDNN_LINEAR=0``, after:
 ``1``). ``--change row-blocks`` times evaluation with and without row blocks and grouped
 attention (``momentkit.modeling.row_blocks``; before: ``BLOCK_BYTES`` so large that every call
-takes the whole batch). The two sides alternate (before, after, before, ...) on the same
+takes the whole batch). ``--change prelu-bf16`` times PReLU's slope gradient in bf16 against
+float32 sums (``momentkit.modeling.prelu``; before: ``torch.dot`` in the activation's dtype);
+use it with ``--precision bf16``. The two sides alternate (before, after, before, ...) on the same
 inputs and the same weights: ``predict`` over QVHighlights-shaped batches (1550 queries,
 batches of 100, every 4th video shorter) and a training step (32 videos, forward + loss +
 backward + AdamW)::
@@ -22,6 +24,7 @@ backward + AdamW)::
     python scripts/speed_ab.py --model moment_detr --precision bf16 --rounds 4
     python scripts/speed_ab.py --model qd_detr --change onednn-linear --rounds 2 --steps 6
     python scripts/speed_ab.py --model moment_detr --change row-blocks --rounds 6 --steps 0
+    python scripts/speed_ab.py --model qd_detr --precision bf16 --change prelu-bf16 --rounds 0
 
 Prints the medians and the ratio after / before (median and range over the rounds).
 """
@@ -40,7 +43,7 @@ import torch
 from momentkit.benchmarks.infer import _batches, momentkit_only
 from momentkit.benchmarks.official import alternate, load_average, ratio, threads, timed
 from momentkit.benchmarks.train import _step
-from momentkit.modeling import mlp, row_blocks
+from momentkit.modeling import mlp, prelu, row_blocks
 from momentkit.models import build_criterion
 from momentkit.training.trainer import autocast_dtype
 
@@ -49,23 +52,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="moment_detr")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--rounds", type=int, default=4, help="predict rounds per side")
+    parser.add_argument("--rounds", type=int, default=4, help="predict rounds per side (0: none)")
     parser.add_argument(
         "--steps", type=int, default=10, help="training-step rounds per side (0: none)"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--change",
-        choices=["packing-and-saliency", "onednn-linear", "row-blocks"],
+        choices=["packing-and-saliency", "onednn-linear", "row-blocks", "prelu-bf16"],
         default="packing-and-saliency",
     )
     args = parser.parse_args()
     pair = momentkit_only(args.model, "cpu", args.precision)
     module = sys.modules[type(pair.momentkit).__module__]  # where the model calls in_float32
     current = getattr(module, "in_float32", None)
-    blocks = row_blocks.BLOCK_BYTES
+    blocks, blas = row_blocks.BLOCK_BYTES, prelu._BLAS_DTYPES
 
     def code(before: bool) -> None:
+        if args.change == "prelu-bf16":
+            halves = (torch.bfloat16, torch.float16)
+            prelu._BLAS_DTYPES = blas + halves if before else blas
+            return
         if args.change == "row-blocks":
             row_blocks.BLOCK_BYTES = 1 << 62 if before else blocks
             return
@@ -96,8 +103,9 @@ def main() -> None:
         def predict(before: bool) -> Callable[[], Any]:
             return timed(lambda: (code(before), pair.momentkit_predict(batches)), pair.device)
 
-        sides = {"before": predict(True), "after": predict(False)}
-        report("predict, 1550 queries", alternate(sides, repeats=args.rounds, warmup=1))
+        if args.rounds:
+            sides = {"before": predict(True), "after": predict(False)}
+            report("predict, 1550 queries", alternate(sides, repeats=args.rounds, warmup=1))
 
         model = pair.momentkit.train()
         criterion = build_criterion(model.config)
