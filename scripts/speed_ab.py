@@ -15,16 +15,19 @@ through oneDNN (``momentkit.modeling.linear``; before: ``MOMENTKIT_ONEDNN_LINEAR
 attention (``momentkit.modeling.row_blocks``; before: ``BLOCK_BYTES`` so large that every call
 takes the whole batch). ``--change prelu-bf16`` times PReLU's slope gradient in bf16 against
 float32 sums (``momentkit.modeling.prelu``; before: ``torch.dot`` in the activation's dtype);
-use it with ``--precision bf16``. The two sides alternate (before, after, before, ...) on the same
-inputs and the same weights: ``predict`` over QVHighlights-shaped batches (1550 queries,
-batches of 100, every 4th video shorter) and a training step (32 videos, forward + loss +
-backward + AdamW)::
+use it with ``--precision bf16``. ``--change dropout-cost`` is not a speed change but a bound:
+"after" runs every dropout as the identity (a different function), so after / before is the
+least share of the training step any faster dropout could leave. The two sides alternate
+(before, after, before, ...) on the same inputs and the same weights: ``predict`` over
+QVHighlights-shaped batches (1550 queries, batches of 100, every 4th video shorter) and a
+training step (32 videos, forward + loss + backward + AdamW)::
 
     python scripts/speed_ab.py --model moment_detr --precision fp32 --rounds 4
     python scripts/speed_ab.py --model moment_detr --precision bf16 --rounds 4
     python scripts/speed_ab.py --model qd_detr --change onednn-linear --rounds 2 --steps 6
     python scripts/speed_ab.py --model moment_detr --change row-blocks --rounds 6 --steps 0
     python scripts/speed_ab.py --model qd_detr --precision bf16 --change prelu-bf16 --rounds 0
+    python scripts/speed_ab.py --model moment_detr --change dropout-cost --rounds 0 --steps 10
 
 Prints the medians and the ratio after / before (median and range over the rounds).
 """
@@ -43,7 +46,7 @@ import torch
 from momentkit.benchmarks.infer import _batches, momentkit_only
 from momentkit.benchmarks.official import alternate, load_average, ratio, threads, timed
 from momentkit.benchmarks.train import _step
-from momentkit.modeling import mlp, prelu, row_blocks
+from momentkit.modeling import attention, dropout, mlp, prelu, row_blocks
 from momentkit.models import build_criterion
 from momentkit.training.trainer import autocast_dtype
 
@@ -59,7 +62,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--change",
-        choices=["packing-and-saliency", "onednn-linear", "row-blocks", "prelu-bf16"],
+        choices=[
+            "packing-and-saliency",
+            "onednn-linear",
+            "row-blocks",
+            "prelu-bf16",
+            "dropout-cost",
+        ],
         default="packing-and-saliency",
     )
     args = parser.parse_args()
@@ -67,8 +76,13 @@ def main() -> None:
     module = sys.modules[type(pair.momentkit).__module__]  # where the model calls in_float32
     current = getattr(module, "in_float32", None)
     blocks, blas = row_blocks.BLOCK_BYTES, prelu._BLAS_DTYPES
+    dropout_fn = dropout.fast_dropout
 
     def code(before: bool) -> None:
+        if args.change == "dropout-cost":
+            drop = dropout_fn if before else (lambda x, *a, **k: x)
+            dropout.fast_dropout = attention.fast_dropout = drop
+            return
         if args.change == "prelu-bf16":
             halves = (torch.bfloat16, torch.float16)
             prelu._BLAS_DTYPES = blas + halves if before else blas
