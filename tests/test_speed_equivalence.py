@@ -600,3 +600,24 @@ def test_prelu_slope_gradient_in_half_precision_is_summed_in_float32(dtype: torc
     exact = torch.dot(x.detach().double().clamp(max=0).reshape(-1), grad.double().reshape(-1))
     assert w.grad is not None and w.grad.dtype == torch.float32
     assert abs(float(w.grad) - float(exact)) <= 1e-5 * float(exact.abs()) + 1e-4
+
+
+def test_training_mode_without_autograd_keeps_whole_batch_dropout(small_blocks) -> None:
+    """Under ``torch.no_grad`` in training mode (dropout on) nothing is split: the same seed
+    draws the same masks as with autograd, and attention keeps its dropout."""
+    from momentkit.modeling.mlp import InputProjection
+    from momentkit.modeling.transformer import FeedForward, TransformerEncoder
+
+    torch.manual_seed(0)
+    ffn, proj = FeedForward(16, 32, dropout=0.3).train(), InputProjection(24, 16, 2, 0.5).train()
+    encoder = TransformerEncoder(16, 2, 1, 32, dropout=0.3).train()
+    x, feats = torch.randn(5, 11, 16), torch.randn(5, 11, 24)
+    mask = torch.arange(11)[None] < torch.tensor([11, 3, 7, 9, 5, 2, 8])[:, None]
+    xe, pe = torch.randn(7, 11, 16), torch.randn(7, 11, 16)
+    outs = []
+    for grad in (True, False):
+        torch.manual_seed(1)
+        with torch.set_grad_enabled(grad):
+            outs.append((ffn(x), proj(feats), encoder(xe, pe, mask, skip_padding=True)))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

@@ -217,7 +217,7 @@ class MultiheadAttention(nn.Module):
             k, v = k.index_select(0, key_index), v.index_select(0, key_index)
         if packing is not None and self._per_item(gate, allowed, q, packing):
             return self.out_proj(packed_attention(q, k, v, self.nhead, packing.offsets))
-        items = self._group_items(gate, allowed, key_mask, q, packing)
+        items = self._group_items(gate, allowed, q, packing)
         if packing is not None and key_mask is not None and items < packing.batch:
             grouped = grouped_attention(q, k, v, self.nhead, packing, key_mask, items)
             return self.out_proj(grouped)
@@ -239,19 +239,17 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(merged if packing is None else packing.pack(merged))
 
     def _group_items(
-        self,
-        gate: Tensor | None,
-        allowed: Tensor | None,
-        key_mask: Tensor | None,
-        q: Tensor,
-        packing: Packing | None,
+        self, gate: Tensor | None, allowed: Tensor | None, q: Tensor, packing: Packing | None
     ) -> int:
         """Items per call of packed self-attention without autograd (:func:`grouped_attention`):
         enough for a padded query-key-value copy of about
         :data:`~momentkit.modeling.row_blocks.BLOCK_BYTES`; the whole batch when autograd
-        records, or with a gate or pair mask."""
-        if packing is None or torch.is_grad_enabled() or gate is not None or allowed is not None:
-            return packing.batch if packing is not None else 0
+        records, with attention dropout (training mode), a gate or a pair mask."""
+        if packing is None:
+            return 0
+        dropout = self.training and self.dropout > 0.0
+        if torch.is_grad_enabled() or dropout or gate is not None or allowed is not None:
+            return packing.batch
         per_item = packing.length * 3 * q.shape[-1] * q.element_size()
         return max(1, row_blocks.BLOCK_BYTES // per_item)
 

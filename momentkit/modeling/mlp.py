@@ -104,7 +104,9 @@ class InputProjection(nn.Module):
         return out.masked_fill(~mask.unsqueeze(-1), 0.0)  # NaN padding ends as 0 too
 
     def _rows(self, x: Tensor) -> Tensor:
-        """The layers on ``(..., in_dim)`` rows (blocks of rows without autograd:
-        :func:`~momentkit.modeling.row_blocks.by_row_blocks`)."""
+        """The layers on ``(..., in_dim)`` rows (in evaluation mode without autograd, on blocks
+        of rows: :func:`~momentkit.modeling.row_blocks.by_row_blocks`)."""
+        if self.training:
+            return self.layers(x)
         width = max(self.layers[0].linear.in_features, self.out_dim)
         return by_row_blocks(self.layers, x, width)

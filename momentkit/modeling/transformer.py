@@ -83,8 +83,11 @@ class FeedForward(nn.Module):
         self.activation = _ACTIVATIONS[activation]()
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(..., d)`` -> ``(..., d)`` (on blocks of rows without autograd:
-        :func:`~momentkit.modeling.row_blocks.by_row_blocks`)."""
+        """``(..., d)`` -> ``(..., d)`` (in evaluation mode without autograd, on blocks of rows:
+        :func:`~momentkit.modeling.row_blocks.by_row_blocks`; in training mode in one call, so
+        that dropout draws one mask as with autograd)."""
+        if self.training:
+            return self._rows(x)
         return by_row_blocks(self._rows, x, self.linear1.out_features)
 
     def _rows(self, x: Tensor) -> Tensor:
