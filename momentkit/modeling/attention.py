@@ -217,10 +217,11 @@ class MultiheadAttention(nn.Module):
             k, v = k.index_select(0, key_index), v.index_select(0, key_index)
         if packing is not None and self._per_item(gate, allowed, q, packing):
             return self.out_proj(packed_attention(q, k, v, self.nhead, packing.offsets))
-        items = self._group_items(gate, allowed, q, packing)
-        if packing is not None and key_mask is not None and items < packing.batch:
-            grouped = grouped_attention(q, k, v, self.nhead, packing, key_mask, items)
-            return self.out_proj(grouped)
+        if packing is not None and key_mask is not None:
+            items = self._group_items(gate, allowed, q, packing)
+            if items < packing.batch:
+                grouped = grouped_attention(q, k, v, self.nhead, packing, key_mask, items)
+                return self.out_proj(grouped)
         if packing is not None:  # to the padded layout (q and k padded as one when they are)
             q, k = packing.pad(qk).chunk(2, dim=-1) if qk is not None else map(packing.pad, (q, k))
             v = packing.pad(v)
@@ -239,16 +240,13 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(merged if packing is None else packing.pack(merged))
 
     def _group_items(
-        self, gate: Tensor | None, allowed: Tensor | None, q: Tensor, packing: Packing | None
+        self, gate: Tensor | None, allowed: Tensor | None, q: Tensor, packing: Packing
     ) -> int:
         """Items per call of packed self-attention without autograd (:func:`grouped_attention`):
         enough for a padded query-key-value copy of about
         :data:`~momentkit.modeling.row_blocks.BLOCK_BYTES`; the whole batch when autograd
-        records, with attention dropout (training mode), a gate or a pair mask."""
-        if packing is None:
-            return 0
-        dropout = self.training and self.dropout > 0.0
-        if torch.is_grad_enabled() or dropout or gate is not None or allowed is not None:
+        records, or without :meth:`_plain` attention."""
+        if torch.is_grad_enabled() or not self._plain(gate, allowed):
             return packing.batch
         per_item = packing.length * 3 * q.shape[-1] * q.element_size()
         return max(1, row_blocks.BLOCK_BYTES // per_item)
@@ -257,12 +255,16 @@ class MultiheadAttention(nn.Module):
         self, gate: Tensor | None, allowed: Tensor | None, q: Tensor, packing: Packing
     ) -> bool:
         """Whether packed self-attention runs item by item (:func:`packed_attention`): on the
-        CPU, for at most :data:`PER_ITEM_MAX` items, with no attention dropout, gate or pair
-        mask (dropout draws its masks over the padded layout, so training keeps that path and
-        its random stream)."""
-        no_dropout = not self.training or self.dropout == 0.0
+        CPU, for at most :data:`PER_ITEM_MAX` items, with :meth:`_plain` attention."""
         few = packing.batch <= PER_ITEM_MAX
-        return few and no_dropout and gate is None and allowed is None and q.device.type == "cpu"
+        return few and self._plain(gate, allowed) and q.device.type == "cpu"
+
+    def _plain(self, gate: Tensor | None, allowed: Tensor | None) -> bool:
+        """No attention dropout, gate or pair mask: what the packed paths compute (dropout
+        draws its masks over the padded layout, so training keeps that path and its random
+        stream)."""
+        no_dropout = not self.training or self.dropout == 0.0
+        return no_dropout and gate is None and allowed is None
 
 
 class ProjectedAttention(nn.Module):

@@ -106,7 +106,5 @@ class InputProjection(nn.Module):
     def _rows(self, x: Tensor) -> Tensor:
         """The layers on ``(..., in_dim)`` rows (in evaluation mode without autograd, on blocks
         of rows: :func:`~momentkit.modeling.row_blocks.by_row_blocks`)."""
-        if self.training:
-            return self.layers(x)
         width = max(self.layers[0].linear.in_features, self.out_dim)
-        return by_row_blocks(self.layers, x, width)
+        return by_row_blocks(self.layers, x, width, self.training)

@@ -35,15 +35,19 @@ def block_rows(width: int, element_size: int = 4) -> int:
     return max(MIN_BLOCK_ROWS, BLOCK_BYTES // max(1, width * element_size))
 
 
-def by_row_blocks(fn: Callable[[Tensor], Tensor], x: Tensor, width: int) -> Tensor:
+def by_row_blocks(
+    fn: Callable[[Tensor], Tensor], x: Tensor, width: int, training: bool = False
+) -> Tensor:
     """``fn(x)`` for a row-wise ``fn``: ``(..., d)`` -> ``(..., d_out)``.
 
     ``width``: elements of the widest intermediate ``fn`` writes per row (e.g. a feed-forward
-    layer's hidden width). Without autograd recording (``torch.no_grad`` / ``inference_mode``)
-    and with more than two blocks' rows, ``fn`` runs on consecutive blocks of the flattened rows
-    (:func:`block_rows`) and the results are concatenated; otherwise it runs once on ``x``.
+    layer's hidden width). In evaluation mode (``training`` False: dropout in ``fn`` draws no
+    mask, so splitting cannot change its random stream), without autograd recording
+    (``torch.no_grad`` / ``inference_mode``) and with more than two blocks' rows, ``fn`` runs on
+    consecutive blocks of the flattened rows (:func:`block_rows`) and the results are
+    concatenated; otherwise it runs once on ``x``.
     """
-    if torch.is_grad_enabled() or x.dim() < 2:
+    if training or torch.is_grad_enabled() or x.dim() < 2:
         return fn(x)
     rows = x.numel() // max(1, x.shape[-1])
     block = block_rows(width, x.element_size())

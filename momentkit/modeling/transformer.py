@@ -84,11 +84,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(..., d)`` -> ``(..., d)`` (in evaluation mode without autograd, on blocks of rows:
-        :func:`~momentkit.modeling.row_blocks.by_row_blocks`; in training mode in one call, so
-        that dropout draws one mask as with autograd)."""
-        if self.training:
-            return self._rows(x)
-        return by_row_blocks(self._rows, x, self.linear1.out_features)
+        :func:`~momentkit.modeling.row_blocks.by_row_blocks`)."""
+        return by_row_blocks(self._rows, x, self.linear1.out_features, self.training)
 
     def _rows(self, x: Tensor) -> Tensor:
         hidden = self.linear1(x)
