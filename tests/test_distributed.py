@@ -36,6 +36,7 @@ SCRIPT = textwrap.dedent(
     trainer = make_trainer(cfg, Path(sys.argv[1]), Path(sys.argv[2]), dist_info=info)
     result = trainer.fit(resume="--resume" in sys.argv)
     print(f"rank {{info.rank}}/{{info.world_size}} best {{result.best_value}}")
+    del trainer  # its DistributedDataParallel holds the process group (the CLI frees it too)
     cleanup_distributed()
     """
 )

@@ -8,6 +8,7 @@ here degrades to a single process, so the same code path serves both.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator, Sized
 from dataclasses import dataclass
@@ -108,11 +109,15 @@ def cleanup_distributed() -> None:
 
     Every rank first meets the others at a barrier: a rank that tears its gloo context down
     while another still has messages in flight can abort the process at exit
-    ("terminate called without an active exception").
+    ("terminate called without an active exception"). Wrappers caught in reference cycles
+    (a DistributedDataParallel's reducer holds the process group) are collected first, so the
+    group's worker threads are joined here rather than during interpreter shutdown.
     """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def barrier(info: DistInfo) -> None:
