@@ -41,10 +41,12 @@ gradients: forward, per-level decoding and the compiled soft-NMS (``libs/utils/c
 once from the checkout into momentkit's cache), the metrics bookkeeping left out. momentkit's
 side is its co-training evaluation (:class:`momentkit.training.cotrain.CoEvaluation`): the
 model on the collated batch and ``batch_predictions`` (decoding + soft-NMS into prediction
-rows), batches of ``--batch-size`` videos (default 1, as the official code). ``bench infer``
-counts videos, not queries (``--queries`` default 10: at batch size 1 the throughput is the
-per-video time, and a video takes a second or more on two cores): each carries its sentences
-and the 157 classes; the latency figure is one such video of ``--clips`` steps.
+rows), batches of ``--batch-size`` videos (default 16, the Charades-STA preset's
+``data.eval_batch_size``, which ``momentkit cotrain`` evaluates with; the official side takes
+the same videos one at a time, as its loader does, whatever the batch). ``bench infer`` counts
+videos, not queries (``--queries`` default 32, two batches): each carries its sentences and the
+157 classes; the latency figure is one such video of ``--clips`` steps (a batch of one on both
+sides).
 
 The largest difference reported is that of the per-level classification logits and regression
 offsets of both tasks (evaluation mode, every video of the batch; the official code pads each
@@ -228,14 +230,26 @@ class _Stepper:
             fn()
 
 
+def preset_eval_batch_size() -> int:
+    """Videos per evaluation batch of ``momentkit cotrain`` with the Charades-STA preset."""
+    import yaml
+
+    from momentkit.training.config import resolve_preset
+
+    text = resolve_preset("charades_sta", "unimd").read_text(encoding="utf-8")
+    return int(yaml.safe_load(text)["data"]["eval_batch_size"])
+
+
 class UniMDPair(OfficialPair):
     """UniMD from a yingsen1/UniMD checkout, and momentkit's conversion."""
 
     source = "unimd"
     eval_batch_size = 1  # valid_one_epoch_charades: a loader of batch size 1
-    #: ``bench train`` / ``bench infer`` defaults (see the module docstring)
+    #: ``bench train`` / ``bench infer`` defaults (see the module docstring); the inference
+    #: batch is momentkit's (the Charades-STA preset's ``data.eval_batch_size``), the official
+    #: side runs those videos one at a time whatever the batch
     train_defaults = {"batch_size": 2, "clips": 180}
-    infer_defaults = {"queries": 10, "clips": 180}
+    infer_defaults = {"queries": 32, "clips": 180, "batch_size": preset_eval_batch_size()}
     query_unit = "videos"
 
     def __init__(self, root: Path, model: str, device: torch.device, precision: str) -> None:
