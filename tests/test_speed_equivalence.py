@@ -506,6 +506,26 @@ def test_inference_loop_keeps_modes_and_leaves_an_eval_model_untouched(make_batc
         assert a.pred_saliency_scores == b.pred_saliency_scores
 
 
+def test_any_training_finds_a_deep_submodule_as_modules_does() -> None:
+    """``any_training`` (the inference loop's check) agrees with ``any(m.training for m in
+    model.modules())`` on a deep leaf, with ``None`` children, a shared module and a cycle."""
+    from momentkit.training.trainer import any_training
+
+    leaf = torch.nn.Linear(2, 2)
+    shared = torch.nn.Sequential(torch.nn.ReLU(), leaf)
+    model = torch.nn.Sequential(torch.nn.Sequential(shared), shared)
+    model.register_module("absent", None)
+    model.eval()
+    assert not any_training(model)
+    leaf.train()
+    assert any_training(model) and any(m.training for m in model.modules())
+    leaf.eval()
+    shared.register_module("loop", model)  # a module inside itself: visited once, no hang
+    assert not any_training(model)
+    shared[0].training = True  # the ReLU, reached through two parents and the loop
+    assert any_training(model)
+
+
 # ------------------------------------------ inference: row blocks and grouped attention
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -692,6 +692,25 @@ def _length(loader: Any) -> int | None:
         return None
 
 
+def any_training(model: nn.Module) -> bool:
+    """Whether ``model`` or any module inside it is in training mode.
+
+    ``any(m.training for m in model.modules())`` without ``named_modules``'s generators and
+    prefix strings (a one-query prediction's check; shared modules are visited once).
+    """
+    stack: list[nn.Module | None] = [model]
+    seen: set[int] = set()
+    while stack:
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        if module.training:
+            return True
+        seen.add(id(module))
+        stack.extend(module._modules.values())
+    return False
+
+
 def inference_loop(
     model: nn.Module,
     loader: Iterable[Batch],
@@ -713,7 +732,7 @@ def inference_loop(
     # a model already in eval mode stays untouched: eval() and train() walk every module
     # (~0.5 ms a call for QD-DETR's ~300 modules), a tenth of a one-query prediction
     was_training = model.training
-    switch = any(m.training for m in model.modules())
+    switch = any_training(model)
     if switch:
         model.eval()
     preds: list[MomentPrediction] = []
