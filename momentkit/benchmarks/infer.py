@@ -49,13 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--queries",
         type=at_least(1),
         default=None,
-        help="queries in the throughput run (default 1550)",
+        help="queries in the throughput run (default 1550; unimd: 32 videos)",
     )
     parser.add_argument(
         "--batch-size",
         type=at_least(1),
         default=None,
-        help="default: the official eval batch size, or 32",
+        help="default: the official eval batch size, or 32 (unimd: momentkit's evaluation "
+        "batch of 16 videos; the release takes one video a call whatever the batch)",
     )
     parser.add_argument(
         "--clips", type=at_least(1), default=None, help="clips per video (default 75 of 2 s)"
