@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -419,6 +421,43 @@ def test_synthetic_batch_has_the_qvhighlights_shape() -> None:
     batch = v.momentkit_batch(["slowfast", "clip"])
     assert torch.equal(batch["saliency_all_labels"], v.saliency / 3.0)
     assert batch["duration"].tolist() == [n * 2.0 for n in lengths]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="no git")
+def test_the_official_code_revision_names_commits_edits_and_copies(tmp_path: Path) -> None:
+    """A git checkout gives its commit (``+modified`` after an edit); a copy outside git, or a
+    folder inside another repository, gives a digest of its Python files, not that
+    repository's commit."""
+    from momentkit.benchmarks.official import git_revision
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+    repo = tmp_path / "checkout"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "model.py").write_text("x = 1\n")
+    (repo / "README.md").write_text("official\n")
+    copy = git_revision(repo)  # not a repository yet: a digest
+    assert copy.startswith("sha256:") and len(copy) == len("sha256:") + 16
+    assert git_revision(repo) == copy  # stable
+    (repo / "README.md").write_text("changed\n")  # not Python: the same code
+    assert git_revision(repo) == copy
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "release")
+    head = git("rev-parse", "HEAD")
+    assert git_revision(repo) == head
+    (repo / "pkg" / "model.py").write_text("x = 2\n")
+    assert git_revision(repo) == head + "+modified"
+    inner = git_revision(repo / "pkg")  # inside the repository, not its top
+    assert inner.startswith("sha256:") and inner != copy
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert git_revision(empty) == "unknown"
 
 
 def test_alternate_runs_the_sides_in_turn_and_ratio_pairs_rounds() -> None:

@@ -360,16 +360,44 @@ def silence_progress(root: Path) -> None:
 
 
 def git_revision(root: Path) -> str:
-    """The checkout's commit (``unknown`` where git cannot say)."""
+    """Which official code a run used: the checkout's commit, ``+modified`` appended when its
+    tracked files differ from it; where ``root`` is not the top of a git work tree (a copy from
+    ``git archive`` or a release tarball, or a folder inside another repository, whose commit
+    would be that repository's), ``sha256:`` and the first 16 hex digits of a digest of its
+    Python files (relative paths and contents, in path order), so two runs can still tell
+    whether they timed the same code."""
     import subprocess
 
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
-        )
-    except OSError:
-        return "unknown"
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+    root = Path(root).resolve()
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    commit = git("rev-parse", "HEAD") if top and Path(top).resolve() == root else None
+    if commit:
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        return commit + ("+modified" if changed else "")
+    return python_files_digest(root)
+
+
+def python_files_digest(root: Path) -> str:
+    """``sha256:<16 hex>`` of the ``.py`` files under ``root`` (relative paths and contents,
+    in path order; ``unknown`` when there are none)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(root).rglob("*.py") if p.is_file())
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return f"sha256:{digest.hexdigest()[:16]}" if files else "unknown"
 
 
 def official_frame(exc: BaseException, root: Path | None) -> str:
@@ -439,7 +467,6 @@ def configure_device(device: str, tf32: bool) -> None:
 __all__ = [
     "PAIRS", "PRECISIONS", "STREAM_DIMS", "TEXT_DIM", "OfficialPair", "Phases", "Ratio",
     "Timing", "Videos", "alternate", "benchmark_device", "build_pair", "configure_device",
-    "git_revision",
-    "load_average", "make_videos", "ratio", "silence_progress", "synchronize", "threads",
-    "timed",
+    "git_revision", "load_average", "make_videos", "python_files_digest", "ratio",
+    "silence_progress", "synchronize", "threads", "timed",
 ]  # fmt: skip
