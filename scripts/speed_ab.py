@@ -15,12 +15,18 @@ through oneDNN (``momentkit.modeling.linear``; before: ``MOMENTKIT_ONEDNN_LINEAR
 attention (``momentkit.modeling.row_blocks``; before: ``BLOCK_BYTES`` so large that every call
 takes the whole batch). ``--change prelu-bf16`` times PReLU's slope gradient in bf16 against
 float32 sums (``momentkit.modeling.prelu``; before: ``torch.dot`` in the activation's dtype);
-use it with ``--precision bf16``. ``--change dropout-cost`` is not a speed change but a bound:
+use it with ``--precision bf16``. ``--change level-sequence`` times UniMD's heads on all pyramid
+levels as one sequence (``momentkit.modeling.query_heads.LevelSequence``; before: the towers,
+query products and dynamic convolutions level by level); give ``--official-dir`` (a
+yingsen1/UniMD checkout) for the release's Charades-STA model and batches. ``--change
+dropout-cost`` is not a speed change but a bound:
 "after" runs every dropout as the identity (a different function), so after / before is the
 least share of the training step any faster dropout could leave. The two sides alternate
 (before, after, before, ...) on the same inputs and the same weights: ``predict`` over
 QVHighlights-shaped batches (1550 queries, batches of 100, every 4th video shorter) and a
-training step (32 videos, forward + loss + backward + AdamW)::
+training step (32 videos, forward + loss + backward + AdamW). With ``--official-dir DIR`` the
+model, its weights and the batch shapes are those of ``momentkit bench ... --official-dir DIR``
+(momentkit's side only is timed); ``--latency R`` adds R rounds of 20 one-video predictions::
 
     python scripts/speed_ab.py --model moment_detr --precision fp32 --rounds 4
     python scripts/speed_ab.py --model moment_detr --precision bf16 --rounds 4
@@ -28,6 +34,8 @@ training step (32 videos, forward + loss + backward + AdamW)::
     python scripts/speed_ab.py --model moment_detr --change row-blocks --rounds 6 --steps 0
     python scripts/speed_ab.py --model qd_detr --precision bf16 --change prelu-bf16 --rounds 0
     python scripts/speed_ab.py --model moment_detr --change dropout-cost --rounds 0 --steps 10
+    python scripts/speed_ab.py --model unimd --official-dir /path/to/UniMD \
+        --change level-sequence --rounds 4 --latency 6 --steps 10
 
 Prints the medians and the ratio after / before (median and range over the rounds).
 """
@@ -42,11 +50,20 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from momentkit.benchmarks.infer import _batches, momentkit_only
-from momentkit.benchmarks.official import alternate, load_average, ratio, threads, timed
+from momentkit.benchmarks.infer import SHAPE, _batches, momentkit_only
+from momentkit.benchmarks.official import (
+    alternate,
+    build_pair,
+    load_average,
+    ratio,
+    threads,
+    timed,
+)
+from momentkit.benchmarks.train import SHAPE as TRAIN_SHAPE
 from momentkit.benchmarks.train import _step
-from momentkit.modeling import attention, dropout, mlp, prelu, row_blocks
+from momentkit.modeling import attention, dropout, mlp, prelu, query_heads, row_blocks
 from momentkit.models import build_criterion
 from momentkit.training.trainer import autocast_dtype
 
@@ -59,6 +76,10 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=10, help="training-step rounds per side (0: none)"
     )
+    parser.add_argument(
+        "--latency", type=int, default=0, help="rounds of 20 one-video predictions (0: none)"
+    )
+    parser.add_argument("--official-dir", default=None, help="the pair's model and shapes")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--change",
@@ -68,17 +89,31 @@ def main() -> None:
             "row-blocks",
             "prelu-bf16",
             "dropout-cost",
+            "level-sequence",
         ],
         default="packing-and-saliency",
     )
     args = parser.parse_args()
-    pair = momentkit_only(args.model, "cpu", args.precision)
+    if args.official_dir:
+        pair = build_pair(args.model, args.official_dir, "cpu", args.precision)
+        pair.compile_settings = None  # eager, as bench without --compile
+    else:
+        pair = momentkit_only(args.model, "cpu", args.precision)
+    infer = {**SHAPE, "batch_size": 100, **pair.infer_defaults}
+    train = {**TRAIN_SHAPE, **pair.train_defaults}
     module = sys.modules[type(pair.momentkit).__module__]  # where the model calls in_float32
     current = getattr(module, "in_float32", None)
     blocks, blas = row_blocks.BLOCK_BYTES, prelu._BLAS_DTYPES
     dropout_fn = dropout.fast_dropout
+    heads = {h: h.forward for h in (query_heads.QueryClassificationHead,
+                                    query_heads.QueryRegressionHead)}  # fmt: skip
 
     def code(before: bool) -> None:
+        if args.change == "level-sequence":
+            cls, reg = heads
+            cls.forward = _classify_by_level if before else heads[cls]  # type: ignore[method-assign]
+            reg.forward = _regress_by_level if before else heads[reg]  # type: ignore[method-assign]
+            return
         if args.change == "dropout-cost":
             drop = dropout_fn if before else (lambda x, *a, **k: x)
             dropout.fast_dropout = attention.fast_dropout = drop
@@ -110,8 +145,9 @@ def main() -> None:
     with threads(args.threads):
         batches = [
             pair.momentkit_batch(v, training=False)
-            for v in _batches(pair.make_videos, 1550, 100, 75, 32)
-        ]
+            for v in _batches(pair.make_videos, infer["queries"], infer["batch_size"],
+                              infer["clips"], infer["tokens"])
+        ]  # fmt: skip
         print("load average before", load_average())
 
         def predict(before: bool) -> Callable[[], Any]:
@@ -119,24 +155,66 @@ def main() -> None:
 
         if args.rounds:
             sides = {"before": predict(True), "after": predict(False)}
-            report("predict, 1550 queries", alternate(sides, repeats=args.rounds, warmup=1))
+            what = f"predict, {infer['queries']} {pair.query_unit} in batches of "
+            report(what + str(infer["batch_size"]), alternate(sides, repeats=args.rounds, warmup=1))
 
-        model = pair.momentkit.train()
-        criterion = build_criterion(model.config)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-        batch = pair.momentkit_batch(pair.make_videos(32, 75, 32, seed=1), training=True)
+        one = pair.make_videos(1, infer["clips"], infer["tokens"], seed=0, short_every=0,
+                               min_tokens=12)  # fmt: skip
+        single = [pair.momentkit_batch(one, training=False)]
 
-        def step(before: bool) -> Callable[[], Any]:
+        def latency(before: bool) -> Callable[[], Any]:
             return timed(
-                lambda: (code(before), _step(model, criterion, optimizer, batch, dtype)),
+                lambda: (code(before), [pair.momentkit_predict(single) for _ in range(20)]),
                 pair.device,
             )
+
+        if args.latency:
+            sides = {"before": latency(True), "after": latency(False)}
+            report("20 one-video predictions", alternate(sides, repeats=args.latency, warmup=1))
+
+        model = pair.momentkit.train()
+        videos = pair.make_videos(train["batch_size"], train["clips"], train["tokens"], seed=1)
+        batch = pair.momentkit_batch(videos, training=True)
+        if args.official_dir:  # the pair's criterion, optimiser and schedule
+
+            def one_step() -> Any:
+                return pair.momentkit_step(batch)
+        else:
+            criterion = build_criterion(model.config)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+
+            def one_step() -> Any:
+                return _step(model, criterion, optimizer, batch, dtype)
+
+        def step(before: bool) -> Callable[[], Any]:
+            return timed(lambda: (code(before), one_step()), pair.device)
 
         if args.steps:
             sides = {"before": step(True), "after": step(False)}
             report("training step", alternate(sides, repeats=args.steps, warmup=3))
         print("load average after", load_average())
     code(False)
+
+
+def _classify_by_level(self: Any, levels: Any, masks: Any, queries: torch.Tensor) -> list[Any]:
+    """UniMD's classification head before ``LevelSequence``: every level alone."""
+    out = []
+    for x, mask in zip(levels, masks):
+        z = self.tower(x, mask)
+        logits = self.scale * torch.einsum("bqc,bct->bqt", queries, z) + self.bias
+        out.append(logits * mask[:, None].to(logits.dtype))
+    return out
+
+
+def _regress_by_level(self: Any, levels: Any, masks: Any, queries: torch.Tensor) -> list[Any]:
+    """UniMD's regression head before ``LevelSequence``: every level alone."""
+    weight, bias = self.kernels(queries)
+    out = []
+    for level, (x, mask) in enumerate(zip(levels, masks)):
+        z = self.tower(x, mask)
+        d = query_heads.dynamic_conv1d(z, weight, bias) * mask[:, None, None].to(z.dtype)
+        out.append(F.relu(self.scales[level] * d).transpose(-1, -2))
+    return out
 
 
 if __name__ == "__main__":

@@ -526,6 +526,67 @@ def test_any_training_finds_a_deep_submodule_as_modules_does() -> None:
     assert any_training(model)
 
 
+# ------------------------------------------ UniMD heads: every level in one sequence
+@pytest.mark.parametrize("keep_padding", [False, True])
+def test_query_heads_on_one_level_sequence_equal_level_by_level(keep_padding: bool) -> None:
+    """The heads' towers, query product and dynamic convolution on the concatenated levels
+    (:class:`LevelSequence`) give each level's outputs and gradients of the per-level calls,
+    with padded steps kept (the official form: they reach the next convolution) or zeroed."""
+    import torch.nn.functional as F
+
+    from momentkit.modeling.query_heads import (
+        QueryClassificationHead,
+        QueryRegressionHead,
+        dynamic_conv1d,
+    )
+
+    torch.manual_seed(0)
+    b, c, q, lengths = 2, 16, 5, [32, 16, 8, 4, 2, 1]
+    cls = QueryClassificationHead(c, c, keep_padding=keep_padding)
+    reg = QueryRegressionHead(c, c, c, len(lengths), keep_padding=keep_padding,
+                              query_hidden_dim=24, query_dropout=0.0)  # fmt: skip
+    with torch.no_grad():  # non-trivial LayerNorm biases: kept padding is not zero
+        for m in (cls, reg):
+            for norm in m.tower.norms:
+                norm.bias.normal_()
+            for conv in m.tower.convs:
+                conv.conv.weight.mul_(3.0)
+    valid = [[t, max(1, t - t // 3)] for t in lengths]  # the second video is shorter
+    levels = [torch.randn(b, c, t, requires_grad=True) for t in lengths]
+    masks = [torch.arange(t)[None] < torch.tensor(v)[:, None] for t, v in zip(lengths, valid)]
+    queries = torch.randn(b, q, c, requires_grad=True)
+
+    def per_level() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, dists = [], []
+        weight, bias = reg.kernels(queries)
+        for level, (x, m) in enumerate(zip(levels, masks)):
+            z = cls.tower(x, m)
+            lg = cls.scale * torch.einsum("bqc,bct->bqt", queries, z) + cls.bias
+            logits.append(lg * m[:, None])
+            z = reg.tower(x, m)
+            d = dynamic_conv1d(z, weight, bias) * m[:, None, None]
+            dists.append(F.relu(reg.scales[level] * d).transpose(-1, -2))
+        return logits, dists
+
+    want_c, want_r = per_level()
+    got_c, got_r = cls(levels, masks, queries), reg(levels, masks, queries)
+    for got, want in zip(got_c + got_r, want_c + want_r):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    weights = [torch.randn_like(t) for t in want_c + want_r]
+
+    def grads(outs: list[torch.Tensor]) -> list[torch.Tensor]:
+        loss = sum((o * w).sum() for o, w in zip(outs, weights))
+        params = [*levels, queries, *cls.parameters(), *reg.parameters()]
+        return list(torch.autograd.grad(loss, params, allow_unused=True))
+
+    new_grads, old_grads = grads(got_c + got_r), grads(want_c + want_r)
+    assert [g is None for g in new_grads] == [g is None for g in old_grads]
+    for g_new, g_old in zip(new_grads, old_grads):
+        if g_new is not None:
+            torch.testing.assert_close(g_new, g_old, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------ inference: row blocks and grouped attention
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,17 +62,70 @@ class ConvTower(nn.Module):
         )
         self.last_activation = last_activation
         self.keep_padding = keep_padding
+        #: zero steps that keep concatenated levels apart for these convolutions
+        self.gap = kernel_size // 2
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, inside: Tensor | None = None) -> Tensor:
         """``(B, C_in, T)``, ``(B, T)`` -> ``(B, C, T)`` (zero at padded steps unless
-        ``keep_padding`` and the last convolution is followed by LN + ReLU)."""
+        ``keep_padding`` and the last convolution is followed by LN + ReLU).
+
+        ``inside`` ``(T,)``: 0 at the separating steps of concatenated levels
+        (:class:`LevelSequence`), zeroed there after every layer even with ``keep_padding``.
+        """
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x, _ = conv(x, mask)
             if i < len(self.convs) - 1 or self.last_activation:
                 x = F.relu(norm(x))
                 if not self.keep_padding:
                     x = x * mask[:, None].to(x.dtype)
+                elif inside is not None:
+                    x = x * inside.to(x.dtype)
         return x
+
+
+class LevelSequence:
+    """Every pyramid level of a batch as one sequence, for layers shared by all levels.
+
+    The levels ``(B, C, T_l)`` are concatenated along time with ``gap`` zero steps between
+    two levels (masked out), so a convolution of extent ``2 * gap + 1`` or less reads zeros
+    beyond each level's ends, as it does on the level alone, and every step sees the values
+    it sees there. One call on the sequence replaces a call per level: UniMD's heads run two
+    512 x 512 x 3 convolutions, a dynamic convolution or a query product on six levels of
+    9-288 steps, where the short levels' calls cost far more than their arithmetic.
+
+    Args:
+        levels: ``(B, C, T_l)`` per level; ``masks``: ``(B, T_l)`` bool per level.
+        gap: zero steps between two levels (``kernel_size // 2``).
+    """
+
+    def __init__(self, levels: Sequence[Tensor], masks: Sequence[Tensor], gap: int) -> None:
+        self.lengths = [x.shape[-1] for x in levels]
+        self.gap = gap
+        x0, m0 = levels[0], masks[0]
+        pad_x = x0.new_zeros(*x0.shape[:-1], gap)
+        pad_m = m0.new_zeros(m0.shape[0], gap)
+        self.x = torch.cat(self._interleave(list(levels), pad_x), dim=-1)
+        self.mask = torch.cat(self._interleave(list(masks), pad_m), dim=-1)
+        steps = [torch.ones(t, dtype=torch.bool, device=x0.device) for t in self.lengths]
+        gaps = torch.zeros(gap, dtype=torch.bool, device=x0.device)
+        self.inside = torch.cat(self._interleave(steps, gaps))  # (T,) True on level steps
+
+    def _interleave(self, parts: list[Tensor], separator: Tensor) -> list[Tensor]:
+        out: list[Tensor] = []
+        for i, part in enumerate(parts):
+            if i and self.gap:
+                out.append(separator)
+            out.append(part)
+        return out
+
+    def split(self, x: Tensor, dim: int = -1) -> list[Tensor]:
+        """A ``(..., T, ...)`` tensor over the sequence (time at ``dim``) -> one view per level."""
+        sizes: list[int] = []
+        for i, t in enumerate(self.lengths):
+            sizes += [self.gap, t] if i and self.gap else [t]
+        pieces = x.split(sizes, dim=dim)
+        step = 2 if self.gap else 1
+        return list(pieces[::step])
 
 
 class QueryClassificationHead(nn.Module):
@@ -115,12 +168,10 @@ class QueryClassificationHead(nn.Module):
         self, levels: Sequence[Tensor], masks: Sequence[Tensor], queries: Tensor
     ) -> list[Tensor]:
         """Per level ``(B, C, T_l)``, ``(B, T_l)`` and queries ``(B, Q, C)`` -> ``(B, Q, T_l)``."""
-        out = []
-        for x, mask in zip(levels, masks):
-            z = self.tower(x, mask)
-            logits = self.scale * torch.einsum("bqc,bct->bqt", queries, z) + self.bias
-            out.append(logits * mask[:, None].to(logits.dtype))
-        return out
+        seq = LevelSequence(levels, masks, self.tower.gap)  # one call for every level
+        z = self.tower(seq.x, seq.mask, seq.inside)
+        logits = self.scale * torch.einsum("bqc,bct->bqt", queries, z) + self.bias
+        return seq.split(logits * seq.mask[:, None].to(logits.dtype))
 
 
 def dynamic_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -256,16 +307,18 @@ class QueryRegressionHead(nn.Module):
         Distances are non-negative and zero at padded steps.
         """
         weight, bias = self.kernels(queries)
-        out = []
-        for level, (x, mask) in enumerate(zip(levels, masks)):
-            z = self.tower(x, mask)
-            d = dynamic_conv1d(z, weight, bias) * mask[:, None, None].to(z.dtype)
-            out.append(F.relu(self.scales[level] * d).transpose(-1, -2))
-        return out
+        seq = LevelSequence(levels, masks, max(self.tower.gap, weight.shape[-1] // 2))
+        z = self.tower(seq.x, seq.mask, seq.inside)
+        d = dynamic_conv1d(z, weight, bias) * seq.mask[:, None, None].to(z.dtype)
+        return [
+            F.relu(self.scales[level] * d_l).transpose(-1, -2)
+            for level, d_l in enumerate(seq.split(d))
+        ]
 
 
 __all__ = [
     "ConvTower",
+    "LevelSequence",
     "QueryClassificationHead",
     "QueryKernelGenerator",
     "QueryRegressionHead",
