@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from momentkit.benchmarks.learn import Variant, format_table, wants_corpus
 from momentkit.cli.main import main
@@ -458,6 +459,13 @@ def test_the_official_code_revision_names_commits_edits_and_copies(tmp_path: Pat
     empty = tmp_path / "empty"
     empty.mkdir()
     assert git_revision(empty) == "unknown"
+    from momentkit.benchmarks.official import OfficialPair
+
+    pair = OfficialPair(None, "moment_detr", torch.device("cpu"), "fp32")
+    pair.source, pair.root = "lighthouse", repo
+    for revision, shown in ((head + "+modified", head[:10] + "+modified"), (copy, copy)):
+        pair.revision = revision
+        assert pair.describe() == f"lighthouse checkout {repo} @ {shown}"
 
 
 def test_alternate_runs_the_sides_in_turn_and_ratio_pairs_rounds() -> None:

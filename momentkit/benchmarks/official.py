@@ -339,8 +339,13 @@ class OfficialPair:
         return rows
 
     def describe(self) -> str:
-        """One line: the official code and its revision."""
-        return f"{self.source} checkout {self.root} @ {self.revision[:10]}"
+        """One line: the official code and its revision (:func:`git_revision`: a commit,
+        shortened to 10 digits and keeping ``+modified``, or a digest of its files)."""
+        revision = self.revision
+        if not revision.startswith("sha256:") and revision != "unknown":
+            commit, modified, _ = revision.partition("+modified")
+            revision = commit[:10] + modified
+        return f"{self.source} checkout {self.root} @ {revision}"
 
 
 def _no_progress(iterable: Any, *args: Any, **kwargs: Any) -> Any:
