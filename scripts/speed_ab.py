@@ -17,8 +17,11 @@ takes the whole batch). ``--change prelu-bf16`` times PReLU's slope gradient in 
 float32 sums (``momentkit.modeling.prelu``; before: ``torch.dot`` in the activation's dtype);
 use it with ``--precision bf16``. ``--change level-sequence`` times UniMD's heads on all pyramid
 levels as one sequence (``momentkit.modeling.query_heads.LevelSequence``; before: the towers,
-query products and dynamic convolutions level by level); give ``--official-dir`` (a
-yingsen1/UniMD checkout) for the release's Charades-STA model and batches. ``--change
+query products and dynamic convolutions level by level); ``--change padding-trim`` times
+UniMD's masked convolutions and head levels without the steps after a batch's last valid one
+(``momentkit.modeling.convnext_pyramid.trimmed_length``; before: ``TRIM_MIN_STEPS`` so large
+that nothing is left out); give ``--official-dir`` (a yingsen1/UniMD checkout) for the
+release's Charades-STA model and batches. ``--change
 dropout-cost`` is not a speed change but a bound:
 "after" runs every dropout as the identity (a different function), so after / before is the
 least share of the training step any faster dropout could leave. The two sides alternate
@@ -36,6 +39,8 @@ model, its weights and the batch shapes are those of ``momentkit bench ... --off
     python scripts/speed_ab.py --model moment_detr --change dropout-cost --rounds 0 --steps 10
     python scripts/speed_ab.py --model unimd --official-dir /path/to/UniMD \
         --change level-sequence --rounds 4 --latency 6 --steps 10
+    python scripts/speed_ab.py --model unimd --official-dir /path/to/UniMD \
+        --change padding-trim --rounds 4 --latency 6 --steps 10
 
 Prints the medians and the ratio after / before (median and range over the rounds).
 """
@@ -63,7 +68,15 @@ from momentkit.benchmarks.official import (
 )
 from momentkit.benchmarks.train import SHAPE as TRAIN_SHAPE
 from momentkit.benchmarks.train import _step
-from momentkit.modeling import attention, dropout, mlp, prelu, query_heads, row_blocks
+from momentkit.modeling import (
+    attention,
+    convnext_pyramid,
+    dropout,
+    mlp,
+    prelu,
+    query_heads,
+    row_blocks,
+)
 from momentkit.models import build_criterion
 from momentkit.training.trainer import autocast_dtype
 
@@ -90,6 +103,7 @@ def main() -> None:
             "prelu-bf16",
             "dropout-cost",
             "level-sequence",
+            "padding-trim",
         ],
         default="packing-and-saliency",
     )
@@ -108,7 +122,12 @@ def main() -> None:
     heads = {h: h.forward for h in (query_heads.QueryClassificationHead,
                                     query_heads.QueryRegressionHead)}  # fmt: skip
 
+    trim_steps = convnext_pyramid.TRIM_MIN_STEPS
+
     def code(before: bool) -> None:
+        if args.change == "padding-trim":
+            convnext_pyramid.TRIM_MIN_STEPS = 1 << 30 if before else trim_steps
+            return
         if args.change == "level-sequence":
             cls, reg = heads
             cls.forward = _classify_by_level if before else heads[cls]  # type: ignore[method-assign]

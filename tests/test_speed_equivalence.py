@@ -526,12 +526,64 @@ def test_any_training_finds_a_deep_submodule_as_modules_does() -> None:
     assert any_training(model)
 
 
+# ---------------------------------- masked convolutions: trailing padding left out
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "groups"),
+    [(3, 1, None, 1), (7, 1, None, 16), (1, 1, None, 1), (2, 2, 0, 1)],
+)
+def test_masked_conv_reads_only_what_valid_outputs_read(
+    kernel: int, stride: int, padding: int | None, groups: int
+) -> None:
+    """With a batch's videos ending well before the padded length, ``MaskedConv1d`` convolves
+    only the input its valid outputs read (padded values included: the official UniMD keeps
+    them) and zero-fills the rest: outputs and gradients of the whole convolution, masked."""
+    from momentkit.modeling import convnext_pyramid
+    from momentkit.modeling.convnext_pyramid import MaskedConv1d
+
+    torch.manual_seed(0)
+    conv = MaskedConv1d(16, 16, kernel, stride=stride, padding=padding, groups=groups)
+    x = torch.randn(2, 16, 96, requires_grad=True)  # non-zero at padded steps too
+    mask = torch.arange(96)[None] < torch.tensor([[53], [40]])
+    got, got_mask = conv(x, mask)
+    plain = conv.conv(x)
+    want = plain * got_mask[:, None]
+    assert got.shape == want.shape and torch.equal(got_mask, mask[:, ::stride][:, : want.shape[-1]])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    w = torch.randn_like(want)
+    params = [x, *conv.parameters()]
+    g_got = torch.autograd.grad((got * w).sum(), params)
+    g_want = torch.autograd.grad((want * w).sum(), params)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the trimmed path was taken: the plain convolution would have read all 96 steps
+    seen: list[int] = []
+    hook = conv.conv.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[-1]))
+    conv(x, mask)
+    hook.remove()
+    assert seen[0] < 96
+    old = convnext_pyramid.TRIM_MIN_STEPS
+    convnext_pyramid.TRIM_MIN_STEPS = 10**6  # never trim: the whole input
+    try:
+        seen.clear()
+        hook = conv.conv.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[-1]))
+        conv(x, mask)
+        hook.remove()
+    finally:
+        convnext_pyramid.TRIM_MIN_STEPS = old
+    assert seen == [96]
+
+
 # ------------------------------------------ UniMD heads: every level in one sequence
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("keep_padding", [False, True])
-def test_query_heads_on_one_level_sequence_equal_level_by_level(keep_padding: bool) -> None:
+def test_query_heads_on_one_level_sequence_equal_level_by_level(
+    keep_padding: bool, padded: bool
+) -> None:
     """The heads' towers, query product and dynamic convolution on the concatenated levels
     (:class:`LevelSequence`) give each level's outputs and gradients of the per-level calls,
-    with padded steps kept (the official form: they reach the next convolution) or zeroed."""
+    with padded steps kept (the official form: they reach the next convolution) or zeroed;
+    ``padded``: both videos end well before the padded length (UniMD's 288), so the levels'
+    trailing padding is left out of the sequence (and the convolutions') and zero-filled."""
     import torch.nn.functional as F
 
     from momentkit.modeling.query_heads import (
@@ -541,7 +593,7 @@ def test_query_heads_on_one_level_sequence_equal_level_by_level(keep_padding: bo
     )
 
     torch.manual_seed(0)
-    b, c, q, lengths = 2, 16, 5, [32, 16, 8, 4, 2, 1]
+    b, c, q, lengths = 2, 16, 5, [64, 32, 16, 8, 4, 2] if padded else [32, 16, 8, 4, 2, 1]
     cls = QueryClassificationHead(c, c, keep_padding=keep_padding)
     reg = QueryRegressionHead(c, c, c, len(lengths), keep_padding=keep_padding,
                               query_hidden_dim=24, query_dropout=0.0)  # fmt: skip
@@ -552,6 +604,8 @@ def test_query_heads_on_one_level_sequence_equal_level_by_level(keep_padding: bo
             for conv in m.tower.convs:
                 conv.conv.weight.mul_(3.0)
     valid = [[t, max(1, t - t // 3)] for t in lengths]  # the second video is shorter
+    if padded:  # 36 and 30 of 64 steps, halved (rounded up) level by level
+        valid = [[-(-36 // 2**i), -(-30 // 2**i)] for i in range(len(lengths))]
     levels = [torch.randn(b, c, t, requires_grad=True) for t in lengths]
     masks = [torch.arange(t)[None] < torch.tensor(v)[:, None] for t, v in zip(lengths, valid)]
     queries = torch.randn(b, q, c, requires_grad=True)

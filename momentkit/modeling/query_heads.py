@@ -24,7 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from momentkit.modeling.convnext_pyramid import ChannelLayerNorm, MaskedConv1d
+from momentkit.modeling.convnext_pyramid import (
+    ChannelLayerNorm,
+    MaskedConv1d,
+    trimmed_length,
+    valid_extent,
+)
 from momentkit.modeling.linear import Linear
 
 
@@ -93,13 +98,22 @@ class LevelSequence:
     512 x 512 x 3 convolutions, a dynamic convolution or a query product on six levels of
     9-288 steps, where the short levels' calls cost far more than their arithmetic.
 
+    A level's steps after the batch's last valid one are left out, but for ``gap`` of them
+    (the convolutions read those, and at padded steps each layer's output is the same whatever
+    it reads: zero, or its normalisation's value with padding kept), once as many trailing
+    steps as :class:`~momentkit.modeling.convnext_pyramid.MaskedConv1d` trims are padding;
+    :meth:`restore` zero-fills them again (the heads' outputs are zero at padded steps).
+
     Args:
         levels: ``(B, C, T_l)`` per level; ``masks``: ``(B, T_l)`` bool per level.
         gap: zero steps between two levels (``kernel_size // 2``).
     """
 
     def __init__(self, levels: Sequence[Tensor], masks: Sequence[Tensor], gap: int) -> None:
-        self.lengths = [x.shape[-1] for x in levels]
+        self.full = [x.shape[-1] for x in levels]
+        self.lengths = [self._kept(m, gap) for m in masks]
+        levels = [x[..., :t] for x, t in zip(levels, self.lengths)]
+        masks = [m[:, :t] for m, t in zip(masks, self.lengths)]
         self.gap = gap
         x0, m0 = levels[0], masks[0]
         pad_x = x0.new_zeros(*x0.shape[:-1], gap)
@@ -109,6 +123,19 @@ class LevelSequence:
         steps = [torch.ones(t, dtype=torch.bool, device=x0.device) for t in self.lengths]
         gaps = torch.zeros(gap, dtype=torch.bool, device=x0.device)
         self.inside = torch.cat(self._interleave(steps, gaps))  # (T,) True on level steps
+
+    @staticmethod
+    def _kept(mask: Tensor, gap: int) -> int:
+        """Steps of a level kept in the sequence: up to ``gap`` past its last valid step."""
+        steps = mask.shape[-1]
+        return trimmed_length(steps, min(steps, valid_extent(mask) + gap))
+
+    def restore(self, pieces: Sequence[Tensor]) -> list[Tensor]:
+        """Per-level outputs ``(..., kept_l)`` (time last) -> ``(..., T_l)``, zero-filled."""
+        return [
+            x if t == full else F.pad(x, (0, full - t))
+            for x, t, full in zip(pieces, self.lengths, self.full)
+        ]
 
     def _interleave(self, parts: list[Tensor], separator: Tensor) -> list[Tensor]:
         out: list[Tensor] = []
@@ -171,7 +198,7 @@ class QueryClassificationHead(nn.Module):
         seq = LevelSequence(levels, masks, self.tower.gap)  # one call for every level
         z = self.tower(seq.x, seq.mask, seq.inside)
         logits = self.scale * torch.einsum("bqc,bct->bqt", queries, z) + self.bias
-        return seq.split(logits * seq.mask[:, None].to(logits.dtype))
+        return seq.restore(seq.split(logits * seq.mask[:, None].to(logits.dtype)))
 
 
 def dynamic_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -312,7 +339,7 @@ class QueryRegressionHead(nn.Module):
         d = dynamic_conv1d(z, weight, bias) * seq.mask[:, None, None].to(z.dtype)
         return [
             F.relu(self.scales[level] * d_l).transpose(-1, -2)
-            for level, d_l in enumerate(seq.split(d))
+            for level, d_l in enumerate(seq.restore(seq.split(d)))
         ]
 
 
