@@ -543,6 +543,19 @@ def test_span_head_leaves_auxiliary_outputs_out_only_in_inference_mode() -> None
         torch.testing.assert_close(fast[key], full[key])
 
 
+@pytest.mark.parametrize("levels", [2, 7, 1000])
+def test_top_indices_are_the_stable_descending_sort_cut(levels: int) -> None:
+    """``top_indices`` picks and orders exactly as a stable descending argsort cut to ``k``,
+    ties at the cut included (scores drawn from few distinct values)."""
+    from momentkit.modeling.postprocess import top_indices
+
+    g = torch.Generator().manual_seed(levels)
+    for n, k in [(28260, 2000), (1000, 10), (50, 49), (5, 0), (9, 3), (300, 1), (0, 4)]:
+        scores = torch.randint(0, levels, (n,), generator=g).float() / levels
+        want = scores.argsort(descending=True, stable=True)[:k]
+        assert torch.equal(top_indices(scores, k), want), (n, k)
+
+
 # ---------------------------------- masked convolutions: trailing padding left out
 @pytest.mark.parametrize(
     ("kernel", "stride", "padding", "groups"),

@@ -18,6 +18,26 @@ from momentkit.data.records import MomentPrediction
 from momentkit.structures.spans import span_cxw_to_xx, temporal_iou
 
 
+def top_indices(scores: Tensor, k: int) -> Tensor:
+    """``scores.argsort(descending=True, stable=True)[:k]`` without sorting all of ``scores``.
+
+    The ``k`` best of ``(N,)`` ``scores`` (no NaN), best first, equal scores in index order:
+    everything above the ``k``-th largest value, then as many of the values equal to it as fit,
+    first indices first, sorted. UniMD's decoding ranks 28 260 (point, class) pairs of a video's
+    finest level to keep 2000: a full stable sort took ~2 ms, most of it on pairs it drops.
+    """
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    if 4 * k >= len(scores):  # sorting them all costs about the same
+        return scores.argsort(descending=True, stable=True)[:k]
+    kth = scores.topk(k).values[-1]
+    above = torch.nonzero(scores > kth).flatten()
+    ties = torch.nonzero(scores == kth).flatten()[: k - len(above)]
+    # each value's indices are in index order (all of a value lie in one of the two parts)
+    chosen = torch.cat([above, ties])
+    return chosen[scores[chosen].argsort(descending=True, stable=True)]
+
+
 def temporal_nms(windows: Tensor, scores: Tensor, threshold: float) -> Tensor:
     """Greedy non-maximum suppression of temporal windows.
 

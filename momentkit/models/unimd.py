@@ -44,6 +44,7 @@ from momentkit.modeling.dense_losses import (
     pyramid_points,
 )
 from momentkit.modeling.linear import Linear
+from momentkit.modeling.postprocess import top_indices
 from momentkit.modeling.query_heads import QueryClassificationHead, QueryRegressionHead
 from momentkit.modeling.soft_nms import soft_nms_groups
 from momentkit.models.base import MODELS, ModelConfig, MomentModel
@@ -509,7 +510,7 @@ def _decode_task(
         flat = prob[:, cols].T.reshape(-1)  # official order: (T, Q) flattened
         keep = torch.nonzero(flat > config.pre_nms_thresh).flatten()
         scores = flat[keep]
-        top = scores.argsort(descending=True, stable=True)[: config.pre_nms_topk]
+        top = top_indices(scores, config.pre_nms_topk)
         keep, scores = keep[top], scores[top]
         cand_p.append(cols[keep // num_q])
         cand_q.append(keep % num_q)
