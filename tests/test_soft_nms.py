@@ -102,6 +102,39 @@ def test_groups_equal_the_one_segment_at_a_time_scan(
         assert torch.equal(alone[2], index) and torch.equal(alone[1], new)
 
 
+long_group = st.lists(st.tuples(segment, st.sampled_from([0.9, 0.5, 0.3, 0.31, 0.05, 0.002])),
+                      max_size=60)  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    groups=st.lists(long_group, min_size=16, max_size=30),
+    short=st.integers(0, 15),
+    method=st.sampled_from(["gaussian", "linear"]),
+    arithmetic=st.sampled_from(["official", "float64"]),
+)
+def test_many_groups_of_unequal_lengths_in_buckets_equal_the_scan(
+    groups, short, method, arithmetic
+):
+    """16+ groups whose lengths differ (a video's classes) run in length buckets: each group
+    still gets exactly the one-segment-at-a-time scan's picks and scores, in input order."""
+    groups = [g[:3] if i < short else g for i, g in enumerate(groups)]  # some very short
+    tensors = [
+        (torch.tensor([s for s, _ in g], dtype=torch.float32).reshape(-1, 2),
+         torch.tensor([c for _, c in g], dtype=torch.float32))
+        for g in groups
+    ]  # fmt: skip
+    out = soft_nms_groups(tensors, method=method, arithmetic=arithmetic, sigma=0.5,
+                          iou_threshold=0.3, min_score=0.001, max_num=200)  # fmt: skip
+    scan = scan_official if arithmetic == "official" else scan_float64
+    for (segs, scores), (kept, new, index) in zip(tensors, out, strict=True):
+        picks, picked = scan(segs.double().numpy(), scores.numpy(), method == "gaussian", 0.5,
+                             0.3, 0.001, 200)  # fmt: skip
+        assert index.tolist() == picks and torch.equal(kept, segs[index])
+        expected = torch.tensor(np.array(picked, dtype=np.float64)).float()
+        torch.testing.assert_close(new, expected, rtol=0, atol=0)
+
+
 def test_groups_of_nothing_and_bad_shapes() -> None:
     empty = (torch.zeros(0, 2), torch.zeros(0))
     assert soft_nms_groups([]) == []

@@ -97,7 +97,9 @@ def soft_nms_groups(
     """:func:`soft_nms` of each ``(segments (N_g, 2), scores (N_g,))`` group, independently.
 
     Gaussian and linear decay run all groups at once: the groups are padded to the longest
-    (``(G, N)`` arrays), and each step picks one segment in every group that has one left.
+    (``(G, N)`` arrays), and each step picks one segment in every group that has one left;
+    :data:`BUCKET_MIN_GROUPS` or more groups of very unequal lengths run in :data:`BUCKETS`
+    buckets of similar length instead (the same results).
     Returns one ``(segments, scores, indices)`` per group, as :func:`soft_nms` returns it.
     """
     for segments, scores in groups:
@@ -121,6 +123,36 @@ def soft_nms_groups(
         ]
     if not groups:
         return []
+    decay = _Decay(method, sigma, iou_threshold)
+    lengths = [len(scores) for _, scores in groups]
+    if len(groups) < BUCKET_MIN_GROUPS or max(lengths) * len(groups) <= 2 * sum(lengths):
+        return _padded(groups, decay, min_score, max_num, arithmetic)
+    # groups of very different lengths (a video's 157 classes: 18-348 candidates) in buckets
+    # of similar length: each step's arrays hold a bucket's longest group, not the video's
+    out: list[tuple[Tensor, Tensor, Tensor]] = [None] * len(groups)  # type: ignore[list-item]
+    by_length = np.argsort(np.array(lengths), kind="stable")
+    for bucket in np.array_split(by_length, BUCKETS):
+        kept = _padded([groups[g] for g in bucket], decay, min_score, max_num, arithmetic)
+        for g, result in zip(bucket.tolist(), kept):
+            out[g] = result
+    return out
+
+
+#: fewest groups (and buckets) of :func:`soft_nms_groups`' length buckets: each step is one
+#: NumPy pass per array of a bucket, ~0.1 ms whatever its size, against ~8 ns an element
+#: (a video's 157 classes: 17.3 -> 13.9 ms in 3 buckets, 14.2 in 2, 14.8 in 4)
+BUCKET_MIN_GROUPS = 16
+BUCKETS = 3
+
+
+def _padded(
+    groups: Sequence[tuple[Tensor, Tensor]],
+    decay: _Decay,
+    min_score: float,
+    max_num: int | None,
+    arithmetic: Arithmetic,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The soft-NMS of ``groups`` padded to the longest, all at once (see the caller)."""
     size = max(len(scores) for _, scores in groups)
     limit = _limit(size, max_num)
     dtype = np.float32 if arithmetic == "official" else np.float64
@@ -130,7 +162,7 @@ def soft_nms_groups(
     for g, (segments, scores) in enumerate(groups):
         seg[g, : len(scores)] = segments.detach().cpu().numpy()
         sc[g, : len(scores)] = scores.detach().cpu().numpy()
-    padded = _Groups(seg, sc, lengths, _Decay(method, sigma, iou_threshold), min_score, limit)
+    padded = _Groups(seg, sc, lengths, decay, min_score, limit)
     order, picked, kept = (_official if arithmetic == "official" else _float64)(padded)
     out = []
     for g, (segments, scores) in enumerate(groups):
