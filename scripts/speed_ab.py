@@ -20,7 +20,9 @@ levels as one sequence (``momentkit.modeling.query_heads.LevelSequence``; before
 query products and dynamic convolutions level by level); ``--change padding-trim`` times
 UniMD's masked convolutions and head levels without the steps after a batch's last valid one
 (``momentkit.modeling.convnext_pyramid.trimmed_length``; before: ``TRIM_MIN_STEPS`` so large
-that nothing is left out); give ``--official-dir`` (a yingsen1/UniMD checkout) for the
+that nothing is left out); ``--change decoding`` times UniMD's decoding with the pre-NMS top-k by
+``top_indices`` and soft-NMS in length buckets (before: a stable sort of every candidate and
+one padded array of all classes); give ``--official-dir`` (a yingsen1/UniMD checkout) for the
 release's Charades-STA model and batches. ``--change
 dropout-cost`` is not a speed change but a bound:
 "after" runs every dropout as the identity (a different function), so after / before is the
@@ -41,6 +43,8 @@ model, its weights and the batch shapes are those of ``momentkit bench ... --off
         --change level-sequence --rounds 4 --latency 6 --steps 10
     python scripts/speed_ab.py --model unimd --official-dir /path/to/UniMD \
         --change padding-trim --rounds 4 --latency 6 --steps 10
+    python scripts/speed_ab.py --model unimd --official-dir /path/to/UniMD \
+        --change decoding --rounds 4 --latency 6 --steps 0
 
 Prints the medians and the ratio after / before (median and range over the rounds).
 """
@@ -57,6 +61,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import momentkit.models.unimd  # noqa: F401  (its decoding, for --change decoding)
 from momentkit.benchmarks.infer import SHAPE, _batches, momentkit_only
 from momentkit.benchmarks.official import (
     alternate,
@@ -76,6 +81,7 @@ from momentkit.modeling import (
     prelu,
     query_heads,
     row_blocks,
+    soft_nms,
 )
 from momentkit.models import build_criterion
 from momentkit.training.trainer import autocast_dtype
@@ -104,6 +110,7 @@ def main() -> None:
             "dropout-cost",
             "level-sequence",
             "padding-trim",
+            "decoding",
         ],
         default="packing-and-saliency",
     )
@@ -123,8 +130,17 @@ def main() -> None:
                                     query_heads.QueryRegressionHead)}  # fmt: skip
 
     trim_steps = convnext_pyramid.TRIM_MIN_STEPS
+    unimd = sys.modules["momentkit.models.unimd"]
+    top, buckets = unimd.top_indices, soft_nms.BUCKET_MIN_GROUPS
+
+    def sort_all(scores: torch.Tensor, k: int) -> torch.Tensor:
+        return scores.argsort(descending=True, stable=True)[:k]
 
     def code(before: bool) -> None:
+        if args.change == "decoding":
+            unimd.top_indices = sort_all if before else top
+            soft_nms.BUCKET_MIN_GROUPS = 1 << 30 if before else buckets
+            return
         if args.change == "padding-trim":
             convnext_pyramid.TRIM_MIN_STEPS = 1 << 30 if before else trim_steps
             return
