@@ -526,23 +526,6 @@ def test_any_training_finds_a_deep_submodule_as_modules_does() -> None:
     assert any_training(model)
 
 
-def test_span_head_leaves_auxiliary_outputs_out_only_in_inference_mode() -> None:
-    """Predictions (``torch.inference_mode``) get the last layer's outputs without the
-    auxiliary ones only losses read; ``no_grad`` evaluation (validation losses) keeps them."""
-    from momentkit.modeling.heads import SpanHead
-
-    torch.manual_seed(0)
-    head = SpanHead(16)
-    hs, refs = torch.randn(3, 2, 5, 16), torch.rand(3, 2, 5, 2)
-    with torch.no_grad():
-        full = head(hs, refs, aux=True)
-    with torch.inference_mode():
-        fast = head(hs, refs, aux=True)
-    assert len(full["aux_outputs"]) == 2 and "aux_outputs" not in fast
-    for key in ("pred_logits", "pred_spans"):
-        torch.testing.assert_close(fast[key], full[key])
-
-
 @pytest.mark.parametrize("levels", [2, 7, 1000])
 def test_top_indices_are_the_stable_descending_sort_cut(levels: int) -> None:
     """``top_indices`` picks and orders exactly as a stable descending argsort cut to ``k``,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from momentkit.modeling.anchor_decoder import inverse_sigmoid
@@ -34,14 +33,11 @@ class SpanHead(nn.Module):
             hs: ``(num_layers, B, Q, d)`` decoder layer outputs.
             references: ``(num_layers, B, Q, 2)`` anchors in ``[0, 1]``; when given, the
                 regressor predicts offsets to them in logit space (anchor decoders).
-            aux: also return ``aux_outputs`` for the ``num_layers - 1`` earlier layers; only
-                the auxiliary losses read them, so under ``torch.inference_mode`` (prediction:
-                ``inference_loop``, the scorers) they are left out whatever ``aux`` says.
+            aux: also return ``aux_outputs`` for the ``num_layers - 1`` earlier layers.
 
         Returns:
             ``{"pred_logits", "pred_spans"[, "aux_outputs"]}``.
         """
-        aux = aux and not torch.is_inference_mode_enabled()
         if not aux:
             hs = hs[-1:]
             references = references[-1:] if references is not None else None
