@@ -61,7 +61,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import momentkit.models.unimd  # noqa: F401  (its decoding, for --change decoding)
 from momentkit.benchmarks.infer import SHAPE, _batches, momentkit_only
 from momentkit.benchmarks.official import (
     alternate,
@@ -84,6 +83,7 @@ from momentkit.modeling import (
     soft_nms,
 )
 from momentkit.models import build_criterion
+from momentkit.models import unimd as unimd_model
 from momentkit.training.trainer import autocast_dtype
 
 
@@ -130,15 +130,14 @@ def main() -> None:
                                     query_heads.QueryRegressionHead)}  # fmt: skip
 
     trim_steps = convnext_pyramid.TRIM_MIN_STEPS
-    unimd = sys.modules["momentkit.models.unimd"]
-    top, buckets = unimd.top_indices, soft_nms.BUCKET_MIN_GROUPS
+    top, buckets = unimd_model.top_indices, soft_nms.BUCKET_MIN_GROUPS
 
     def sort_all(scores: torch.Tensor, k: int) -> torch.Tensor:
         return scores.argsort(descending=True, stable=True)[:k]
 
     def code(before: bool) -> None:
         if args.change == "decoding":
-            unimd.top_indices = sort_all if before else top
+            unimd_model.top_indices = sort_all if before else top
             soft_nms.BUCKET_MIN_GROUPS = 1 << 30 if before else buckets
             return
         if args.change == "padding-trim":

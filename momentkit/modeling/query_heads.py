@@ -102,7 +102,7 @@ class LevelSequence:
     (the convolutions read those, and at padded steps each layer's output is the same whatever
     it reads: zero, or its normalisation's value with padding kept), once as many trailing
     steps as :class:`~momentkit.modeling.convnext_pyramid.MaskedConv1d` trims are padding;
-    :meth:`restore` zero-fills them again (the heads' outputs are zero at padded steps).
+    :meth:`split` zero-fills them again (the heads' outputs are zero at padded steps).
 
     Args:
         levels: ``(B, C, T_l)`` per level; ``masks``: ``(B, T_l)`` bool per level.
@@ -130,13 +130,6 @@ class LevelSequence:
         steps = mask.shape[-1]
         return trimmed_length(steps, min(steps, valid_extent(mask) + gap))
 
-    def restore(self, pieces: Sequence[Tensor]) -> list[Tensor]:
-        """Per-level outputs ``(..., kept_l)`` (time last) -> ``(..., T_l)``, zero-filled."""
-        return [
-            x if t == full else F.pad(x, (0, full - t))
-            for x, t, full in zip(pieces, self.lengths, self.full)
-        ]
-
     def _interleave(self, parts: list[Tensor], separator: Tensor) -> list[Tensor]:
         out: list[Tensor] = []
         for i, part in enumerate(parts):
@@ -145,14 +138,17 @@ class LevelSequence:
             out.append(part)
         return out
 
-    def split(self, x: Tensor, dim: int = -1) -> list[Tensor]:
-        """A ``(..., T, ...)`` tensor over the sequence (time at ``dim``) -> one view per level."""
+    def split(self, x: Tensor) -> list[Tensor]:
+        """A ``(..., T)`` tensor over the sequence (time last) -> ``(..., T_l)`` per level: the
+        level's steps, the steps left out zero-filled."""
         sizes: list[int] = []
         for i, t in enumerate(self.lengths):
             sizes += [self.gap, t] if i and self.gap else [t]
-        pieces = x.split(sizes, dim=dim)
-        step = 2 if self.gap else 1
-        return list(pieces[::step])
+        pieces = x.split(sizes, dim=-1)[:: 2 if self.gap else 1]
+        return [
+            piece if t == full else F.pad(piece, (0, full - t))
+            for piece, t, full in zip(pieces, self.lengths, self.full)
+        ]
 
 
 class QueryClassificationHead(nn.Module):
@@ -198,7 +194,7 @@ class QueryClassificationHead(nn.Module):
         seq = LevelSequence(levels, masks, self.tower.gap)  # one call for every level
         z = self.tower(seq.x, seq.mask, seq.inside)
         logits = self.scale * torch.einsum("bqc,bct->bqt", queries, z) + self.bias
-        return seq.restore(seq.split(logits * seq.mask[:, None].to(logits.dtype)))
+        return seq.split(logits * seq.mask[:, None].to(logits.dtype))
 
 
 def dynamic_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -339,7 +335,7 @@ class QueryRegressionHead(nn.Module):
         d = dynamic_conv1d(z, weight, bias) * seq.mask[:, None, None].to(z.dtype)
         return [
             F.relu(self.scales[level] * d_l).transpose(-1, -2)
-            for level, d_l in enumerate(seq.restore(seq.split(d)))
+            for level, d_l in enumerate(seq.split(d))
         ]
 
 

@@ -117,7 +117,6 @@ def cleanup_distributed() -> None:
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()
-        gc.collect()
 
 
 def barrier(info: DistInfo) -> None:
