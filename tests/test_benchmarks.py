@@ -78,6 +78,7 @@ def test_bench_train_steps_under_the_precision_asked(
     and the JSON says so; fp32 keeps every layer in float32."""
     import torch
 
+    from momentkit.benchmarks.official import device_name
     from momentkit.modeling.linear import Linear
 
     seen: list[torch.dtype] = []
@@ -97,6 +98,7 @@ def test_bench_train_steps_under_the_precision_asked(
         assert main([*argv, "--precision", precision, "--set", *TINY, "--json", str(out)]) == 0
         figures = json.loads(out.read_text())
         assert figures["precision"] == precision and figures["device"] == "cpu"
+        assert figures["device_name"] == device_name("cpu")  # which processor ran it
         assert isinstance(figures["onednn_linear"], bool)  # which float32 kernel ran
         if dtype == torch.float32:
             assert seen and set(seen) == {torch.float32}
@@ -424,6 +426,31 @@ def test_synthetic_batch_has_the_qvhighlights_shape() -> None:
     assert batch["duration"].tolist() == [n * 2.0 for n in lengths]
 
 
+def test_device_name_is_the_processor_model_or_the_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The figures name their machine: ``/proc/cpuinfo``'s first ``model name`` (what tells the
+    AMD and Intel tables apart), else the platform's processor; a CUDA device its card."""
+    import platform
+
+    from momentkit.benchmarks.official import device_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+        "\nprocessor\t: 1\nmodel name\t: Another\n"
+    )
+    assert device_name("cpu", info) == "Intel(R) Xeon(R) Processor"
+    assert device_name(torch.device("cpu"), info) == "Intel(R) Xeon(R) Processor"
+    monkeypatch.setattr(platform, "processor", lambda: "x86_64-fallback")
+    assert device_name("cpu", tmp_path / "missing") == "x86_64-fallback"
+    info.write_text("processor\t: 0\nmodel name\t:\n")  # an empty name is not a name
+    assert device_name("cpu", info) == "x86_64-fallback"
+    calls: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: calls.append(d) or "NVIDIA H100")
+    assert device_name("cuda:0") == "NVIDIA H100" and calls == [torch.device("cuda:0")]
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="no git")
 def test_the_official_code_revision_names_commits_edits_and_copies(tmp_path: Path) -> None:
     """A git checkout gives its commit (``+modified`` after an edit); a copy outside git, or a
@@ -608,3 +635,38 @@ def test_bench_infer_without_official_code(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert figures["official_code"] is None and figures["batch_size"] == 2
     assert figures["throughput_momentkit_median_s"] > 0 and "latency_ratio" not in figures
+
+
+@pytest.mark.skipif(not LIGHTHOUSE.is_dir(), reason="no line/lighthouse checkout beside the repo")
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_the_prepared_gpu_comparison_runs_on_a_cpu(tmp_path: Path) -> None:
+    """scripts/gpu_compare.sh (issue 33's one-command GPU run), rehearsed on the CPU: a run it
+    knows lands in results.jsonl with its figures and rc, a name it does not know is refused
+    without stopping the others, and a spent budget starts nothing more."""
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_compare.sh"
+    env = {**os.environ, "DEVICE": "cpu", "STEPS": "1", "OMP_NUM_THREADS": "1"}
+    env["BENCH_ARGS"] = "--batch-size 4 --clips 10 --tokens 9 --warmup 0 --threads 1"
+    out = tmp_path / "out"
+    runs = ["bogus-run", "train-fp32-moment_detr"]
+    done = subprocess.run(
+        ["bash", str(script), str(OFFICIAL), str(out), *runs],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "unknown run 'bogus-run'" in done.stdout
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["run"] for r in rows] == ["train-fp32-moment_detr"] and rows[0]["rc"] == 0
+    assert rows[0]["device"] == "cpu" and rows[0]["device_name"]
+    assert max(rows[0]["max_difference"].values()) < 1e-4  # the same function on both sides
+    assert rows[0]["batch"].startswith("4 videos")
+    assert sorted(p.name for p in out.iterdir()) == ["all.log", "results.jsonl"]
+    env["BUDGET"] = "0"
+    done = subprocess.run(
+        ["bash", str(script), str(OFFICIAL), str(out), "infer-bf16-qd_detr"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert "infer-bf16-qd_detr: not started" in done.stdout
+    assert (out / "results.jsonl").read_text() == ""

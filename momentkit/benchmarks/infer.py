@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         alternate,
         build_pair,
         configure_device,
+        device_name,
         load_average,
         ratio,
         threads,
@@ -186,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model,
         "official_code": pair.describe() if official else None,
         "device": args.device,
+        "device_name": device_name(pair.device),
         "precision": args.precision,
         "official_precision": (args.official_precision or args.precision) if official else None,
         "threads": args.threads,
@@ -234,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     console.print(table)
     console.print(
-        f"load average {load_before} -> {load_after}"
+        f"{result['device_name']}; load average {load_before} -> {load_after}"
         + (f"; {pair.describe()}" if official else "")
         + (
             "; ratio = time momentkit / time official (median, range over A B rounds)"

@@ -32,6 +32,7 @@ from momentkit.benchmarks.official_timing import (
     Ratio,
     Timing,
     alternate,
+    device_name,
     load_average,
     ratio,
     synchronize,
@@ -472,6 +473,6 @@ def configure_device(device: str, tf32: bool) -> None:
 __all__ = [
     "PAIRS", "PRECISIONS", "STREAM_DIMS", "TEXT_DIM", "OfficialPair", "Phases", "Ratio",
     "Timing", "Videos", "alternate", "benchmark_device", "build_pair", "configure_device",
-    "git_revision", "load_average", "make_videos", "python_files_digest", "ratio",
+    "device_name", "git_revision", "load_average", "make_videos", "python_files_digest", "ratio",
     "silence_progress", "synchronize", "threads", "timed",
 ]  # fmt: skip

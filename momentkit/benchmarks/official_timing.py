@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,6 +99,21 @@ def load_average() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def device_name(device: torch.device | str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What ran the figures: the CUDA card's name, or the processor's model name (``cpuinfo``'s
+    first ``model name`` line, else :func:`platform.processor`, else the architecture), so a
+    table says which machine kind its ratios are from."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from momentkit.benchmarks.official import (
     alternate,
     build_pair,
     configure_device,
+    device_name,
     load_average,
     ratio,
     threads,
@@ -96,6 +97,7 @@ def compare_training(args: argparse.Namespace) -> int:
         "model": args.model,
         "official_code": pair.describe(),
         "device": args.device,
+        "device_name": device_name(pair.device),
         "precision": args.precision,
         "official_precision": args.official_precision or args.precision,
         "threads": args.threads,
@@ -142,7 +144,8 @@ def compare_training(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(
         f"momentkit / official step: {step_ratio} (median, range over {args.steps} A B rounds); "
-        f"CPU time {cpu_ratio}; load average {load_before} -> {load_after}; {pair.describe()}"
+        f"CPU time {cpu_ratio}; {result['device_name']}; load average {load_before} -> "
+        f"{load_after}; {pair.describe()}"
     )
     console.print(
         "same function: largest |official - momentkit| of the evaluation outputs on this "

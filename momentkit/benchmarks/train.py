@@ -305,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from momentkit.benchmarks.official import benchmark_device
+    from momentkit.benchmarks.official_timing import device_name
     from momentkit.data.loader import MomentDataset, collate
     from momentkit.features import open_feature_store, pack_features
     from momentkit.modeling.linear import onednn_linear_enabled
@@ -321,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         "model": args.model,
         "device": str(device),
+        "device_name": device_name(device),
         "precision": args.precision,
         "threads": args.threads,
         "onednn_linear": onednn_linear_enabled(),  # momentkit's float32 linear layers
