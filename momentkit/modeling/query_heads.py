@@ -19,6 +19,7 @@ Tensors are channels-first ``(B, C, T_l)`` per level with ``(B, T_l)`` bool mask
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,8 @@ from momentkit.modeling.convnext_pyramid import (
     valid_extent,
 )
 from momentkit.modeling.linear import Linear
+
+_Part = TypeVar("_Part")
 
 
 class ConvTower(nn.Module):
@@ -130,8 +133,9 @@ class LevelSequence:
         steps = mask.shape[-1]
         return trimmed_length(steps, min(steps, valid_extent(mask) + gap))
 
-    def _interleave(self, parts: list[Tensor], separator: Tensor) -> list[Tensor]:
-        out: list[Tensor] = []
+    def _interleave(self, parts: list[_Part], separator: _Part) -> list[_Part]:
+        """``parts`` with ``separator`` between two of them (none when ``gap`` is 0)."""
+        out: list[_Part] = []
         for i, part in enumerate(parts):
             if i and self.gap:
                 out.append(separator)
@@ -141,9 +145,7 @@ class LevelSequence:
     def split(self, x: Tensor) -> list[Tensor]:
         """A ``(..., T)`` tensor over the sequence (time last) -> ``(..., T_l)`` per level: the
         level's steps, the steps left out zero-filled."""
-        sizes: list[int] = []
-        for i, t in enumerate(self.lengths):
-            sizes += [self.gap, t] if i and self.gap else [t]
+        sizes = self._interleave(list(self.lengths), self.gap)
         pieces = x.split(sizes, dim=-1)[:: 2 if self.gap else 1]
         return [
             piece if t == full else F.pad(piece, (0, full - t))
