@@ -15,9 +15,10 @@ file, line and field) so the user can fix the input.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
-from momentkit.utils.errors import FormatError
+from momentkit.utils.errors import FormatError, OutputError
 
 #: bytes in one file name on the common file systems (ext4, XFS, APFS, NTFS in UTF-16 units)
 NAME_MAX = 255
@@ -100,4 +101,49 @@ def safe_child(
     return child
 
 
-__all__ = ["NAME_MAX", "UnsafePathError", "safe_child", "unsafe_name_reason"]
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same inode where both exist (hard and
+    symbolic links included), else the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[tuple[str, str | Path | None]],
+    inputs: Iterable[tuple[str, str | Path | None]],
+) -> None:
+    """Refuse before any work when an output file is one of the command's input files.
+
+    Writing the output would replace the input (the ground truth, the annotations, the video):
+    ``momentkit evaluate preds.jsonl gt.jsonl --out gt.jsonl`` must not destroy ``gt.jsonl``.
+
+    Args:
+        outputs: ``(option, path)`` of every file the command will write (``None``: not given).
+        inputs: ``(option, path)`` of every file it reads (``None``: not given); folders are
+            skipped (an output file cannot replace a folder).
+
+    Raises:
+        OutputError: naming both options and the file, and how to fix it.
+    """
+    given = [(name, Path(path)) for name, path in inputs if path is not None]
+    for out_name, out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        for in_name, source in given:
+            if not source.is_dir() and _same_file(out, source):
+                raise OutputError(
+                    f"{out_name} {out} is the input {in_name} {source}: writing it would "
+                    "replace the input. Give the output another file name"
+                )
+
+
+__all__ = [
+    "NAME_MAX",
+    "UnsafePathError",
+    "refuse_overwriting_inputs",
+    "safe_child",
+    "unsafe_name_reason",
+]
