@@ -66,10 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.data.records import check_clip_len, load_annotations, load_predictions
     from momentkit.evaluation import build_evaluator, detect_dataset
     from momentkit.utils.io import output_target, write_json
+    from momentkit.utils.paths import refuse_overwriting_inputs
 
     check_clip_len(args.clip_len, "--clip-len")
     if args.out:
         output_target(args.out)  # refuse a folder or a device before the work, not after
+        inputs = [("PRED.jsonl", args.predictions), ("GT.jsonl", args.ground_truth)]
+        refuse_overwriting_inputs([("--out", args.out)], inputs)
     annotations = load_annotations(args.ground_truth)
     predictions = load_predictions(args.predictions)
     name = args.dataset or detect_dataset(annotations, args.ground_truth)

@@ -51,8 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.data.records import load_annotations, save_predictions
     from momentkit.training.pipeline import predict
     from momentkit.utils.io import output_target
+    from momentkit.utils.paths import refuse_overwriting_inputs
 
     output_target(args.out)  # refuse a folder or a device before the work, not after
+    inputs = [("--annotations", args.annotations), ("--text-features", args.text_features)]
+    inputs += [("--video-features", store) for store in args.video_features]
+    refuse_overwriting_inputs([("--out", args.out)], [*inputs, ("--checkpoint", args.checkpoint)])
     annotations = load_annotations(args.annotations)
     if not annotations:
         from momentkit.utils.errors import FormatError

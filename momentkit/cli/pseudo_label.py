@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         load_captions,
     )
     from momentkit.utils.errors import FeatureError, FormatError
+    from momentkit.utils.paths import refuse_overwriting_inputs
 
     if args.text_encoder and not args.text_out:
         print("momentkit pseudo-label: error: --text-encoder needs --text-out DIR", file=sys.stderr)
@@ -150,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"momentkit pseudo-label: error: {e}", file=sys.stderr)
         return 2
+    inputs = [("--captions", args.captions), ("--video-features", args.video_features)]
+    inputs.append(("--text-features", args.text_features))
+    refuse_overwriting_inputs([("--out", args.out)], inputs)
     captions = load_captions(args.captions)
     if not captions:
         raise FormatError(args.captions, None, None, "holds no captions", "One JSON row a caption")
