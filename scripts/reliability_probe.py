@@ -604,6 +604,47 @@ def cases(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Case]:
     add("predict --out /dev/full", [*predict_args(str(run))[:-2], "--out", "/dev/full"])
     add("predict --out FOLDER", [*predict_args(str(run))[:-2], "--out", str(other)])
 
+    # --- an output that is one of the command's inputs (audit of 2026-12-07) ----------------
+    def unchanged(path: Path) -> Callable[[], list[str]]:
+        before = path.read_bytes()
+        return lambda: [] if path.read_bytes() == before else [f"{path.name} replaced"]
+
+    gt_copy, preds_copy = w / "gt_copy.jsonl", w / "preds_copy.jsonl"
+    shutil.copyfile(val, gt_copy)
+    shutil.copyfile(preds, preds_copy)
+    add(
+        "evaluate --out GT.jsonl",
+        ["evaluate", str(preds_copy), str(gt_copy), "--out", str(gt_copy)],
+        check=unchanged(gt_copy),
+        group="security",
+    )
+    add(
+        "predict --out its --annotations",
+        [*predict_args(str(run), ann_file=str(gt_copy))[:-2], "--out", str(gt_copy)],
+        check=unchanged(gt_copy),
+        group="security",
+    )
+    captions_copy = write_rows(
+        w / "captions_copy.jsonl",
+        [{"qid": 1, "vid": "v0", "caption": "a person", "start": 0, "end": 4, "duration": 10}],
+    )
+    add(
+        "pseudo-label --out its --captions",
+        [
+            "pseudo-label",
+            "--captions",
+            str(captions_copy),
+            "--video-features",
+            str(feats / "clip"),
+            "--text-features",
+            text,
+            "--out",
+            str(captions_copy),
+        ],  # fmt: skip
+        check=unchanged(captions_copy),
+        group="security",
+    )
+
     # --- annotations ---------------------------------------------------------------------
     for key in ("window_beyond", "window_negative", "clip_id_beyond", "duration_huge"):
         add(f"train: {key}", train_args(str(b[key])), group="silent")
