@@ -89,3 +89,21 @@ positive_float = in_range(0.0, low_open=True)
 non_negative_float = in_range(0.0)
 #: a probability, relevance or threshold: a number in [0, 1]
 unit_interval = in_range(0.0, 1.0)
+
+
+def check_model_name(name: str | None, option: str = "--model") -> None:
+    """Refuse an unknown ``--model`` before anything else reads it (a preset lookup would say
+    "no preset for model X" instead of that the model does not exist).
+
+    Raises:
+        ConfigError: naming the option and listing the known models.
+    """
+    if name is None:
+        return
+    from momentkit.models import MODELS
+    from momentkit.training.config import ConfigError
+
+    if name not in MODELS:
+        raise ConfigError(
+            None, None, option, f"unknown model '{name}'", f"Known: {', '.join(MODELS.names())}"
+        )

@@ -27,7 +27,7 @@ import logging
 import sys
 from typing import Any
 
-from momentkit.cli.common import at_least
+from momentkit.cli.common import at_least, check_model_name
 
 HELP = "co-train UniMD on moment retrieval and temporal action detection"
 
@@ -87,8 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tad-tiou",
         metavar="T",
-        help="TAD tIoU thresholds, start:step:stop or a,b,c (default by data.dataset: "
-        "0.5:0.05:0.95 ActivityNet, else 0.3:0.1:0.7)",
+        type=tiou_thresholds,
+        help="TAD tIoU thresholds in (0, 1], start:step:stop or a,b,c (default by "
+        "data.dataset: 0.5:0.05:0.95 ActivityNet, else 0.3:0.1:0.7)",
     )
     parser.add_argument("--mr-evaluator", help="MR evaluator (default: grounding)")
     parser.add_argument("--best-metric", help="metric selecting the best checkpoint")
@@ -101,6 +102,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     parser.add_argument("--show-config", action="store_true", help="print the config and exit")
+
+
+def tiou_thresholds(text: str) -> tuple[float, ...]:
+    """An argparse ``type``: ``--tad-tiou`` parsed when the command line is read; a malformed
+    list is a usage error saying the accepted forms (``argument --tad-tiou: 1.5 is outside
+    (0, 1] ...``)."""
+    from momentkit.evaluation.tad import parse_thresholds
+
+    try:
+        return parse_thresholds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -121,8 +134,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The co-training settings given on the command line (``CoTrainSpec`` field -> value)."""
-    from momentkit.evaluation.tad import parse_thresholds
-
     given = {
         "tasks": None if args.tasks is None else TASKS_OF[args.tasks],
         "strategy": args.strategy,
@@ -135,7 +146,7 @@ def _spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         "tad_classes": args.tad_classes,
         "tad_class_features": args.tad_class_features,
         "text_encoder": args.text_encoder,
-        "tad_tiou": parse_thresholds(args.tad_tiou) if args.tad_tiou else None,
+        "tad_tiou": args.tad_tiou,
         "mr_evaluator": args.mr_evaluator,
         "best_metric": args.best_metric,
     }
@@ -162,6 +173,7 @@ def resolve(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig, CoTrai
     from momentkit.training.cotrain import CoTrainSpec
     from momentkit.training.pipeline import compare_configs
 
+    check_model_name(args.model)
     fields = _spec_fields(args)
     saved_path = Path(args.out) / "cotrain.json"
     if not (args.resume and saved_path.exists()):

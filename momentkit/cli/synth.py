@@ -10,11 +10,9 @@ See docs/synthetic_benchmark.md for what the data holds and why it is hard.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from momentkit.cli.common import add_set_argument, at_least
-from momentkit.utils.errors import MomentkitError
 
 HELP = "write the synthetic benchmark (annotations + features in the standard layout)"
 
@@ -52,7 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="query planner (a registered synth mode; default: moments)",
     )
     add_set_argument(
-        parser, "override any SynthConfig field, e.g. --set min_duration=600 max_duration=3600"
+        parser,
+        "override any SynthConfig field, e.g. --set min_duration=600 max_duration=3600 "
+        "negatives=[3,6] (values are checked against the field's type and range; a key that "
+        "is also an option, e.g. seed, overrides the option)",
     )
     parser.add_argument("--compress", action="store_true", help="write deflated .npz files")
     parser.add_argument("--force", action="store_true", help="replace a benchmark in OUTDIR")
@@ -63,15 +64,16 @@ def run(args: argparse.Namespace) -> int:
     """Generate the benchmark and print a summary; returns the exit status."""
     from momentkit.data.synth import SynthConfig, generate
 
-    config = SynthConfig(
-        num_train=args.train,
-        num_val=args.val,
-        seed=args.seed,
-        world_seed=args.world_seed,
-        mode=args.mode,
-        compress=args.compress,
-        **parse_overrides(args.overrides),
-    )
+    values: dict[str, Any] = {
+        "num_train": args.train,
+        "num_val": args.val,
+        "seed": args.seed,
+        "world_seed": args.world_seed,
+        "mode": args.mode,
+        "compress": args.compress,
+    }
+    values.update(parse_overrides(args.overrides))  # --set wins over the options
+    config = SynthConfig(**values)
     summary = generate(config, args.outdir, overwrite=args.force, progress=not args.no_progress)
     if config.mode == "tad":  # the temporal action detection labels beside the MR annotations
         from momentkit.data.synth_tad import write_synth_tad
@@ -86,24 +88,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` -> SynthConfig keyword arguments (values parsed as YAML).
+    """``["key=value", ...]`` -> SynthConfig keyword arguments.
 
-    Lists become tuples (the config's sequence fields are tuples); unknown keys raise an error
-    listing the valid ones.
+    Each value is parsed by the field's type as ``train --set`` parses its values
+    (:func:`momentkit.training.config.parse_field_overrides`: ``6e2`` is a number, ``[3, 6]``
+    or ``3,6`` a pair, NaN and infinities are refused); unknown keys and values of the wrong
+    type are a ``ConfigError`` naming the key. The ranges are checked by ``SynthConfig``.
     """
     from momentkit.data.synth import SynthConfig
-    from momentkit.utils.yamlio import parse_yaml_value
+    from momentkit.training.config import parse_field_overrides
 
-    fields = {f.name for f in dataclasses.fields(SynthConfig)}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise MomentkitError(f"--set {item!r}: expected KEY=VALUE")
-        if key not in fields:
-            raise MomentkitError(
-                f"--set {key}: not a SynthConfig field; valid: {', '.join(sorted(fields))}"
-            )
-        value = parse_yaml_value(text, f"--set {key}")
-        out[key] = tuple(value) if isinstance(value, list) else value
-    return out
+    return parse_field_overrides(SynthConfig, items, source="--set")

@@ -25,7 +25,7 @@ import json
 import logging
 import sys
 
-from momentkit.cli.common import add_set_argument, at_least
+from momentkit.cli.common import add_set_argument, at_least, check_model_name
 
 HELP = "train a moment retrieval / highlight detection model on feature files"
 
@@ -115,6 +115,7 @@ def resolve_config(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig;
     from momentkit.training.config import ConfigError, apply_overrides, build_config
     from momentkit.training.pipeline import compare_configs, load_run_config
 
+    check_model_name(args.model)
     overrides = _flag_overrides(args) + list(args.set)
     saved = load_run_config(args.out) if args.resume else None
     if saved is None:

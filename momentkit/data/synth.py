@@ -77,6 +77,49 @@ _MAX_TOKENS = 16
 Pair = tuple[int, int]  # (appearance id, motion id)
 
 
+#: longest synthetic video (seconds): a day, far beyond the long-video benchmarks (2 h)
+MAX_SYNTH_DURATION = 86_400.0
+#: SynthConfig's amplitudes, weights and noise levels: finite numbers >= 0
+NON_NEGATIVE_FIELDS = (
+    "context_weight",
+    "appearance_strength",
+    "motion_strength",
+    "clutter",
+    "clip_noise",
+    "slowfast_noise",
+    "scene_strength",
+    "annotator_noise",
+)
+
+
+def _type_problem(value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot stand for a field whose default is ``default`` (None: it can).
+
+    Integers must be integers, numbers finite numbers, flags booleans, texts strings, and
+    tuples of the default's length with items of the default items' types.
+    """
+    if isinstance(default, tuple):
+        if not isinstance(value, tuple | list) or len(value) != len(default):
+            return f"expected {len(default)} values like {list(default)}, got {value!r}"
+        for v, d in zip(value, default, strict=True):
+            problem = _type_problem(v, d)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(default, bool):
+        ok, wanted = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok, wanted = ok and math.isfinite(value), "a finite number"
+    elif isinstance(default, str):
+        ok, wanted = isinstance(value, str), "a string"
+    else:
+        return None
+    return None if ok else f"expected {wanted}, got {value!r}"
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Every knob of the generator; the defaults are the benchmark ``momentkit synth`` writes.
@@ -144,6 +187,25 @@ class SynthConfig:
         def bad(name: str, problem: str) -> MomentkitError:
             return MomentkitError(f"SynthConfig.{name}: {problem}")
 
+        for f in fields(self):  # the type of the default, numbers finite (also from JSON)
+            problem = _type_problem(getattr(self, f.name), f.default)
+            if problem is not None:
+                raise bad(f.name, problem)
+        for name in ("seed", "world_seed"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("min_duration", "max_duration"):
+            if not 0 < getattr(self, name) <= MAX_SYNTH_DURATION:
+                raise bad(
+                    name,
+                    f"must be in (0, {MAX_SYNTH_DURATION:g}] seconds, got {getattr(self, name)}",
+                )
+        for name in ("near_miss_appearance", "long_event_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise bad(name, f"must be a probability in [0, 1], got {getattr(self, name)}")
+        for name in NON_NEGATIVE_FIELDS:
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("num_train", "num_val"):
             n = getattr(self, name)
             if not 0 <= n < SPLIT_QID_BASE["val"]:
@@ -170,6 +232,12 @@ class SynthConfig:
             raise bad("max_targets_*", "need at least one target per query")
         # the relevant events of a relation query, at full length, must fit the shortest video
         need = 2 * self.event_clips[0] + self.max_gap
+        if self.max_duration < self.min_duration:
+            raise bad(
+                "max_duration",
+                f"{self.max_duration:g} s is below min_duration {self.min_duration:g} s; "
+                "set both, e.g. --set min_duration=600 max_duration=3600",
+            )
         if self.min_clips < need or self.max_clips < self.min_clips:
             raise bad(
                 "min_duration",

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from momentkit.data.records import MomentAnnotation
-from momentkit.utils.errors import FormatError
+from momentkit.data.records import MAX_DURATION, WINDOW_SLACK, MomentAnnotation
+from momentkit.utils.errors import FeatureError, FormatError
 from momentkit.utils.io import atomic_write_bytes
 
 #: UniMD's prompt turning an action class into a query
@@ -79,6 +79,11 @@ def _parse_video(vid: str, entry: Any, path: Path) -> TADVideo:
             path, None, f"{where}.duration", f"expected a positive number, got {duration!r}",
             "Give every video its length in seconds",
         )  # fmt: skip
+    if duration > MAX_DURATION:  # the bound of MR annotations (a unit mistake: ms?)
+        raise FormatError(
+            path, None, f"{where}.duration",
+            f"{duration!r} seconds is more than {MAX_DURATION:g} s", "Durations are in seconds",
+        )  # fmt: skip
     subset = entry.get("subset", "")
     if not isinstance(subset, str):
         raise FormatError(path, None, f"{where}.subset", f"expected a string, got {subset!r}")
@@ -99,6 +104,12 @@ def _parse_video(vid: str, entry: Any, path: Path) -> TADVideo:
             raise FormatError(
                 path, None, f"{at}.segment", f"end {seg[1]} is before start {seg[0]}",
                 "Swap the two values",
+            )  # fmt: skip
+        if seg[0] < 0 or seg[0] > duration or seg[1] > duration + WINDOW_SLACK:  # as MR rows
+            raise FormatError(
+                path, None, f"{at}.segment", f"{list(seg)} is outside the {duration} s video",
+                "Segments are [start, end] seconds within 0 and duration; fix the segment or "
+                "the duration",
             )  # fmt: skip
         label = ann.get("label")
         if not isinstance(label, str) or not label.strip():
@@ -262,21 +273,53 @@ def load_class_features(
         ``(names, (C, D) float32)``.
 
     Raises:
-        FormatError: missing arrays, shape mismatch, or a requested class without embedding.
+        FormatError: missing arrays, names that are not strings (an object array is refused,
+            never unpickled), shape mismatch, or a requested class without embedding.
+            Embeddings that are not finite numbers, or an unreadable file, too (the
+            ``pooler_output`` array is read by :func:`momentkit.features.npz.read_npz`, its
+            sizes bounded).
     """
+    import zipfile
+
+    from momentkit.features.npz import read_npz
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such class-feature file")
-    with np.load(path, allow_pickle=False) as npz:
-        for key in ("names", "pooler_output"):
-            if key not in npz.files:
+    hint = "Write the file with momentkit.data.tad.save_class_features"
+    if not zipfile.is_zipfile(path):
+        raise FormatError(path, None, None, "not an .npz (zip) archive", hint)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in ("names", "pooler_output"):
+                if key not in npz.files:
+                    raise FormatError(path, None, key, "missing", hint)
+            try:
+                raw = npz["names"]
+            except ValueError as e:  # an object array: loading it would unpickle
                 raise FormatError(
-                    path, None, key, "missing",
-                    "Write the file with momentkit.data.tad.save_class_features",
-                )  # fmt: skip
-        names = [str(n) for n in npz["names"]]
-        features = npz["pooler_output"].astype(np.float32)
-    if features.ndim != 2 or len(features) != len(names):
+                    path, None, "names", f"cannot be read without pickle ({e})",
+                    "Store the class names as a string array. " + hint,
+                ) from None  # fmt: skip
+    except FormatError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise FormatError(
+            path, None, None, f"cannot read the file ({type(e).__name__}: {e})",
+            "It is damaged or not an .npz of class features. " + hint,
+        ) from None  # fmt: skip
+    if raw.dtype.kind not in "US" or raw.ndim != 1:
+        raise FormatError(
+            path, None, "names", f"expected a 1-D array of strings, got {raw.dtype} {raw.shape}",
+            hint,
+        )  # fmt: skip
+    names = [str(n) for n in raw]
+    try:
+        features, _ = read_npz(path, "pooler_output")  # numbers, finite, (C, D), sizes bounded
+    except FeatureError as e:
+        problem = str(e).removeprefix(f"{path}: ").split(". ")[0]
+        raise FormatError(path, None, "pooler_output", problem, hint) from None
+    if len(features) != len(names):
         raise FormatError(
             path, None, "pooler_output", f"shape {features.shape} does not fit {len(names)} names"
         )

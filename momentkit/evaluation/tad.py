@@ -25,6 +25,7 @@ in ``extra["pred_labels"]``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -160,7 +161,7 @@ class TADEvaluator(Evaluator):
     ) -> None:
         super().__init__(annotations, match_number=match_number, gt_path=gt_path)
         self.thresholds = np.asarray(sorted(float(t) for t in tiou_thresholds), dtype=np.float64)
-        if not len(self.thresholds) or (self.thresholds <= 0).any() or (self.thresholds > 1).any():
+        if not len(self.thresholds) or not ((self.thresholds > 0) & (self.thresholds <= 1)).all():
             raise ValueError(f"tIoU thresholds must be in (0, 1], got {list(tiou_thresholds)}")
         for i, ann in enumerate(self.annotations, start=1):
             labels = ann.extra.get("labels")
@@ -225,19 +226,58 @@ class TADEvaluator(Evaluator):
         }
 
 
+#: most tIoU thresholds one evaluation takes (ActivityNet's 0.5:0.05:0.95 is 10)
+MAX_THRESHOLDS = 100
+
+#: the accepted forms of a threshold list, for error messages
+THRESHOLDS_FORMS = (
+    "give start:step:stop (inclusive, e.g. 0.5:0.05:0.95) or a comma-separated list "
+    "(e.g. 0.3,0.5,0.7) of tIoU thresholds in (0, 1]"
+)
+
+
 def parse_thresholds(text: str) -> tuple[float, ...]:
-    """``"0.3:0.1:0.7"`` (start:step:stop, inclusive) or ``"0.5,0.75,0.95"`` -> thresholds."""
+    """``"0.3:0.1:0.7"`` (start:step:stop, inclusive) or ``"0.5,0.75,0.95"`` -> thresholds.
+
+    Raises:
+        ValueError: saying what is wrong and the accepted forms (:data:`THRESHOLDS_FORMS`): not
+            numbers, not 3 parts of a range, a step <= 0 or stop < start, a threshold that is
+            NaN, infinite or outside (0, 1], no threshold, more than :data:`MAX_THRESHOLDS`.
+    """
     text = text.strip()
+
+    def number(part: str) -> float:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a number; {THRESHOLDS_FORMS}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{part.strip()!r} is not a finite number; {THRESHOLDS_FORMS}")
+        return value
+
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
-            raise ValueError(f"expected start:step:stop, got {text!r}")
-        start, step, stop = (float(p) for p in parts)
+            raise ValueError(f"expected start:step:stop, got {text!r}; {THRESHOLDS_FORMS}")
+        start, step, stop = (number(p) for p in parts)
         if step <= 0 or stop < start:
-            raise ValueError(f"expected start <= stop and step > 0, got {text!r}")
+            raise ValueError(
+                f"expected start <= stop and step > 0, got {text!r}; {THRESHOLDS_FORMS}"
+            )
         count = int(round((stop - start) / step)) + 1
-        return tuple(round(start + i * step, 6) for i in range(count))
-    return tuple(float(p) for p in text.split(",") if p.strip())
+        if count > MAX_THRESHOLDS:
+            raise ValueError(f"{text!r} gives {count} thresholds, more than {MAX_THRESHOLDS}")
+        values = tuple(round(start + i * step, 6) for i in range(count))
+    else:
+        values = tuple(number(p) for p in text.split(",") if p.strip())
+    if not values:
+        raise ValueError(f"no threshold in {text!r}; {THRESHOLDS_FORMS}")
+    if len(values) > MAX_THRESHOLDS:
+        raise ValueError(f"{len(values)} thresholds, more than {MAX_THRESHOLDS}")
+    bad = [v for v in values if not 0 < v <= 1]
+    if bad:
+        raise ValueError(f"{bad[0]:g} is outside (0, 1] (from {text!r}); {THRESHOLDS_FORMS}")
+    return values
 
 
 #: tIoU thresholds by dataset name (UniMD's evaluation of Charades uses 0.3:0.1:0.7)

@@ -323,7 +323,68 @@ def convert_checkpoint(path: str | Path, source: str | None = None, **options: A
             f"{path}: this is not a {source} checkpoint (its layout is not the one "
             f"{source}'s training script saves). Check --from, or leave it out to detect it"
         )
-    return module.convert(checkpoint, path, **options)
+    try:
+        converted = module.convert(checkpoint, path, **options)
+    except MomentkitError:
+        raise
+    except (TypeError, ValueError) as e:  # a saved option of a type no official run writes
+        raise ConversionError(
+            f"{path}: the options saved in the checkpoint are malformed ({type(e).__name__}: "
+            f"{e}). The file is damaged or was not written by {source}'s training; convert an "
+            "intact checkpoint"
+        ) from None
+    check_experiment(converted, path, getattr(module, "OPTION_OF", OFFICIAL_OPTION_OF))
+    return converted
+
+
+#: momentkit experiment key -> the official option it comes from (the Lighthouse option names,
+#: which LD-DETR and MS-DETR keep), to name the option of an invalid value
+OFFICIAL_OPTION_OF = {
+    "data.clip_len": "clip_length",
+    "data.video_features": "v_feat_dirs",
+    "data.text_features": "t_feat_dir",
+    "data.max_v_len": "max_v_l",
+    "data.max_q_len": "max_q_l",
+    "data.eval_batch_size": "eval_bsz",
+    "optim.lr": "lr",
+    "optim.weight_decay": "wd",
+    "optim.lr_drop": "lr_drop",
+    "optim.grad_clip": "grad_clip",
+    "trainer.epochs": "n_epoch",
+    "trainer.batch_size": "bsz",
+    "trainer.seed": "seed",
+    "trainer.patience": "max_es_cnt",
+}
+
+
+def check_experiment(converted: Converted, path: Path, option_of: Mapping[str, str]) -> None:
+    """Refuse a conversion whose ``experiment.json`` momentkit would refuse to read.
+
+    The data / optim / trainer settings come from the options saved in the checkpoint; a value
+    out of range there (``clip_length`` 0 or NaN, ``lr`` infinite, ``n_epoch`` -1) would be
+    written and then refused by ``predict`` / ``train --init-from``. Checked by the same code
+    that reads the file (:meth:`ExperimentConfig.from_dict`).
+
+    Raises:
+        ConversionError: naming the checkpoint, the official option (when ``option_of`` knows
+            it) and the momentkit field, and what is wrong.
+    """
+    from momentkit.training.config import ConfigError, ExperimentConfig
+
+    try:
+        ExperimentConfig.from_dict(converted.experiment, source=path)
+    except ConfigError as e:
+        field_name = e.field or ""
+        option = option_of.get(field_name) or option_of.get(field_name.split("[")[0])
+        saved = (
+            f"option '{option}' = {converted.report.options.get(option, '?')!r} gives "
+            if option
+            else "the saved options give "
+        )
+        raise ConversionError(
+            f"{path}: {saved}an invalid {field_name or 'config'}: {e.problem}. The file's "
+            "options are damaged or not the official ones; convert an intact checkpoint"
+        ) from None
 
 
 def write_converted(converted: Converted, out_dir: str | Path) -> Path:

@@ -358,13 +358,36 @@ def model_config(opts: _Options, state: Mapping[str, torch.Tensor]) -> dict[str,
     return config
 
 
+def _folders(opts: _Options, key: str) -> list[str]:
+    """Option ``key``: a list of feature folders (``None``: none), refused otherwise."""
+    value = opts.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(d, str) and d.strip() for d in value
+    ):
+        raise ConversionError(
+            f"{opts.path}: option '{key}' is {value!r}, expected a list of feature folders "
+            "(e.g. ['features/slowfast', 'features/clip']). The file's options are damaged or "
+            "not Lighthouse's; convert an intact checkpoint"
+        )
+    return list(value)
+
+
 def _experiment_sections(opts: _Options) -> dict[str, dict[str, Any]]:
     dataset = str(opts.get("dset_name") or "qvhighlight")
-    streams = [str(d) for d in (opts.get("v_feat_dirs") or []) + (opts.get("a_feat_dirs") or [])]
+    streams = _folders(opts, "v_feat_dirs") + _folders(opts, "a_feat_dirs")
+    text_features = opts.get("t_feat_dir")
+    if text_features is not None and not (isinstance(text_features, str) and text_features):
+        raise ConversionError(
+            f"{opts.path}: option 't_feat_dir' is {text_features!r}, expected one feature "
+            "folder (e.g. 'features/clip_text'). The file's options are damaged or not "
+            "Lighthouse's; convert an intact checkpoint"
+        )
     max_v_l, max_q_l = opts.number("max_v_l", int), opts.number("max_q_l", int)
     data: dict[str, Any] = {
         "video_features": streams,
-        "text_features": opts.get("t_feat_dir"),
+        "text_features": text_features,
         "max_v_len": max_v_l if max_v_l > 0 else None,
         "max_q_len": max_q_l if max_q_l > 0 else 100,
         "clip_len": opts.number("clip_length"),
@@ -387,7 +410,8 @@ def _experiment_sections(opts: _Options) -> dict[str, dict[str, Any]]:
         "epochs": opts.number("n_epoch", int),
         "batch_size": opts.number("bsz", int),
         "seed": opts.number("seed", int),
-        "patience": opts.number("max_es_cnt", int),
+        # Lighthouse: max_es_cnt -1 disables early stopping (momentkit: patience None)
+        "patience": patience if (patience := opts.number("max_es_cnt", int)) > 0 else None,
     }
     return {"data": data, "optim": optim, "trainer": trainer}
 

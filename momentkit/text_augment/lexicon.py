@@ -25,6 +25,8 @@ from momentkit.utils.io import read_json
 
 BUILTIN_LEXICON = Path(__file__).with_name("lexicon.json")
 EDITABLE_POS = ("noun", "verb", "adjective")
+#: the keys of a lexicon file (``format``, ``version`` and ``about`` describe it, unread)
+LEXICON_KEYS = ("synonyms", "antonyms", "pos", "temporal", "format", "version", "about")
 _TOKEN = re.compile(r"[A-Za-z0-9']+(?:-[A-Za-z0-9']+)*|[^\sA-Za-z0-9']")
 _NO_SPACE_BEFORE = set(",.;:!?)'")
 #: words never edited (articles, prepositions, pronouns, auxiliaries)
@@ -138,12 +140,19 @@ def load_lexicon(path: str | Path | None = None) -> Lexicon:
     """The built-in lexicon, or a JSON file of the same schema.
 
     Raises:
-        FormatError: naming the file and the malformed field.
+        FormatError: naming the file and the malformed field, or keys the schema does not
+            have (``{"words": ...}`` would otherwise be ignored silently).
     """
     path = Path(path) if path is not None else BUILTIN_LEXICON
     data = read_json(path, "a lexicon (JSON)")  # FormatError: not UTF-8, invalid JSON
     if not isinstance(data, dict):
         raise FormatError(path, None, None, "expected a JSON object")
+    unknown_keys = sorted(set(data) - set(LEXICON_KEYS))
+    if unknown_keys:
+        raise FormatError(
+            path, None, unknown_keys[0], f"unknown key(s) {unknown_keys}",
+            f"A lexicon holds {', '.join(LEXICON_KEYS)} (see the built-in {BUILTIN_LEXICON.name})",
+        )  # fmt: skip
     synonyms = _word_lists(data.get("synonyms", {}), path, "synonyms")
     antonyms = _word_lists(data.get("antonyms", {}), path, "antonyms")
     pos = _word_lists(data.get("pos", {}), path, "pos")

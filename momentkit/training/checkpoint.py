@@ -131,6 +131,19 @@ def load_state(directory: str | Path) -> Any:
         ) from None
 
 
+def damaged_state(directory: str | Path, field: str, problem: str) -> CheckpointError:
+    """The error of a resume state whose ``field`` is malformed (``problem`` says how).
+
+    Reads ``DIR/state.json: field 'trainer.epoch': expected an integer >= 0, got 'x'. The
+    checkpoint is damaged; ...``: the file, the field, and what to do instead.
+    """
+    return CheckpointError(
+        f"{Path(directory) / STATE_JSON}: field '{field}': {problem}. The checkpoint is "
+        "damaged: resume from another checkpoint (a copy of the run folder), or start a new "
+        "run in another --out"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # weights
 

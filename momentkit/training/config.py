@@ -429,6 +429,36 @@ def apply_overrides(
     return ExperimentConfig.from_dict(obj, source=source, resolver=resolver)
 
 
+def parse_field_overrides(
+    cls: type, overrides: Iterable[str], *, source: str = "--set"
+) -> dict[str, Any]:
+    """``key=value`` strings -> values of the fields of the flat dataclass ``cls``.
+
+    Each value is parsed by the field's annotated type exactly as :func:`apply_overrides`
+    parses a ``--set`` value (``6e2`` is a number, ``[3, 6]`` or ``3,6`` a tuple), and numbers
+    must be finite; a later override of a key wins. Used by commands whose ``--set`` fills
+    another config dataclass (``momentkit synth``'s ``SynthConfig``).
+
+    Raises:
+        ConfigError: naming ``source`` and the key: unknown keys (listing the valid ones),
+            values of the wrong type, NaN or infinite numbers.
+    """
+    where = _Where(source, None)
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, text = _split_override(item, source)
+        if key not in names:
+            raise where.error(key, "unknown key", f"Valid keys: {', '.join(sorted(names))}")
+        value = _parse_text(text, hints[key], key, where)
+        numbers = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+            raise where.error(key, f"expected finite numbers, got {text!r}")
+        out[key] = value
+    return out
+
+
 def load_config(
     path: str | Path, *, resolver: ModelConfigResolver | None = None
 ) -> ExperimentConfig:

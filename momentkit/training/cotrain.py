@@ -133,6 +133,18 @@ class CoTrainSpec:
             raise ConfigError(None, None, "--tad-train", "missing", "Give the TAD annotations")
         if self.strategy == "sequential" and len(self.tasks) != 2:
             raise ConfigError(None, None, "--strategy", "sequential training needs both tasks")
+        tiou = self.tad_tiou
+        if (
+            not isinstance(tiou, tuple | list)
+            or not tiou
+            or not all(
+                isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 1 for t in tiou
+            )
+        ):  # NaN fails 0 < t too
+            raise ConfigError(
+                None, None, "--tad-tiou", f"expected tIoU thresholds in (0, 1], got {tiou!r}",
+                "Give start:step:stop (e.g. 0.5:0.05:0.95) or a list (e.g. 0.3,0.5,0.7)",
+            )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tuples become lists)."""

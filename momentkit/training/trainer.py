@@ -43,6 +43,7 @@ from momentkit.data.loader import EpochSampler, collate
 from momentkit.data.records import MomentAnnotation, MomentPrediction, save_predictions
 from momentkit.training.checkpoint import (
     CheckpointError,
+    damaged_state,
     find_checkpoint,
     load_state,
     load_weights,
@@ -589,22 +590,34 @@ class Trainer:
                 logger.info("no checkpoint in %s: starting a new run", self.run_dir / "last")
             return False
         state = load_state(last)
-        done = int(state["trainer"]["epoch"])
+        train_state = check_resume_state(state, last)
+        done = train_state.epoch
         if done > self.cfg.trainer.epochs:
             raise CheckpointError(
                 f"{last}: the run has already trained {done} epochs; resume with "
                 f"--epochs {done} or more (given {self.cfg.trainer.epochs})"
             )
         load_weights(self.model, last, strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.state = TrainState(**state["trainer"])
+        for name, target in (("optimizer", self.optimizer), ("scheduler", self.scheduler)):
+            try:
+                target.load_state_dict(state[name])
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+                raise damaged_state(
+                    last, name, f"cannot be loaded ({type(e).__name__}: {e})"
+                ) from None
+        self.state = train_state
         patience = self.cfg.trainer.patience
         if self.state.stopped and (patience is None or self.state.evals_since_best < patience):
             self.state.stopped = False  # resumed with a larger patience: training goes on
         rngs = state["rng"]
         if state["world_size"] == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
+            try:
+                set_rng_state(rngs[self.dist.rank])
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+                where = f"rng.{self.dist.rank}"
+                raise damaged_state(
+                    last, where, f"not a random state ({type(e).__name__}: {e})"
+                ) from None
         else:
             logger.warning(
                 "resuming a %d-process run with %d processes: data order and random draws "
@@ -760,6 +773,91 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+#: TrainState field -> (what it must be, check); ``best_value``/``best_epoch`` may be null
+_STATE_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "epoch": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "step_in_epoch": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "global_step": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "best_value": ("a finite number or null", lambda v: v is None or _is_finite(v)),
+    "best_epoch": ("an integer >= 0 or null", lambda v: v is None or (_is_int(v) and v >= 0)),
+    "evals_since_best": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "stopped": ("true or false", lambda v: isinstance(v, bool)),
+    "loss_sums": (
+        "an object of loss name -> finite number",
+        lambda v: (
+            isinstance(v, dict) and all(isinstance(k, str) and _is_finite(x) for k, x in v.items())
+        ),
+    ),
+    "loss_count": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "epoch_time": ("a finite number >= 0", lambda v: _is_finite(v) and v >= 0),
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_resume_state(state: Any, directory: Path) -> TrainState:
+    """The counters of a resume state read by :func:`load_state`, its layout checked first.
+
+    ``state`` must be an object with ``trainer`` (the :class:`TrainState` fields; ``epoch``
+    required, the others default), ``world_size`` (an integer >= 1), ``optimizer`` and
+    ``scheduler`` (objects) and ``rng`` (one random state per process).
+
+    Raises:
+        CheckpointError: naming ``DIR/state.json`` and the malformed field, saying the
+            checkpoint is damaged and what to do (:func:`damaged_state`).
+    """
+    if not isinstance(state, dict):
+        raise damaged_state(directory, "<top level>", f"expected an object, got {_shown(state)}")
+    if "trainer" not in state:
+        raise damaged_state(directory, "trainer", "missing")
+    if not isinstance(state["trainer"], dict):
+        raise damaged_state(
+            directory, "trainer", f"expected an object, got {_shown(state['trainer'])}"
+        )
+    counters = state["trainer"]
+    unknown = sorted(set(counters) - set(_STATE_FIELDS))
+    if unknown:
+        raise damaged_state(directory, f"trainer.{unknown[0]}", "not a resume-state field")
+    if "epoch" not in counters:
+        raise damaged_state(directory, "trainer.epoch", "missing")
+    for key, value in counters.items():
+        wanted, ok = _STATE_FIELDS[key]
+        if not ok(value):
+            raise damaged_state(
+                directory, f"trainer.{key}", f"expected {wanted}, got {_shown(value)}"
+            )
+    for key, kind in (("optimizer", dict), ("scheduler", dict), ("world_size", int),
+                      ("rng", list)):  # fmt: skip
+        if key not in state:
+            raise damaged_state(directory, key, "missing")
+        value = state[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            wanted = {dict: "an object", int: "an integer >= 1", list: "a list"}[kind]
+            raise damaged_state(directory, key, f"expected {wanted}, got {_shown(value)}")
+    if state["world_size"] < 1:
+        raise damaged_state(
+            directory, "world_size", f"expected an integer >= 1, got {state['world_size']}"
+        )
+    if len(state["rng"]) != state["world_size"] or not all(
+        isinstance(r, dict) for r in state["rng"]
+    ):
+        raise damaged_state(
+            directory, "rng", f"expected {state['world_size']} random states (one per process)"
+        )
+    return TrainState(**{**counters, "loss_sums": dict(counters.get("loss_sums", {}))})
 
 
 def _state_dict(state: TrainState) -> dict[str, Any]:
