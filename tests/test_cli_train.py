@@ -209,3 +209,41 @@ def test_show_config(tmp_path, capsys):
     assert cfg["optim"]["lr"] == 3e-4 and cfg["model"]["hidden_dim"] == 64
     assert cfg["data"]["clip_len"] == 1.0 and cfg["optim"]["lr_drop"] == 40
     assert cfg["model"]["loss"]["weights"]["loss_saliency_rank"] == 4.0
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(
+    synth, tmp_path, capsys, monkeypatch
+):
+    """Data paths are saved as given (relative to the folder the run started in). Resumed
+    from elsewhere, the run says which saved path does not exist from there and how to go on;
+    the same files named from there are accepted (and used), other files still refused."""
+    import shutil
+
+    start, elsewhere = tmp_path / "start", tmp_path / "start" / "elsewhere"
+    shutil.copytree(synth, start / "s1")
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    rel = [a.replace(str(synth), "s1") for a in data_args(synth)]
+    args = ["train", "--model", "moment_detr", "--preset", "synth", *rel, "--out", "run"]
+    assert main([*args, "--epochs", "1", "--batch-size", "8", "--set", *TINY]) == 0
+    assert json.loads(Path("run/config.json").read_text())["data"]["train_path"].startswith("s1")
+
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["train", "--out", "../run", "--resume", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "field 'data.train_path': 's1/annotations/train.jsonl' does not exist from here" in err
+    assert "resume from that folder, or give the data paths again" in err
+
+    given = [a.replace("s1", "../s1") if a.startswith("s1") else a for a in rel]
+    assert main(["train", *given, "--out", "../run", "--resume", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "--resume: data.train_path given as '../s1/annotations/train.jsonl'" in out
+    rows = [json.loads(x)["epoch"] for x in Path("../run/log.jsonl").read_text().splitlines()]
+    assert rows == [1, 2]
+
+    monkeypatch.chdir(start)  # other files than the saved ones: still a different config
+    other = [a.replace("train.jsonl", "val.jsonl") for a in rel]
+    assert main(["train", *other, "--out", "run", "--resume", "--epochs", "3"]) == 2
+    assert "--resume with a different config (data.train_path" in capsys.readouterr().err
