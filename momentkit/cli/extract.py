@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from momentkit.cli.common import at_least, positive_float
+from momentkit.cli.index import DEFAULT_MAX_CLIPS
 
 HELP = "extract clip features of videos (and queries) into FEAT_DIR/<stream>/<id>.npz"
 
@@ -84,7 +85,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPUs (and torch threads) per video task with --ray (default 1)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="re-extract files that already exist"
+        "--max-clips",
+        type=at_least(0),
+        default=DEFAULT_MAX_CLIPS,
+        metavar="N",
+        help=f"fail (before decoding) a video of more clips than this: a file of a few frames "
+        f"may declare a duration of years (default {DEFAULT_MAX_CLIPS}, as `momentkit index`; "
+        "0: no limit). A --clip-len shorter than a video's frame interval fails it too",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="re-extract files that already exist (without it, a file is re-extracted only "
+        "when it was made from another video file, query text, encoder or clip length)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 if any video fails"
@@ -112,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         streams=tuple(args.streams) if args.streams else None,
         overwrite=args.overwrite,
         decode_threads=args.decode_threads,
+        max_clips=getattr(args, "max_clips", DEFAULT_MAX_CLIPS) or None,
     )
     build = {
         "device": args.device,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from momentkit.cli.common import at_least
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.library.engine import SearchEngine
     from momentkit.library.library import Library
     from momentkit.utils.errors import MomentkitError
+    from momentkit.utils.paths import refuse_overwriting_inputs
 
     started = time.perf_counter()
     startup = process_age()
@@ -133,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
             f"--plot {args.plot}: several queries are asked; put {{query}} in the file name, "
             "e.g. --plot curves/{query}.png"
         )
+    inputs: list[tuple[str, Any]] = [("--db", args.db)]
+    inputs += [("--queries-file", name) for name in args.queries_file]
+    outputs = _output_files(targets, args.plot, queries)
+    refuse_overwriting_inputs(outputs, inputs)  # before the library is opened
     fast = args.fast_cut and not args.reencode
     console = Console(stderr=args.json)
     stages: dict[str, float] = {}
@@ -141,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     opening = time.perf_counter()
     with Library.open(args.db) as library:
         vids = _library_vids(library)
+        inputs += [("library video", path) for path in vids]
+        refuse_overwriting_inputs(outputs, inputs)
         stages["open library"] = time.perf_counter() - opening
         loading = time.perf_counter()
         engine = SearchEngine.load(
@@ -173,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
                 _print_result(console, result, mine)
             stages["output"] = stages.get("output", 0.0) + time.perf_counter() - out_start
     out_start = time.perf_counter()
+    refuse_overwriting_inputs(_output_files(targets, None, [], answers), inputs)
     written = {t.spec: t.write(answers, {"results": documents}) for t in targets}
     if not args.json:
         for spec, paths in written.items():
@@ -216,15 +225,49 @@ def _library_vids(library: Any) -> dict[str, str]:
     return {str(p): vid for p, vid in zip(paths, video_ids(paths))} if paths else {}
 
 
-def _plot(template: str, query: Query, result: LibraryResult) -> None:
+def _plot_path(template: str, query: Query) -> str | Path:
+    """The ``--plot`` file of ``query`` (``{query}`` filled in)."""
     from momentkit.export.paths import fill, slugify
+
+    if "{query}" not in template:
+        return template
+    return fill(template, "query", f"q{slugify(str(query.qid), 24, 'x')}-{slugify(query.text)}")
+
+
+def _output_files(
+    targets: Sequence[Any],
+    plot: str | None,
+    queries: Sequence[Query],
+    answers: Sequence[Answer] | None = None,
+) -> list[tuple[str, Path]]:
+    """``(option, path)`` of the files the exports and ``--plot`` will write.
+
+    Without ``answers`` an export whose path has ``{video}`` is left out (its files are known
+    once the videos are found); with them, only those exports, expanded as
+    :meth:`~momentkit.export.registry.ExportTarget.write` expands them.
+    """
+    from momentkit.export import by_video, unique_slugs
+    from momentkit.export.paths import fill
+
+    files: list[tuple[str, Path]] = []
+    for t in targets:
+        templated = "{video}" in t.path
+        if answers is None and not templated:
+            files.append((f"--export {t.spec}", Path(t.path)))
+        elif answers is not None and templated:
+            slugs = unique_slugs(list(by_video(answers)))
+            files += [(f"--export {t.spec}", fill(t.path, "video", s)) for s in slugs.values()]
+    if plot:
+        files += [("--plot", Path(_plot_path(plot, q))) for q in queries]
+    return files
+
+
+def _plot(template: str, query: Query, result: LibraryResult) -> None:
     from momentkit.inference.plot import plot_highlights
 
     if not result.videos:
         return
-    path = template
-    if "{query}" in template:
-        path = fill(template, "query", f"q{slugify(str(query.qid), 24, 'x')}-{slugify(query.text)}")
+    path = _plot_path(template, query)
     plot_highlights(
         [r for _, r in result.videos],
         path,

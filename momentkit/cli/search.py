@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from momentkit.cli.common import at_least, positive_float
+from momentkit.cli.index import DEFAULT_MAX_CLIPS
 from momentkit.cli.output import add_output_arguments
 
 if TYPE_CHECKING:
@@ -111,6 +112,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SEC",
         help="seconds per clip of the zero-shot predictor (default: 2; a checkpoint uses its "
         "training clip length)",
+    )
+    parser.add_argument(
+        "--max-clips",
+        type=at_least(0),
+        default=DEFAULT_MAX_CLIPS,
+        metavar="N",
+        help=f"refuse (before decoding) a video of more clips than this: a file of a few frames "
+        f"may declare a duration of years (default {DEFAULT_MAX_CLIPS}, 24 h of 2 s clips, as "
+        "`momentkit index`; 0: no limit). A --clip-len shorter than the video's frame interval "
+        "is refused too",
     )
     parser.add_argument(
         "--no-trim",
@@ -254,11 +265,16 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.cli.output import check_min_score, clip_progress, threshold_kwargs
     from momentkit.export import ExportTarget, export_clips, from_results, video_ids
     from momentkit.export.paths import fill, unique_slugs
+    from momentkit.inference.predictor import ClipLengthError, TooManyClipsError, check_video_clips
     from momentkit.utils.errors import MomentkitError
+    from momentkit.utils.paths import refuse_overwriting_inputs
     from momentkit.video.decode import VideoError
 
     if args.top < 1:
         raise MomentkitError(f"--top must be >= 1, got {args.top}")
+    max_clips = getattr(args, "max_clips", DEFAULT_MAX_CLIPS)
+    if max_clips < 0:
+        raise MomentkitError(f"--max-clips must be >= 0 (0: no limit), got {max_clips}")
     check_min_score(args.min_score)
     targets = [ExportTarget.parse(spec) for spec in args.export]
     queries = collect_queries(args.queries, args.queries_file)
@@ -280,6 +296,11 @@ def run(args: argparse.Namespace) -> int:
             "e.g. --plot curves/{video}.png"
         )
     slugs = unique_slugs([vid for _, vid, _ in plan])
+    refuse_overwriting_inputs(
+        output_files(targets, args.plot, [slugs[vid] for _, vid, _ in plan]),
+        [("VIDEO", video) for video, _, _ in plan]
+        + [("--queries-file", name) for name in args.queries_file],
+    )
     fast = args.fast_cut and not args.reencode
 
     # with --json, stdout holds only the JSON document; progress goes to stderr
@@ -302,9 +323,11 @@ def run(args: argparse.Namespace) -> int:
         counter = f"[{index}/{len(plan)}] " if len(plan) > 1 else ""
         start = time.perf_counter()
         try:
+            # refused before decoding: a tiny file may declare years, a clip may be < 1 frame
+            check_video_clips(video, predictor.clip_len, max_clips or None)
             with clip_progress(console, f"{counter}encoding {video.name}", "clips") as progress:
                 encoding = predictor.encode_video(video, progress=progress)
-        except VideoError as e:
+        except (VideoError, TooManyClipsError, ClipLengthError) as e:
             if len(plan) == 1:
                 raise
             console.print(f"error: {e}", markup=False, style="red", soft_wrap=True)
@@ -355,6 +378,24 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(failed)} of {len(plan)} videos could not be read", style="red", markup=False
             )
     return 1 if failed else 0
+
+
+def output_files(
+    targets: Sequence[Any], plot: str | None, slugs: Sequence[str]
+) -> list[tuple[str, Path]]:
+    """``(option, path)`` of every file the exports and ``--plot`` will write, a ``{video}``
+    template expanded for each video (``slugs``: the videos' file-name slugs)."""
+    from momentkit.export.paths import fill
+
+    def expand(template: str) -> list[Path]:
+        if "{video}" not in template:
+            return [Path(template)]
+        return [fill(template, "video", slug) for slug in slugs]
+
+    files = [(f"--export {t.spec}", p) for t in targets for p in expand(t.path)]
+    if plot:
+        files += [("--plot", p) for p in expand(plot)]
+    return files
 
 
 def _print_video(

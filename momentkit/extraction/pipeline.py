@@ -8,12 +8,23 @@
 the layout Moment-DETR, QD-DETR, Lighthouse and :class:`momentkit.features.npz.NpzFeatureStore`
 read. ``<vid>`` is the video's file name without extension. Every file is written atomically,
 and a video whose files all exist is skipped, so an interrupted run resumes where it stopped.
+
+Each file also holds a small ``momentkit_source`` array (a JSON string, see
+:func:`source_of_video` and :func:`source_of_query`) recording what it was made from: the
+video's resolved path, size and modification time, or the query text, with the encoder and clip
+length. A file whose record differs from what this run would make (another video of the same
+name, an edited video, a changed query text) is re-extracted; a file without the record
+(written before momentkit recorded it) is kept, and counted in the report. Readers of the
+standard layout read ``features`` / ``last_hidden_state`` / ``pooler_output`` by name and are
+not affected.
+
 Each video is decoded once for all encoders, on a background thread that runs ahead of the
 encoders.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Sequence
@@ -44,6 +55,9 @@ class ExtractionConfig:
         clips_per_batch: clips handed to an encoder at once.
         prefetch: decoded clips buffered ahead of the encoders.
         decode_threads: FFmpeg decoder threads per video (0: FFmpeg chooses).
+        max_clips: refuse (as failed, before decoding) a video of more clips than this
+            (``None``: no limit); a clip length shorter than a video's frame interval is
+            refused the same way.
     """
 
     clip_len: float = 2.0
@@ -52,6 +66,7 @@ class ExtractionConfig:
     clips_per_batch: int = 16
     prefetch: int = 32
     decode_threads: int = 1
+    max_clips: int | None = None
 
 
 @dataclass
@@ -65,6 +80,9 @@ class VideoResult:
         num_clips: rows written per stream (0 unless done).
         seconds: wall-clock seconds spent on it.
         error: why it failed (``""`` otherwise).
+        note: ``"changed"`` (done: its old files were made from another video or settings, see
+            :meth:`Extractor.video_state`), ``"unrecorded"`` (skipped: its files hold no
+            source record) or ``""``.
     """
 
     path: Path
@@ -73,6 +91,7 @@ class VideoResult:
     num_clips: int = 0
     seconds: float = 0.0
     error: str = ""
+    note: str = ""
 
     @property
     def vid(self) -> str:
@@ -87,11 +106,17 @@ class ExtractionReport:
     videos: list[VideoResult] = field(default_factory=list)
     queries_written: int = 0
     queries_skipped: int = 0
+    queries_changed: int = 0
+    queries_unrecorded: int = 0
     wall_seconds: float = 0.0
 
     def by_status(self, status: str) -> list[VideoResult]:
         """The results with ``status``."""
         return [r for r in self.videos if r.status == status]
+
+    def by_note(self, note: str) -> list[VideoResult]:
+        """The results with ``note`` (``"changed"``, ``"unrecorded"``)."""
+        return [r for r in self.videos if r.note == note]
 
     @property
     def video_seconds(self) -> float:
@@ -119,6 +144,23 @@ class ExtractionReport:
             f"{self.video_seconds:.1f} s of video in {self.wall_seconds:.1f} s "
             f"({self.speed:.1f}x real time)",
         ]
+        changed = self.by_note("changed")
+        redone = [f"{len(changed)} video(s)"] if changed else []
+        redone += [f"{self.queries_changed} query file(s)"] if self.queries_changed else []
+        if redone:
+            names = ", ".join(str(r.path) for r in changed[:3])
+            lines.append(
+                f"re-extracted {' and '.join(redone)} whose existing files were made from "
+                "another video file, query text, encoder or clip length"
+                + (f": {names}" if names else "")
+                + (" ..." if len(changed) > 3 else "")
+            )
+        unrecorded = len(self.by_note("unrecorded")) + self.queries_unrecorded
+        if unrecorded:
+            lines.append(
+                f"kept {unrecorded} existing file set(s) that do not record what they were made "
+                "from (written by an older momentkit), as before; --overwrite re-extracts them"
+            )
         if failed:
             lines.append(f"failed ({len(failed)}):")
             # errors from momentkit name the file already
@@ -136,6 +178,10 @@ class ExtractionReport:
             "failed": [{"path": str(r.path), "error": r.error} for r in self.by_status("failed")],
             "queries_written": self.queries_written,
             "queries_skipped": self.queries_skipped,
+            "changed": [str(r.path) for r in self.by_note("changed")],
+            "unrecorded": len(self.by_note("unrecorded")),
+            "queries_changed": self.queries_changed,
+            "queries_unrecorded": self.queries_unrecorded,
             "video_seconds": round(self.video_seconds, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             "speed_x_real_time": round(self.speed, 3),
@@ -169,10 +215,79 @@ def feature_file(out_dir: str | Path, stream: str, key: str) -> Path:
     )
 
 
-def save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write ``arrays`` (as float32) to ``path`` atomically."""
+#: the array of a feature file recording what it was made from (a JSON string)
+SOURCE_KEY = "momentkit_source"
+
+
+def save_npz(path: Path, source: dict[str, Any] | None = None, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` (as float32) to ``path`` atomically, with ``source`` (what they were
+    made from) as the ``momentkit_source`` array when given."""
+    data = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    if source is not None:
+        data[SOURCE_KEY] = np.array(json.dumps(source, sort_keys=True))
     with atomic_open(path, "wb") as f:
-        np.savez(f, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+        np.savez(f, **data)
+
+
+def read_source(path: Path) -> dict[str, Any] | None:
+    """The source record of a feature file; ``None`` when it has none (an older file).
+
+    Raises:
+        ValueError: the file or its record cannot be read (a damaged file: re-extract it).
+    """
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if SOURCE_KEY not in npz.files:
+                return None
+            record = json.loads(str(npz[SOURCE_KEY][()]))
+    except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: the source record is not an object")
+    return record
+
+
+def source_of_video(path: Path, encoder: Encoder, clip_len: float) -> dict[str, Any]:
+    """What a video's feature file is made from: the file (resolved path, size, modification
+    time), the encoder and the clip length."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return {
+        "video": str(resolved),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "encoder": encoder.name,
+        "clip_len": clip_len,
+    }
+
+
+def source_of_query(query: str, encoder: Encoder) -> dict[str, Any]:
+    """What a query's feature file is made from: its text and the encoder."""
+    return {"query": query, "encoder": encoder.name}
+
+
+def file_state(path: Path, source: dict[str, Any]) -> str:
+    """``"missing"``, ``"current"`` (made from ``source``), ``"changed"`` (made from something
+    else, or unreadable) or ``"unrecorded"`` (no record: an older file)."""
+    if not path.is_file():
+        return "missing"
+    try:
+        old = read_source(path)
+    except ValueError:
+        return "changed"
+    if old is None:
+        return "unrecorded"
+    return "current" if old == json.loads(json.dumps(source, sort_keys=True)) else "changed"
+
+
+_STATE_ORDER = ("missing", "changed", "unrecorded", "current")
+
+
+def worst_state(states: Sequence[str]) -> str:
+    """The state of a set of files: missing before changed before unrecorded before current."""
+    return min(states, key=_STATE_ORDER.index, default="current")
 
 
 def describe_error(error: BaseException) -> str:
@@ -268,6 +383,10 @@ class Extractor:
         self.records = {s: stream_record_of(e, config.clip_len) for s, e in available.items()}
         self._check_records([*self.video_streams, *self.text_streams])
         self._records_written: set[str] = set()
+        #: query files of the last :meth:`extract_queries` re-extracted because their text or
+        #: encoder changed, and kept because they record no source
+        self.queries_changed = 0
+        self.queries_unrecorded = 0
 
     def _check_records(self, streams: Sequence[str]) -> None:
         """Refuse to add features of one pipeline to a folder holding another's."""
@@ -296,10 +415,27 @@ class Extractor:
 
     # -- videos ---------------------------------------------------------------------------------
 
-    def is_done(self, path: str | Path) -> bool:
-        """Whether every selected video stream of ``path`` already has its file."""
+    def video_state(self, path: str | Path) -> str:
+        """The state of ``path``'s files over the selected video streams (see
+        :func:`file_state`): ``"missing"``, ``"changed"``, ``"unrecorded"`` or ``"current"``."""
+        path = Path(path)
         vid = video_id(path)
-        return all(feature_file(self.out_dir, s, vid).is_file() for s in self.video_streams)
+        try:
+            sources = {
+                s: source_of_video(path, e, self.config.clip_len)
+                for s, e in self.video_streams.items()
+            }
+        except OSError:  # the video is gone: extracting it reports why
+            return "missing"
+        return worst_state(
+            [file_state(feature_file(self.out_dir, s, vid), sources[s]) for s in sources]
+        )
+
+    def is_done(self, path: str | Path) -> bool:
+        """Whether every selected video stream of ``path`` already has its file, made from this
+        video file (same path, size and modification time) with these settings, or holding no
+        record of what it was made from (an older file)."""
+        return self.video_state(path) in ("current", "unrecorded")
 
     def extract_video(self, path: str | Path, progress: Progress | None = None) -> VideoResult:
         """Extract (or skip) one video; failures are returned in the result, never raised.
@@ -307,18 +443,27 @@ class Extractor:
         ``progress(clips_done, clips_total)`` is called while a pipeline encoder runs."""
         path = Path(path)
         start = time.perf_counter()
-        if not self.config.overwrite and self.is_done(path):
-            return VideoResult(path, "skipped")
+        state = "missing" if self.config.overwrite else self.video_state(path)
+        if state in ("current", "unrecorded"):
+            return VideoResult(path, "skipped", note="unrecorded" if state == "unrecorded" else "")
+        note = "changed" if state == "changed" else ""
         try:
             duration, num_clips = self._extract(path, progress)
         except Exception as e:  # one bad video must not stop a batch
             return VideoResult(
                 path, "failed", seconds=time.perf_counter() - start, error=describe_error(e)
             )
-        return VideoResult(path, "done", duration, num_clips, time.perf_counter() - start)
+        return VideoResult(
+            path, "done", duration, num_clips, time.perf_counter() - start, note=note
+        )
 
     def _extract(self, path: Path, progress: Progress | None = None) -> tuple[float, int]:
+        from momentkit.inference.predictor import check_video_clips
+
         cfg = self.config
+        # before decoding: a clip shorter than a frame, or a file declaring years of video
+        check_video_clips(path, cfg.clip_len, cfg.max_clips)
+        sources = {s: source_of_video(path, e, cfg.clip_len) for s, e in self.video_streams.items()}
         results: dict[str, np.ndarray] = {}
         duration, num_clips = 0.0, 0
         for enc in self.pipeline_encoders:  # each decodes the video the way its reference does
@@ -357,7 +502,7 @@ class Extractor:
             duration, num_clips = reader.info.duration, max(num_clips, reader.num_clips)
         vid = video_id(path)
         for stream, features in results.items():
-            save_npz(feature_file(self.out_dir, stream, vid), features=features)
+            save_npz(feature_file(self.out_dir, stream, vid), sources[stream], features=features)
             self._write_record(stream)
         return duration, num_clips
 
@@ -375,6 +520,10 @@ class Extractor:
     def extract_queries(self, path: str | Path, batch_size: int = 64) -> tuple[int, int]:
         """Write the selected text streams of every query of a JSONL file.
 
+        A query whose file was made from another text (or encoder) is re-extracted; one whose
+        file has no record (an older file) is kept. Their counts are left in
+        :attr:`queries_changed` and :attr:`queries_unrecorded`.
+
         Returns:
             ``(written, skipped)`` query files (counted over text streams).
 
@@ -383,20 +532,28 @@ class Extractor:
         """
         rows = read_queries(path)
         written = skipped = 0
+        self.queries_changed = self.queries_unrecorded = 0
         for stream, enc in self.text_streams.items():
-            todo = [
-                (qid, q)
-                for qid, q in rows
-                if self.config.overwrite
-                or not feature_file(self.out_dir, stream, text_key(qid)).is_file()
-            ]
+            todo = []
+            for qid, q in rows:
+                file = feature_file(self.out_dir, stream, text_key(qid))
+                state = (
+                    "missing"
+                    if self.config.overwrite
+                    else file_state(file, source_of_query(q, enc))
+                )
+                self.queries_changed += state == "changed"
+                self.queries_unrecorded += state == "unrecorded"
+                if state in ("missing", "changed"):
+                    todo.append((qid, q))
             skipped += len(rows) - len(todo)
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i : i + batch_size]
                 feats = enc.encode_text([q for _, q in chunk])
-                for (qid, _), f in zip(chunk, feats, strict=True):
+                for (qid, q), f in zip(chunk, feats, strict=True):
                     save_npz(
                         feature_file(self.out_dir, stream, text_key(qid)),
+                        source_of_query(q, enc),
                         last_hidden_state=f.last_hidden_state,
                         pooler_output=f.pooler_output,
                     )

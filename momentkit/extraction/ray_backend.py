@@ -99,11 +99,17 @@ def run_on_ray(
     report = ExtractionReport()
     if queries is not None:
         report.queries_written, report.queries_skipped = driver.extract_queries(queries)
+        report.queries_changed = driver.queries_changed
+        report.queries_unrecorded = driver.queries_unrecorded
     if not driver.video_streams:  # only text streams selected
         videos = []
-    todo = [v for v in videos if config.overwrite or not driver.is_done(v)]
-    pending = set(todo)
-    report.videos.extend(VideoResult(v, "skipped") for v in videos if v not in pending)
+    states = {v: "missing" if config.overwrite else driver.video_state(v) for v in videos}
+    todo = [v for v in videos if states[v] in ("missing", "changed")]
+    report.videos.extend(
+        VideoResult(v, "skipped", note="unrecorded" if states[v] == "unrecorded" else "")
+        for v in videos
+        if v not in set(todo)
+    )
     start = time.perf_counter()
     if todo:
         started = connect(address, num_cpus)

@@ -139,6 +139,8 @@ def run_extraction(
     report = ExtractionReport()
     if queries is not None:
         report.queries_written, report.queries_skipped = extractor.extract_queries(queries)
+        report.queries_changed = extractor.queries_changed
+        report.queries_unrecorded = extractor.queries_unrecorded
     if not extractor.video_streams:  # only text streams selected
         videos = []
     start = time.perf_counter()

@@ -111,6 +111,62 @@ def check_clip_count(
     return clips
 
 
+class ClipLengthError(PredictorError):
+    """A clip length shorter than the video's frame interval: every clip would hold the same
+    frame again (and a 30 s video cut into 1 ms clips is 30,000 of them)."""
+
+
+def check_clip_len_fits(
+    path: str | Path, fps: float | None, clip_len: float, option: str = "--clip-len"
+) -> None:
+    """Refuse a ``clip_len`` shorter than one frame of a video of ``fps`` frames per second
+    (``None``: the container does not tell, nothing is checked).
+
+    Raises:
+        ClipLengthError: naming ``option``, the frame interval and the shortest clip length.
+    """
+    if fps is None or not math.isfinite(fps) or fps <= 0:
+        return
+    interval = 1.0 / fps
+    if clip_len < interval * (1 - 1e-6):
+        shortest = math.ceil(interval * 1000) / 1000
+        raise ClipLengthError(
+            f"{path}: {option} {clip_len:g} s is shorter than the video's frame interval "
+            f"({interval:.4g} s at {fps:g} fps), so clips would repeat the same frames. Give "
+            f"{option} {shortest:g} or more"
+        )
+
+
+def check_video_clips(
+    path: str | Path,
+    clip_len: float,
+    max_clips: int | None,
+    *,
+    clip_len_option: str = "--clip-len",
+    max_clips_option: str = "--max-clips",
+) -> int:
+    """Probe ``path`` (its header only, nothing decoded) and refuse, before the work starts, a
+    clip length shorter than its frame interval or more clips than ``max_clips``.
+
+    Shared by ``momentkit search``, ``index`` and ``extract``: a tiny file may declare a
+    duration of years, and a clip length of a millisecond cuts a short video into tens of
+    thousands of clips; either would otherwise run for hours.
+
+    Returns:
+        The number of clips.
+
+    Raises:
+        VideoError: the file cannot be opened as a video.
+        ClipLengthError: ``clip_len`` is shorter than one frame.
+        TooManyClipsError: more clips than ``max_clips`` (``None``: no limit).
+    """
+    from momentkit.video.decode import probe
+
+    info = probe(path)
+    check_clip_len_fits(path, info.fps, clip_len, clip_len_option)
+    return check_clip_count(path, info.duration, clip_len, max_clips, max_clips_option)
+
+
 class Scorer(Protocol):
     """Turns a video's features and queries into results (the part after the encoders)."""
 

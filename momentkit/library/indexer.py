@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from momentkit.data.records import check_clip_len
-from momentkit.inference.predictor import TooManyClipsError, check_clip_count
+from momentkit.inference.predictor import TooManyClipsError, check_video_clips
 from momentkit.library.files import FileStat, file_sha256, plan_changes, scan_videos, stat_file
 from momentkit.library.protocols import EncodingPredictor
 from momentkit.library.space import RetrievalSpace
@@ -123,7 +123,8 @@ class Indexer:
         retry_failed: encode files that failed before even if they did not change.
         max_clips: refuse (record as failed, and go on) a video of more clips than this,
             before decoding it: a file of a few frames may declare a duration of years.
-            ``None``: no limit.
+            ``None``: no limit. A video whose frame interval is longer than ``clip_len`` is
+            refused the same way.
 
     Raises:
         LibraryError: the library was indexed with another encoder or clip length.
@@ -236,8 +237,7 @@ class Indexer:
         start = time.perf_counter()
         try:
             stat = stat_file(stat.path)  # the fingerprint of the bytes about to be encoded
-            if self.max_clips is not None:
-                self._check_clips(stat.path)
+            self._check_clips(stat.path)
             encoding = self.predictor().encode_video(stat.path)
             streams = {k: np.asarray(v, dtype=np.float32) for k, v in encoding.streams.items()}
             if self.space.stream not in streams:
@@ -276,7 +276,7 @@ class Indexer:
         report.video_seconds += float(encoding.duration)
 
     def _check_clips(self, path: Path) -> None:
-        """TooManyClipsError when ``path`` declares more clips than ``max_clips``."""
-        from momentkit.video.decode import probe
-
-        check_clip_count(path, probe(path).duration, self.clip_len, self.max_clips, "--max-clips")
+        """Refuse ``path`` before decoding it when the clip length is shorter than its frame
+        interval (ClipLengthError) or it declares more clips than ``max_clips``
+        (TooManyClipsError); see :func:`~momentkit.inference.predictor.check_video_clips`."""
+        check_video_clips(path, self.clip_len, self.max_clips)

@@ -285,6 +285,7 @@ class LibraryStore:
             raise _library_error(self.path, e) from e
         self._conn = conn
         try:
+            self._refuse_foreign()  # before anything is written, even the journal mode
             if not readonly:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -333,6 +334,42 @@ class LibraryStore:
         return sqlite3.connect(
             f"{uri}?immutable=1", uri=True, isolation_level=None, check_same_thread=False
         )
+
+    def _refuse_foreign(self) -> None:
+        """Refuse an SQLite database that holds tables but is not a momentkit library (no
+        ``meta`` table with a ``schema_version``): adding the library's tables would change
+        someone else's database, and its own ``videos`` table may have other columns.
+
+        Raises:
+            LibraryError: naming the tables found and how to fix it.
+        """
+        tables = sorted(
+            str(r[0])
+            for r in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        )
+        if not tables:
+            return  # a new (empty) database: the library's tables go in
+        problem = None
+        if "meta" not in tables:
+            problem = "no momentkit 'meta' table"
+        else:
+            try:
+                row = self._conn.execute(
+                    "SELECT value FROM meta WHERE key='schema_version'"
+                ).fetchone()
+            except sqlite3.OperationalError:  # a 'meta' table of other columns
+                row = None
+            if row is None:
+                problem = "a 'meta' table that is not momentkit's (no schema_version)"
+        if problem is not None:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise LibraryError(
+                f"{self.path}: not a momentkit library: an SQLite database of other tables "
+                f"({shown}) with {problem}; momentkit leaves it unchanged. Give a new --db "
+                "file for the library (e.g. --db library.db)"
+            )
 
     def _check_schema(self) -> None:
         """The checks of :meth:`_init_schema` without writing (read-only stores)."""
