@@ -12,7 +12,8 @@ Each input case runs ``python -m momentkit ARGS`` in a workspace built once (a t
 benchmark, a one-epoch checkpoint, a packed store, a one-video library) and is classified:
 
 - ``clear``: non-zero exit, the last line of stderr is ``momentkit CMD: error: ...``, no
-  traceback;
+  traceback (or, for batch commands such as ``extract``, exit status 1 with a ``failed (N):``
+  list giving each failed item's reason);
 - ``traceback``: a Python traceback reached the user (goal: 0);
 - ``success``: exit status 0 (for a case expected to fail this is a *silent* wrong result);
 - ``unclear``: a non-zero exit without either.
@@ -115,13 +116,16 @@ def momentkit(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Co
     )
 
 
-def classify(rc: int, stderr: str) -> str:
+def classify(rc: int, stderr: str, stdout: str = "") -> str:
     if "Traceback (most recent call last)" in stderr:
         return "traceback"
     if rc == 0:
         return "success"
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     if rc > 0 and lines and ERROR_LINE.match(lines[-1]):
+        return "clear"
+    # batch commands (extract, index) list the items that failed, each with its reason
+    if rc == 1 and re.search(r"^failed \(\d+\):\n  \S.*: ", stdout, re.M):
         return "clear"
     return "unclear"
 
@@ -830,6 +834,65 @@ def cases(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Case]:
         "index: other encoder than the library's",
         ["index", "vids", "--db", "lib.db", "--encoder", "offline-glove"],
     )
+
+    # --- found by the audit of 2026-12-07 (second part) ------------------------------------
+    import numpy as np
+
+    from momentkit.video.write import write_video
+
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    frames[1], frames[2] = 128, 255
+    long = write_video(w / "cli_long.mkv", frames, times=[0, 1, 200_000])  # seconds
+    video = w / "own_video.mp4"
+    shutil.copyfile(f["vids"] / "demo.mp4", video)
+    add(
+        "search --export json:THE-VIDEO",
+        ["search", str(video), "a person", "--export", f"json:{video}"],
+        check=unchanged(video),
+        group="security",
+    )
+    add("search: 868 B file declaring 55 hours", ["search", str(long), "a person"])
+    # extract reports a failed video in its summary (stdout) and exits 1; nothing written
+    add(
+        "extract: file declaring 55 hours",
+        ["extract", str(long), "--out", str(w / "fx")],
+        check=lambda: [f"wrote {p}" for p in (w / "fx").rglob("*.npz")],
+    )
+    add("search --clip-len 0.001", ["search", str(video), "a person", "--clip-len", "0.001"])
+    foreign = w / "app.db"
+    with sqlite3.connect(foreign) as con:
+        con.execute("create table videos(name text)")
+    add(
+        "index --db someone else's database",
+        ["index", "vids", "--db", str(foreign)],
+        check=unchanged(foreign),
+        group="security",
+    )
+    add("query --db someone else's database", ["query", "a person", "--db", str(foreign)])
+    damaged = w / "damaged_run"
+    shutil.copytree(run, damaged)
+    (damaged / "last" / "state.json").write_text('{"trainer": {"epoch": "x"}}')
+    add("train --resume: damaged state.json", ["train", "--out", str(damaged), "--resume"])
+    for value in ("min_duration=abc", "seed=abc", "clip_noise=nan"):
+        add(
+            f"synth --set {value}",
+            ["synth", str(w / "synth_bad"), "--train", "2", "--val", "1", "--set", value],
+            check=no_file(w / "synth_bad", "wrote a benchmark"),
+        )
+    for value in ("abc", "0.9:0.1:0.1", "nan"):
+        add(f"cotrain --tad-tiou {value}", ["cotrain", "--tad-tiou", value])
+    add(
+        "augment --import a missing module",
+        ["augment", train, "--out", str(w / "c.jsonl"), "--import", "nosuch_mod"],
+    )
+    train_copy = w / "train_copy.jsonl"
+    shutil.copyfile(train, train_copy)
+    add(
+        "augment --out its annotations",
+        ["augment", str(train_copy), "--out", str(train_copy)],
+        check=unchanged(train_copy),
+        group="security",
+    )
     return out
 
 
@@ -1492,10 +1555,10 @@ def main() -> int:
         t0 = time.time()
         try:
             r = momentkit(case.args, w)
-            rc, err = r.returncode, r.stderr
+            rc, err, stdout = r.returncode, r.stderr, r.stdout
         except subprocess.TimeoutExpired:
-            rc, err = -9, "timed out"
-        outcome = classify(rc, err)
+            rc, err, stdout = -9, "timed out", ""
+        outcome = classify(rc, err, stdout)
         violations = case.check() if case.check else []
         if case.expect == "error" and outcome == "success":
             violations.append("succeeded where it must fail (silent wrong result)")
