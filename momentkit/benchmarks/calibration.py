@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs, synth_data_inputs
     from momentkit.data.records import load_annotations
     from momentkit.features import open_feature_store
     from momentkit.inference.predictor import Predictor
@@ -134,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.utils.io import read_jsonl, write_json
 
     data = args.data
+    files, folders = synth_data_inputs("--data", data)
+    folders.append(("--checkpoint", args.checkpoint))
+    refuse_outputs_over_inputs([("--out", args.out)], files, folders)
     feats = data / "features"
     val = load_annotations(data / "annotations" / "val.jsonl")[: args.queries]
     train = load_annotations(data / "annotations" / "train.jsonl")

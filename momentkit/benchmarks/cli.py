@@ -82,9 +82,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs
     from momentkit.utils.errors import MomentkitError
     from momentkit.utils.io import write_json
 
+    refuse_outputs_over_inputs(
+        [("--out", args.out)],
+        folders=[("--videos", args.videos), ("--baseline-src", args.baseline_src)],
+    )
     if args.baseline_src is not None and not (args.baseline_src / "momentkit").is_dir():
         raise MomentkitError(f"{args.baseline_src}: not a momentkit checkout (no momentkit/)")
     with tempfile.TemporaryDirectory(prefix="momentkit-bench-cli-") as tmp:

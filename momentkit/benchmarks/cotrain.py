@@ -130,9 +130,14 @@ def _check_rows(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train what is missing (``--jobs`` runs at once), then print and write the table."""
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs, synth_data_inputs
     from momentkit.utils.io import atomic_write_text, write_json
 
     data, out = Path(args.data), Path(args.out)
+    files, folders = synth_data_inputs("--data", data)
+    refuse_outputs_over_inputs(
+        [("--out", out / "table.md"), ("--out", out / "results.json")], files, folders
+    )
     _check_rows(args)
     _ensure_data(data, args.make_data)
     jobs = [

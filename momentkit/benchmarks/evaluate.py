@@ -102,6 +102,27 @@ def _load_official(directory: Path) -> Callable[..., Any]:
     return module.eval_submission
 
 
+def read_expected(path: Path) -> dict[str, Any]:
+    """The metrics JSON of ``--expected``: an object of metric names to values.
+
+    Raises:
+        FormatError: naming the file (and the line of invalid JSON) and the shape expected.
+    """
+    from momentkit.utils.errors import FormatError
+    from momentkit.utils.io import read_json
+
+    expected = read_json(path, "a metrics JSON file")
+    if not isinstance(expected, dict):
+        raise FormatError(
+            path,
+            None,
+            None,
+            f"--expected: expected a JSON object of metrics, got {type(expected).__name__}",
+            'Give the metrics file `momentkit evaluate --out` writes ({"brief": ..., ...})',
+        )
+    return expected
+
+
 def _diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
@@ -113,12 +134,20 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs
     from momentkit.evaluation import eval_submission
     from momentkit.utils.io import read_jsonl, write_json
 
+    refuse_outputs_over_inputs(
+        [("--out", args.out)],
+        [("--pred", args.pred), ("--gt", args.gt), ("--expected", args.expected)],
+        [("--official-dir", args.official_dir)],
+    )
     console = Console()
     if args.whole_process:
         return _run_whole_process(args, console)
+    # --expected read (and checked) before the timing, not after it
+    expected = read_expected(args.expected) if args.expected and args.expected.is_file() else None
     official_fn = _load_official(args.official_dir) if args.official_dir is not None else None
     load_start = time.perf_counter()
     submission = read_jsonl(args.pred)
@@ -136,8 +165,7 @@ def run(args: argparse.Namespace) -> int:
         "ours_median_s": statistics.median(ours_times),
     }
     ok = True
-    if args.expected and args.expected.is_file():
-        expected = json.loads(args.expected.read_text(encoding="utf-8"))
+    if expected is not None:
         report["ours_equals_expected"] = ours == expected
         if ours != expected:
             ok = False

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs
     from momentkit.benchmarks.official import (
         Timing,
         alternate,
@@ -145,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from momentkit.modeling.linear import onednn_linear_enabled
 
+    refuse_outputs_over_inputs(
+        [("--json", args.json_out)], folders=[("--official-dir", args.official_dir)]
+    )
     refuse_official_precision_alone(args)
     configure_device(args.device, args.tf32)
     with threads(args.threads):

@@ -260,9 +260,14 @@ def run(args: argparse.Namespace) -> int:
     """Train what is missing (``--jobs`` runs at once), then print the table and write it to
     ``table.md`` / ``results.json``; with ``--report``, train and write nothing: print the table
     of the finished runs and where each unfinished one stands."""
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs, synth_data_inputs
     from momentkit.utils.io import atomic_write_text, write_json
 
     data, out = Path(args.data), Path(args.out)
+    files, folders = synth_data_inputs("--data", data)
+    refuse_outputs_over_inputs(
+        [("--out", out / "table.md"), ("--out", out / "results.json")], files, folders
+    )
     _ensure_data(data, args.make_data)
     variants = [Variant.parse(v) for v in args.variant]
     if not args.report and any(wants_corpus(data, v, args) for v in variants):

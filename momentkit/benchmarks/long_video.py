@@ -470,12 +470,17 @@ def run(args: argparse.Namespace) -> int:
     """Train (or load) a trimming model, measure both modes per length, write JSON + PNG."""
     import torch
 
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs
     from momentkit.data.synth_long import LongFeatureConfig
     from momentkit.utils.errors import MomentkitError
     from momentkit.utils.io import write_json
 
     if args.queries < 1 or any(m <= 0 for m in args.lengths):
         raise MomentkitError("--queries must be >= 1 and --lengths positive minutes")
+    refuse_outputs_over_inputs(
+        [("--out", p) for p in output_files(args)],
+        folders=[("--checkpoint", args.checkpoint), ("--mr-checkpoint", args.mr_checkpoint)],
+    )
     torch.set_num_threads(max(1, args.threads))
     features = LongFeatureConfig(slowfast_dim=args.slowfast_dim, float16=True)
     cfg = benchmark_config(features, args.overrides)
@@ -512,6 +517,17 @@ def run(args: argparse.Namespace) -> int:
     print_report(report)
     print(f"wrote {out / 'long_video.json'} and {report['plot']}")
     return 0
+
+
+def output_files(args: argparse.Namespace) -> list[Path]:
+    """The files the benchmark writes under ``--out``: the report, the plot and, when it
+    trains (no ``--checkpoint``), the model's files under ``OUT/model``."""
+    out = Path(args.out)
+    files = [out / "long_video.json", out / "latency_vs_length.png"]
+    if not args.checkpoint:
+        model = out / "model"
+        files += [model / name for name in ("config.json", "model.safetensors", "experiment.json")]
+    return files
 
 
 def benchmark_config(features: LongFeatureConfig, overrides: Sequence[str]) -> ExperimentConfig:

@@ -429,11 +429,11 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
 
 
 def benchmark_device(device: str) -> torch.device:
-    """``--device`` as a :class:`torch.device`; a CUDA device where CUDA is missing is refused."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MomentkitError("--device cuda: CUDA is not available on this machine")
-    return dev
+    """``--device`` as a :class:`torch.device`; an unknown device or a CUDA device this machine
+    does not have is refused (:func:`momentkit.benchmarks.guards.check_device`)."""
+    from momentkit.benchmarks.guards import check_device
+
+    return torch.device(check_device(device))
 
 
 def build_pair(

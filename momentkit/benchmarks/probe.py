@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     """Train ``--steps`` steps, report the saliency ranking accuracy every ``--every``."""
     import torch
 
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs, synth_data_inputs
     from momentkit.benchmarks.learn import feature_overrides
     from momentkit.data.loader import collate
     from momentkit.data.records import load_annotations
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from momentkit.utils.io import write_json
 
     data = Path(args.data)
+    files, folders = synth_data_inputs("--data", data)
+    refuse_outputs_over_inputs([("--json", args.json)], files, folders)
     overrides = [*feature_overrides(data), *args.overrides]
     cfg = build_config(args.model, args.preset, overrides)
     train_anns = load_annotations(data / "annotations" / "train.jsonl")[: args.train]

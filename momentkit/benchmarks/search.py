@@ -247,9 +247,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs
     from momentkit.library.library import Library
     from momentkit.utils.io import write_json
 
+    refuse_outputs_over_inputs([("--out", args.out)], [("--video", args.video)])
     console = Console()
     report: dict[str, Any] = {"clips": args.clips, "coarse": {}}
     ok = True

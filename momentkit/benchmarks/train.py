@@ -292,6 +292,11 @@ def _epoch_figures(
 
 def run(args: argparse.Namespace) -> int:
     """Measure and print the figures."""
+    from momentkit.benchmarks.guards import refuse_outputs_over_inputs
+
+    refuse_outputs_over_inputs(
+        [("--json", args.json_out)], folders=[("--official-dir", args.official_dir)]
+    )
     if args.official_dir:
         from momentkit.benchmarks.official_train import compare_training
 

@@ -41,5 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch to the chosen benchmark."""
+    """Check ``--device`` (where the benchmark has one), then run the chosen benchmark."""
+    if getattr(args, "device", None) is not None:
+        from momentkit.benchmarks.guards import check_device
+
+        args.device = check_device(args.device)
     return int(args._bench_run(args) or 0)

@@ -182,7 +182,16 @@ def resolve(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig, CoTrai
         spec = CoTrainSpec(**fields)
         spec.validate()
         return cfg, spec
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    from momentkit.utils.io import read_json
+
+    saved = read_json(saved_path, "a cotrain run's settings")
+    parts = ("spec", "experiment")
+    if not (isinstance(saved, dict) and all(isinstance(saved.get(k), dict) for k in parts)):
+        raise ConfigError(
+            saved_path, None, None,
+            'expected {"spec": {...}, "experiment": {...}} as `momentkit cotrain` writes it',
+            "Resume from an intact run folder, or start a new run with another --out",
+        )  # fmt: skip
     cfg = ExperimentConfig.from_dict(saved["experiment"], source=saved_path)
     spec = CoTrainSpec.from_dict(saved["spec"])
     if args.model is not None or args.preset is not None:

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument(
         "--workdir",
         metavar="DIR",
-        help="keep the data (DIR/synth, replaced if present), predictions and metrics here "
+        help="keep the data (DIR/synth, replaced if an earlier demo or `momentkit synth` wrote "
+        "it; other files there are refused), predictions and metrics here "
         "(default: a temporary folder, deleted afterwards)",
     )
     synth.add_argument(
@@ -194,6 +195,28 @@ def metrics_table(brief: dict[str, float]) -> Any:
     return table
 
 
+def _refuse_foreign_data(data: Path, workdir: str | None) -> None:
+    """``--workdir`` whose ``synth`` folder holds files that are not a benchmark momentkit wrote:
+    refused before anything is written (the demo replaces only its own benchmark; it has no
+    ``--force``).
+
+    Raises:
+        MomentkitError: naming the folder and the files, and what to do.
+    """
+    from momentkit.data.synth import _outputs, check_overwrite
+    from momentkit.utils.errors import MomentkitError
+
+    existing = [rel for rel in _outputs() if (data / rel).exists()]
+    try:
+        check_overwrite(data, existing, overwrite=True)
+    except MomentkitError:
+        raise MomentkitError(
+            f"--workdir {workdir}: {data} holds {', '.join(existing)} but is not a synthetic "
+            "benchmark written by momentkit (no valid synth_config.json); the demo replaces "
+            f"only its own benchmark there. Give another --workdir, or move {data} away"
+        ) from None
+
+
 def run_synthetic(args: argparse.Namespace) -> int:
     """Generate, predict, evaluate, print; returns the exit status."""
     from rich.console import Console
@@ -212,6 +235,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
     with _workdir(args.workdir) as workdir:
         config = SynthConfig(num_train=args.train, num_val=args.val, seed=args.seed)
         data = workdir / "synth"
+        _refuse_foreign_data(data, args.workdir)
         with console.status("writing the synthetic benchmark"):
             generate(config, data, overwrite=True, progress=False)
         val = load_annotations(data / "annotations" / "val.jsonl")

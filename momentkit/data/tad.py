@@ -34,7 +34,7 @@ import numpy as np
 
 from momentkit.data.records import MAX_DURATION, WINDOW_SLACK, MomentAnnotation
 from momentkit.utils.errors import FeatureError, FormatError
-from momentkit.utils.io import atomic_write_bytes
+from momentkit.utils.io import atomic_write_bytes, read_json, read_text
 
 #: UniMD's prompt turning an action class into a query
 DEFAULT_PROMPT = "a video of {}"
@@ -130,15 +130,13 @@ def load_tad_json(path: str | Path, subset: str | None = None) -> list[TADVideo]
 
     Raises:
         FormatError: naming the file and the field (``database.<vid>.annotations[i].segment``)
-            of a malformed entry, or a subset that no video has (listing those present).
+            of a malformed entry, or a subset that no video has (listing those present); the
+            file and line of invalid JSON, JSON nested too deeply, or bytes that are not UTF-8.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such TAD annotation file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise FormatError(path, e.lineno, None, f"invalid JSON: {e.msg}") from None
+    data = read_json(path, "a TAD annotation file")  # names the file (and line) of bad JSON
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
         raise FormatError(
@@ -177,18 +175,19 @@ def load_class_list(path: str | Path) -> list[str]:
     ``.json`` list of names.
 
     Raises:
-        FormatError: a duplicate or malformed name (naming the line).
+        FormatError: a duplicate or malformed name (naming the line); invalid JSON, JSON
+            nested too deeply or bytes that are not UTF-8 (naming the file and line).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such class list")
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, "a class list")
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise FormatError(path, 1, None, "expected a JSON list of class names")
         rows = [(i + 1, name.strip()) for i, name in enumerate(data)]
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path, "a class list").splitlines()
         rows = [(i + 1, line.strip()) for i, line in enumerate(lines) if line.strip()]
     seen: dict[str, int] = {}
     for line, name in rows:

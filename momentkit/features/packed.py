@@ -209,7 +209,8 @@ def _write_data(
                 array = np.ascontiguousarray(source.get(key), dtype=dtype)
             if dtype != np.float32:
                 check_finite(array, f"{source.path}: item '{key}' cast to {dtype}")
-            f.write(memoryview(array).cast("B"))
+            if array.size:  # an item of zero rows (as the npz store allows) adds no bytes
+                f.write(memoryview(array).cast("B"))
             items[key] = [row, int(array.shape[0])]
             row += int(array.shape[0])
         f.flush()
