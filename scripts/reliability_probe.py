@@ -644,7 +644,7 @@ def cases(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Case]:
             text,
             "--out",
             str(captions_copy),
-        ],  # fmt: skip
+        ],
         check=unchanged(captions_copy),
         group="security",
     )
@@ -892,6 +892,74 @@ def cases(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Case]:
         ["augment", str(train_copy), "--out", str(train_copy)],
         check=unchanged(train_copy),
         group="security",
+    )
+
+    # --- the second audit of that night ------------------------------------------------------
+    add(
+        "bench evaluate --out its --gt",
+        [
+            "bench",
+            "evaluate",
+            "--pred",
+            str(preds_copy),
+            "--gt",
+            str(gt_copy),
+            "--repeat",
+            "1",
+            "--out",
+            str(gt_copy),
+        ],
+        check=unchanged(gt_copy),
+        group="security",
+    )
+    broken = w / "expected_broken.json"
+    broken.write_text('{"a":')
+    add(
+        "bench evaluate --expected truncated JSON",
+        [
+            "bench",
+            "evaluate",
+            "--pred",
+            preds,
+            "--gt",
+            val,
+            "--repeat",
+            "1",
+            "--expected",
+            str(broken),
+        ],
+    )
+    add(
+        "bench infer --device foo",
+        [
+            "bench",
+            "infer",
+            "--model",
+            "qd_detr",
+            "--queries",
+            "2",
+            "--clips",
+            "4",
+            "--tokens",
+            "4",
+            "--repeat",
+            "1",
+            "--latency-repeat",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "foo",
+        ],
+    )
+    empty = w / "empty_items"
+    empty.mkdir()
+    np.savez(empty / "a.npz", features=np.zeros((0, 8), np.float32))
+    np.savez(empty / "b.npz", features=np.ones((3, 8), np.float32))
+    add(
+        "pack: an item of zero rows",
+        ["pack", str(empty), str(w / "empty_packed"), "--no-progress"],
+        expect="ok",
     )
     return out
 
