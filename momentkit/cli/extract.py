@@ -97,7 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite",
         action="store_true",
         help="re-extract files that already exist (without it, a file is re-extracted only "
-        "when it was made from another video file, query text, encoder or clip length)",
+        "when it was made from another video file, query text, encoder or clip length). With "
+        "another encoder or --clip-len than the folder's, give every video of the folder: a run "
+        "that would leave files of other videos in the old setting is refused before any work",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 if any video fails"
@@ -110,12 +112,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from momentkit.extraction import ExtractionConfig, build_extractor, find_videos, run_extraction
+    from momentkit.training.distributed import resolve_device
     from momentkit.utils.errors import MomentkitError
 
     if not args.inputs and not args.queries:
         raise MomentkitError("nothing to extract: give videos or directories, and/or --queries")
     if args.clip_len <= 0 or args.frames_per_clip < 1:
         raise MomentkitError("--clip-len must be > 0 and --frames-per-clip >= 1")
+    # once, before any video: a device this machine lacks would fail every video alike
+    device = str(resolve_device(args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = tuple(args.encoder or ["offline"])
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         max_clips=getattr(args, "max_clips", DEFAULT_MAX_CLIPS) or None,
     )
     build = {
-        "device": args.device,
+        "device": device,
         "batch_size": args.batch_size,
         "frames_per_clip": args.frames_per_clip,
     }

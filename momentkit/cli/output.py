@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,10 @@ def add_output_arguments(parser: argparse.ArgumentParser, plot_help: str) -> Non
     parser.add_argument(
         "--export-clips",
         metavar="DIR",
-        help="cut every listed moment into a file in DIR (frame-accurate, re-encoded to .mp4)",
+        help="cut every listed moment into a file in DIR (frame-accurate, re-encoded to .mp4). "
+        "An existing file is never replaced, except a clip momentkit cut from the same video "
+        "before (running the same search again); a clip whose name is taken by any other file "
+        "(a video being searched included) is written as NAME-2.mp4 and the output says so",
     )
     parser.add_argument(
         "--fast-cut",
@@ -153,3 +156,49 @@ def clip_progress(
             progress.update(task, completed=done, total=total)
 
         yield update
+
+
+def refuse_duplicate_outputs(files: Sequence[tuple[str, str | Path]]) -> None:
+    """Refuse, before any work, two outputs (``--export``, ``--plot``) naming one file: the
+    second would silently replace the first.
+
+    Args:
+        files: ``(option, path)`` of every file the command will write.
+
+    Raises:
+        MomentkitError: naming both options and the file, and how to fix it.
+    """
+    seen: list[tuple[str, Path]] = []
+    for option, path in files:
+        path = Path(path)
+        for first_option, first in seen:
+            if _same_path(first, path):
+                raise MomentkitError(
+                    f"{first_option} and {option} both write {path}: the second would replace "
+                    "the first. Give each output its own file"
+                )
+        seen.append((option, path))
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet
+        return a.resolve() == b.resolve()
+
+
+def report_kept_files(console: Any, answers: Sequence[Any]) -> None:
+    """One line per exported clip written under another name because its own name was taken
+    by a file momentkit does not replace."""
+    for answer in answers:
+        for moment in answer.moments:
+            clip = moment.clip
+            if clip is not None and getattr(clip, "instead_of", None) is not None:
+                console.print(
+                    f"{clip.instead_of} exists and is not a clip momentkit cut from "
+                    f"{Path(answer.video).name}: kept it, wrote {clip.path.name} instead",
+                    markup=False,
+                    soft_wrap=True,
+                    highlight=False,
+                    style="yellow",
+                )

@@ -114,7 +114,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from momentkit.cli.inputs import collect_queries
-    from momentkit.cli.output import check_min_score, process_age, threshold_kwargs
+    from momentkit.cli.output import (
+        check_min_score,
+        process_age,
+        refuse_duplicate_outputs,
+        report_kept_files,
+        threshold_kwargs,
+    )
     from momentkit.export import ExportTarget, export_clips, from_library
     from momentkit.library.engine import SearchEngine
     from momentkit.library.library import Library
@@ -138,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
     inputs: list[tuple[str, Any]] = [("--db", args.db)]
     inputs += [("--queries-file", name) for name in args.queries_file]
     outputs = _output_files(targets, args.plot, queries)
-    refuse_overwriting_inputs(outputs, inputs)  # before the library is opened
+    templates = [(f"--export {t.spec}", Path(t.path)) for t in targets if "{video}" in t.path]
+    refuse_duplicate_outputs(outputs + templates)  # before the library is opened
+    refuse_overwriting_inputs(outputs, inputs)
     fast = args.fast_cut and not args.reencode
     console = Console(stderr=args.json)
     stages: dict[str, float] = {}
@@ -170,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             out_start = time.perf_counter()
             mine = from_library(result, query.qid, vids)
             if args.export_clips:
-                export_clips(mine, args.export_clips, fast=fast)
+                export_clips(mine, args.export_clips, fast=fast, keep=[p for _, p in inputs if p])
             if args.plot:
                 _plot(args.plot, query, result)
             answers += mine
@@ -181,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
                 _print_result(console, result, mine)
             stages["output"] = stages.get("output", 0.0) + time.perf_counter() - out_start
     out_start = time.perf_counter()
-    refuse_overwriting_inputs(_output_files(targets, None, [], answers), inputs)
+    expanded = _output_files(targets, None, [], answers)
+    refuse_duplicate_outputs(outputs + expanded)  # {video} templates now known
+    refuse_overwriting_inputs(expanded, inputs)
     written = {t.spec: t.write(answers, {"results": documents}) for t in targets}
     if not args.json:
         for spec, paths in written.items():
@@ -191,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
             count = sum(1 for a in answers for m in a.moments if m.clip is not None)
             mode = "stream copies from the keyframe before" if fast else "frame-accurate"
             console.print(f"wrote {count} clips ({mode}) to {args.export_clips}", markup=False)
+            report_kept_files(console, answers)
     stages["output"] = stages.get("output", 0.0) + time.perf_counter() - out_start
     if not args.json:
         console.print(timing_footer(startup, stages, time.perf_counter() - started), markup=False)

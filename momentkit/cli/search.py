@@ -262,7 +262,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from momentkit.cli.inputs import collect_queries, expand_videos, pair, reject_video_paths
-    from momentkit.cli.output import check_min_score, clip_progress, threshold_kwargs
+    from momentkit.cli.output import (
+        check_min_score,
+        clip_progress,
+        refuse_duplicate_outputs,
+        report_kept_files,
+        threshold_kwargs,
+    )
     from momentkit.export import ExportTarget, export_clips, from_results, video_ids
     from momentkit.export.paths import fill, unique_slugs
     from momentkit.inference.predictor import ClipLengthError, TooManyClipsError, check_video_clips
@@ -296,11 +302,11 @@ def run(args: argparse.Namespace) -> int:
             "e.g. --plot curves/{video}.png"
         )
     slugs = unique_slugs([vid for _, vid, _ in plan])
-    refuse_overwriting_inputs(
-        output_files(targets, args.plot, [slugs[vid] for _, vid, _ in plan]),
-        [("VIDEO", video) for video, _, _ in plan]
-        + [("--queries-file", name) for name in args.queries_file],
-    )
+    outputs = output_files(targets, args.plot, [slugs[vid] for _, vid, _ in plan])
+    refuse_duplicate_outputs(outputs)
+    inputs = [("VIDEO", video) for video, _, _ in plan]
+    inputs += [("--queries-file", name) for name in args.queries_file]
+    refuse_overwriting_inputs(outputs, inputs)
     fast = args.fast_cut and not args.reencode
 
     # with --json, stdout holds only the JSON document; progress goes to stderr
@@ -340,7 +346,13 @@ def run(args: argparse.Namespace) -> int:
         mine = from_results(str(video), vid, [q.qid for q in video_queries], results)
         if args.export_clips:
             with clip_progress(console, f"{counter}cutting {video.name}", "clips") as progress:
-                export_clips(mine, args.export_clips, fast=fast, progress=progress)
+                export_clips(
+                    mine,
+                    args.export_clips,
+                    fast=fast,
+                    progress=progress,
+                    keep=[path for _, path in inputs],
+                )
         plot = None
         if args.plot:
             from momentkit.inference.plot import plot_highlights
@@ -370,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
             count = sum(1 for a in answers for m in a.moments if m.clip is not None)
             mode = "stream copies from the keyframe before" if fast else "frame-accurate"
             console.print(f"wrote {count} clips ({mode}) to {args.export_clips}", markup=False)
+            report_kept_files(console, answers)
         for spec, paths in written.items():
             shown = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
             console.print(f"wrote {spec.split(':')[0]}: {shown}", markup=False, soft_wrap=True)

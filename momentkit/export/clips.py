@@ -2,10 +2,13 @@
 
 Files are named ``<video>_q<qid>_<query>_<rank>_<start>-<end><ext>``, every part built from
 data made file-safe (:func:`~momentkit.export.paths.slugify`) and the result checked to stay in
-the folder. ``<start>-<end>`` is the span the file really covers (two decimals): by default the
-cut is frame-accurate (re-encoded to H.264 ``.mp4``), so it is the moment to within a frame;
-with ``fast=True`` it is a stream copy starting at the keyframe at or before the moment (in the
-video's own container), and the name says how early it starts.
+the folder. An existing file is never replaced unless it is a clip momentkit cut from the same
+video before (a re-run of the same search): a clip whose name is taken by any other file (a
+video being searched included) is written as ``<name>-2<ext>`` instead. ``<start>-<end>``
+is the span the file really covers (two decimals): by default the cut is frame-accurate
+(re-encoded to H.264 ``.mp4``), so it is the moment to within a frame; with ``fast=True`` it
+is a stream copy starting at the keyframe at or before the moment (in the video's own
+container), and the name says how early it starts.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def export_clips(
     per_query: int | None = None,
     fast: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    keep: Sequence[str | Path] = (),
 ) -> int:
     """Cut the moments of ``answers`` into ``out_dir``; sets each moment's ``clip``.
 
@@ -55,6 +59,10 @@ def export_clips(
         fast: stream copy from the keyframe at or before each moment instead of a
             frame-accurate re-encode.
         progress: called as ``progress(done, total)`` after each clip.
+        keep: files never replaced (the command's inputs; each answer's video always is).
+            An existing file of a clip's name is replaced only when it is a clip momentkit
+            cut from the same video before; otherwise the clip gets a free name
+            (``<name>-2.mp4``) and its ``clip.instead_of`` names the file kept.
 
     Returns:
         The number of clips written.
@@ -73,6 +81,7 @@ def export_clips(
             out_dir,
             clip_name(slugs[answer.vid], answer, moment, suffix),
             reencode=not fast,
+            keep=keep,
         )
         if progress is not None:
             progress(done, len(todo))

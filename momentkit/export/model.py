@@ -58,6 +58,8 @@ class ExportMoment:
                 "start": float(self.clip.start),
                 "end": float(self.clip.end),
             }
+            if getattr(self.clip, "instead_of", None) is not None:
+                row["clip"]["instead_of"] = str(self.clip.instead_of)  # an existing file kept
         return row
 
 

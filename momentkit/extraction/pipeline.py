@@ -404,8 +404,53 @@ class Extractor:
                 raise RecordError(
                     f"{self.out_dir / stream} holds features of {describe(old)}; this run makes "
                     f"{describe(new)}. Mixing them in one folder gives a model inconsistent "
-                    "inputs: use another --out, or --overwrite to replace them all"
+                    "inputs: use another --out, or --overwrite with every video (and query "
+                    "file) of the folder to replace them all"
                 )
+
+    def refuse_stale_overwrite(
+        self, videos: Sequence[str | Path], queries: str | Path | None = None
+    ) -> None:
+        """With ``overwrite``, refuse before any work a run that changes a stream folder's
+        pipeline, mode or clip length but leaves files of other videos (or queries) in it:
+        the folder would hold features of two settings under one ``pipeline.json``.
+
+        Raises:
+            RecordError: naming the folder, the files left behind and how to fix it.
+        """
+        from momentkit.extraction.record import RecordError, describe, read_record
+
+        if not self.config.overwrite:
+            return
+        vids = {video_id(v) for v in videos} if self.video_streams else set()
+        keys = set()
+        if queries is not None and self.text_streams:
+            keys = {text_key(qid) for qid, _ in read_queries(queries)}
+        for stream in [*self.video_streams, *self.text_streams]:
+            folder = self.out_dir / stream
+            file = folder / STREAM_RECORD
+            if not file.is_file():
+                continue
+            old, new = read_record(file), self.records[stream]
+            text = stream in self.text_streams
+            # a query's features do not depend on the clip length
+            compared = ("pipeline", "mode") if text else ("pipeline", "mode", "clip_len")
+            if all(old.get(k) == new.get(k) for k in compared):
+                continue
+            kept = keys if text else vids
+            stale = sorted(f.name for f in folder.glob("*.npz") if f.stem not in kept)
+            if not stale:
+                continue
+            what = "queries" if text else "videos"
+            shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+            raise RecordError(
+                f"{folder} holds features of {describe(old)}; this run makes {describe(new)} "
+                f"but only for the {what} given, so {len(stale)} file(s) of other {what} "
+                f"({shown}) would stay in the old setting under the new pipeline.json. "
+                f"--overwrite replaces a folder's features only with all of its {what}: give "
+                f"them too (e.g. the whole video folder), use another --out, or delete {folder} "
+                "first. Nothing was changed"
+            )
 
     def _write_record(self, stream: str) -> None:
         if stream in self._records_written:

@@ -96,6 +96,7 @@ def run_on_ray(
         **build_kwargs: options for :func:`momentkit.encoders.build_encoder` (device, ...).
     """
     driver = build_extractor(specs, out_dir, config, **build_kwargs)
+    driver.refuse_stale_overwrite(videos, queries)  # before any work
     report = ExtractionReport()
     if queries is not None:
         report.queries_written, report.queries_skipped = driver.extract_queries(queries)

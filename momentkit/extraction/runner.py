@@ -136,6 +136,7 @@ def run_extraction(
     A video that fails is recorded in the report and the run goes on. The report (whose
     ``wall_seconds`` time the videos only) is also written to ``<out_dir>/extract_report.json``.
     """
+    extractor.refuse_stale_overwrite(videos, queries)  # before any work
     report = ExtractionReport()
     if queries is not None:
         report.queries_written, report.queries_skipped = extractor.extract_queries(queries)

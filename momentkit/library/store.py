@@ -92,6 +92,33 @@ CREATE TABLE IF NOT EXISTS runs(
 """
 
 
+def _table_columns(conn: sqlite3.Connection, table: str) -> tuple[tuple[str, str, int, int], ...]:
+    """``(name, TYPE, notnull, pk)`` of each column of ``table`` (empty when there is none)."""
+    rows = conn.execute(f"PRAGMA table_info('{table}')").fetchall()
+    return tuple((str(r[1]), str(r[2]).upper(), int(r[3]), int(r[5])) for r in rows)
+
+
+_EXPECTED: dict[str, tuple[tuple[str, str, int, int], ...]] = {}
+
+
+def _expected_columns() -> dict[str, tuple[tuple[str, str, int, int], ...]]:
+    """table -> its columns as :data:`_SCHEMA` creates them (read from an in-memory copy)."""
+    if not _EXPECTED:
+        conn = sqlite3.connect(":memory:")
+        try:
+            conn.executescript(_SCHEMA)
+            names = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' ORDER BY rowid"
+                )
+            ]
+            _EXPECTED.update({name: _table_columns(conn, name) for name in names})
+        finally:
+            conn.close()
+    return _EXPECTED
+
+
 class LibraryError(MomentkitError):
     """A library database that cannot be used as asked (missing, other encoder, other schema)."""
 
@@ -246,6 +273,7 @@ class LibraryStore:
                 f"--db {self.path}`"
             )
         self._lock = threading.RLock()
+        self._create = create
         #: opened read-only: asked for, or the file or its folder cannot be written (a library
         #: on read-only media is still searchable)
         self.readonly = readonly
@@ -336,40 +364,91 @@ class LibraryStore:
         )
 
     def _refuse_foreign(self) -> None:
-        """Refuse an SQLite database that holds tables but is not a momentkit library (no
-        ``meta`` table with a ``schema_version``): adding the library's tables would change
-        someone else's database, and its own ``videos`` table may have other columns.
+        """Refuse, before anything is written (even the journal mode), an SQLite database that
+        is not a momentkit library of this schema version.
+
+        A database with any table, view, index or trigger must hold momentkit's ``meta`` table
+        (its columns exactly), a ``schema_version`` of :data:`SCHEMA_VERSION`, and every
+        library table with momentkit's columns: adding the library's tables to someone else's
+        database would change it, and its own ``videos`` table may have other columns. An
+        empty database is a new library only when ``create`` was asked (``momentkit index``);
+        ``momentkit query`` never writes one.
 
         Raises:
-            LibraryError: naming the tables found and how to fix it.
+            LibraryError: naming what differs and how to fix it.
         """
-        tables = sorted(
-            str(r[0])
+        objects = [
+            (str(r[0]), str(r[1]))
             for r in self._conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+                "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
             )
-        )
-        if not tables:
-            return  # a new (empty) database: the library's tables go in
+        ]
+        if not objects:
+            if self._create:
+                return  # a new (empty) database: the library's tables go in
+            raise LibraryError(
+                f"{self.path}: an empty SQLite database, not a momentkit library; momentkit "
+                f"leaves it unchanged. Build the library with `momentkit index VIDEO_DIR --db "
+                f"{self.path}`"
+            )
+        tables = sorted(name for kind, name in objects if kind == "table")
+        others = sorted(f"{kind} {name}" for kind, name in objects if kind == "view")
         problem = None
         if "meta" not in tables:
             problem = "no momentkit 'meta' table"
+        elif self._columns("meta") != _expected_columns()["meta"]:
+            problem = self._differs("meta")
         else:
             try:
                 row = self._conn.execute(
                     "SELECT value FROM meta WHERE key='schema_version'"
                 ).fetchone()
-            except sqlite3.OperationalError:  # a 'meta' table of other columns
+            except sqlite3.DatabaseError:
                 row = None
             if row is None:
                 problem = "a 'meta' table that is not momentkit's (no schema_version)"
+            elif str(row[0]) != str(SCHEMA_VERSION):
+                raise LibraryError(
+                    f"{self.path}: library schema version {row[0]}, this momentkit reads "
+                    f"version {SCHEMA_VERSION}; momentkit leaves it unchanged. Re-index into a "
+                    "new --db file"
+                )
+        if problem is None:
+            for table, expected in _expected_columns().items():
+                if table not in tables:
+                    problem = f"no momentkit '{table}' table"
+                elif self._columns(table) != expected:
+                    problem = self._differs(table)
+                if problem is not None:
+                    break
         if problem is not None:
-            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            found = tables + others
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
             raise LibraryError(
                 f"{self.path}: not a momentkit library: an SQLite database of other tables "
                 f"({shown}) with {problem}; momentkit leaves it unchanged. Give a new --db "
                 "file for the library (e.g. --db library.db)"
             )
+
+    def _columns(self, table: str) -> tuple[tuple[str, str, int, int], ...]:
+        """``(name, TYPE, notnull, pk)`` of each column of ``table`` in this database."""
+        return _table_columns(self._conn, table)
+
+    def _differs(self, table: str) -> str:
+        """``a 'T' table that is not momentkit's (columns ...; momentkit's: ...)``."""
+
+        def shown(columns: Sequence[tuple[str, str, int, int]]) -> str:
+            return ", ".join(
+                " ".join([name, kind] + ["NOT NULL"] * bool(notnull) + ["PRIMARY KEY"] * bool(pk))
+                .replace("  ", " ")
+                .strip()
+                for name, kind, notnull, pk in columns
+            )
+
+        return (
+            f"a '{table}' table that is not momentkit's (columns {shown(self._columns(table))}; "
+            f"momentkit's: {shown(_expected_columns()[table])})"
+        )
 
     def _check_schema(self) -> None:
         """The checks of :meth:`_init_schema` without writing (read-only stores)."""

@@ -228,7 +228,7 @@ class UploadStore:
                 by ``check``), 507 when the folder is full or cannot be written, 403 for a
                 read-only store.
         """
-        from momentkit.video.decode import VideoError, probe
+        from momentkit.video.decode import DamagedVideoError, VideoError, probe
 
         if self.read_only:
             raise UploadRejected(403, self.read_only_message())
@@ -262,6 +262,8 @@ class UploadStore:
                 raise UploadRejected(415, "the file is empty")
             try:
                 info = probe(tmp)
+            except DamagedVideoError as e:  # a header declaring an impossible duration
+                raise UploadRejected(415, f"the video is damaged: {e.problem}") from None
             except VideoError:
                 raise UploadRejected(415, "the file is not a video that can be decoded") from None
             if check is not None:

@@ -3,6 +3,7 @@
 from momentkit.video.cut import Cut, cut_clip, cut_clip_into
 from momentkit.video.decode import (
     ClipReader,
+    DamagedVideoError,
     FrameRequest,
     VideoError,
     VideoInfo,
@@ -15,6 +16,7 @@ from momentkit.video.sampling import clip_bounds, num_clips, sample_times
 __all__ = [
     "ClipReader",
     "Cut",
+    "DamagedVideoError",
     "FrameRequest",
     "VideoError",
     "VideoInfo",

@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -43,6 +43,71 @@ class Cut:
     path: Path
     start: float
     end: float
+    instead_of: Path | None = None
+
+
+#: the ``comment`` tag of every clip momentkit cuts: ``momentkit clip <source id>``
+CLIP_TAG = "momentkit clip"
+
+
+def source_id(src: str | Path) -> str:
+    """A short id of a source video (its resolved path, hashed: clips do not reveal it)."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(src).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[
+        :16
+    ]
+
+
+def clip_source(path: Path) -> str | None:
+    """The source id a clip momentkit cut records (``None``: not such a clip, or unreadable)."""
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            tags = {str(k).lower(): str(v) for k, v in container.metadata.items()}
+    except Exception:  # noqa: BLE001 - anything unreadable is not one of our clips
+        return None
+    comment = tags.get("comment", "")
+    if not comment.startswith(CLIP_TAG + " "):
+        return None
+    return comment[len(CLIP_TAG) + 1 :].strip() or None
+
+
+def _is_same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def free_name(
+    directory: Path, filename: str, src: Path, keep: Sequence[str | Path] = ()
+) -> tuple[Path, Path | None]:
+    """Where the clip ``filename`` of ``src`` goes: ``(path, existing file left alone)``.
+
+    A missing file is written; an existing one is replaced only when it is a clip momentkit cut
+    from the same source before (a re-run of the same search) and is neither ``src`` nor one of
+    ``keep`` (the command's inputs). Any other existing file is kept and the clip gets the
+    first free name ``<stem>-2<ext>``, ``<stem>-3<ext>``, ...
+    """
+    wanted = directory / filename
+    protected = [src, *map(Path, keep)]
+    stem, suffix = Path(filename).stem, Path(filename).suffix
+    candidate, n = wanted, 1
+    while True:
+        if not os.path.lexists(candidate):
+            break
+        if (
+            candidate.is_file()
+            and not candidate.is_symlink()
+            and not any(_is_same_file(candidate, p) for p in protected if p.exists())
+            and clip_source(candidate) == source_id(src)
+        ):
+            break
+        n += 1
+        candidate = directory / f"{stem}-{n}{suffix}"
+    return candidate, (None if candidate == wanted else wanted)
 
 
 def cut_clip(
@@ -93,6 +158,7 @@ def cut_clip_into(
     reencode: bool = True,
     codec: str = "libx264",
     preset: str | None = "veryfast",
+    keep: Sequence[str | Path] = (),
 ) -> Cut:
     """:func:`cut_clip` into ``directory``, the file named by ``name(span_start, span_end)``.
 
@@ -100,11 +166,17 @@ def cut_clip_into(
     copy that starts on an earlier keyframe says so in its name. It must be a plain file name
     (no folder, not hidden): the file cannot land outside ``directory``.
 
+    An existing file of that name is never replaced, except a clip momentkit cut from the same
+    source before that is not ``src`` nor one of ``keep`` (see :func:`free_name`): the clip
+    then gets a free name and :attr:`Cut.instead_of` names the file kept.
+
     Raises:
         ValueError: a bad span, or ``name`` returned something that is not a plain file name.
         VideoError: as :func:`cut_clip`.
     """
-    return _cut(src, start, end, Path(directory), name, reencode, codec, preset, check=True)
+    return _cut(
+        src, start, end, Path(directory), name, reencode, codec, preset, check=True, keep=keep
+    )
 
 
 def _cut(
@@ -117,6 +189,7 @@ def _cut(
     codec: str,
     preset: str | None,
     check: bool = False,
+    keep: Sequence[str | Path] | None = None,
 ) -> Cut:
     import av
 
@@ -127,7 +200,11 @@ def _cut(
     if check:
         _check_name(requested, directory)
     inp, video = open_video(src)
-    duration = declared_duration(video)
+    try:
+        duration = declared_duration(video, src)
+    except VideoError:
+        inp.close()
+        raise
     if duration is not None and start >= duration:
         inp.close()
         raise ValueError(f"{src}: start {start} s is past the end of the video ({duration:.2f} s)")
@@ -139,6 +216,7 @@ def _cut(
     try:
         origin = stream_start(video) or 0.0
         out = av.open(tmp, "w", format=_format_for(Path(tmp)))
+        out.metadata["comment"] = f"{CLIP_TAG} {source_id(src)}"
         try:
             if reencode:
                 span = _reencode(inp, video, out, origin + start, origin + end, codec, preset, src)
@@ -150,7 +228,9 @@ def _cut(
         filename = name(first, last)
         if check:
             _check_name(filename, directory)
-        dst = directory / filename
+        dst, instead_of = directory / filename, None
+        if keep is not None:  # never replace an input or a file momentkit did not cut from src
+            dst, instead_of = free_name(directory, filename, src, keep)
         os.replace(tmp, dst)
     except av.FFmpegError as e:
         raise VideoError(intended, f"cannot write the clip ({ffmpeg_message(e)})") from None
@@ -158,7 +238,7 @@ def _cut(
         inp.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    return Cut(dst, first, last)
+    return Cut(dst, first, last, instead_of)
 
 
 def _check_name(filename: str, directory: Path) -> None:

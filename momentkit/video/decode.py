@@ -11,6 +11,7 @@ wants and at which size (:class:`FrameRequest`).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,18 +125,51 @@ def stream_start(stream: Any) -> float | None:
     return float(stream.start_time * stream.time_base)
 
 
-def declared_duration(stream: Any) -> float | None:
-    """The video stream's duration as the file states it (MP4 header, Matroska tag), if any."""
+REMUX_HINT = (
+    "Remux or re-encode it to rewrite its header, e.g. `ffmpeg -i IN -c copy OUT.mp4` "
+    "(or `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`)"
+)
+
+
+class DamagedVideoError(VideoError):
+    """A video whose header declares an impossible duration (infinite, NaN or negative)."""
+
+
+def declared_duration(stream: Any, path: str | Path | None = None) -> float | None:
+    """The video stream's duration as the file states it (MP4 header, Matroska tag), if any.
+
+    The one place a declared duration is read (``probe``, cutting, filtered decoding), so a
+    damaged header is refused the same way everywhere.
+
+    Raises:
+        DamagedVideoError: the file declares a duration that is infinite, NaN or negative.
+    """
+    where = path if path is not None else getattr(getattr(stream, "container", None), "name", "")
     if stream.duration:
-        return float(stream.duration * stream.time_base)
+        seconds = float(stream.duration * stream.time_base)
+        _check_declared(where, seconds, f"stream duration {stream.duration}")
+        return seconds
     tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
     if tag:  # Matroska: "HH:MM:SS.nnnnnnnnn"
         try:
             h, m, sec = tag.split(":")
-            return int(h) * 3600 + int(m) * 60 + float(sec)
-        except ValueError:
+            seconds = int(h) * 3600 + int(m) * 60 + float(sec)
+        except (ValueError, OverflowError):
             return None
+        _check_declared(where, seconds, f"Matroska DURATION tag {tag.strip()!r}")
+        return seconds
     return None
+
+
+def _check_declared(path: str | Path, seconds: float, source: str) -> None:
+    """Refuse a declared duration that is not a finite number >= 0 (a damaged header)."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise DamagedVideoError(
+            path,
+            f"the file declares a duration of {seconds:g} s ({source}), which is not a finite "
+            "number of seconds >= 0: its header is damaged",
+            REMUX_HINT,
+        )
 
 
 def _scan_duration(container: Any, stream: Any) -> float | None:
@@ -170,7 +204,7 @@ def probe(path: str | Path) -> VideoInfo:
     path = Path(path)
     container, stream = open_video(path)
     try:
-        duration = declared_duration(stream)
+        duration = declared_duration(stream, path)
         if duration is None:
             duration = _scan_duration(container, stream)
             container.seek(0)

@@ -104,7 +104,7 @@ def source_info(path: str | Path) -> SourceInfo:
     path = Path(path)
     container, stream = open_video(path)
     try:
-        duration = declared_duration(stream)
+        duration = declared_duration(stream, path)
         rate = stream.average_rate
         start = container.start_time
         return SourceInfo(
