@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import cotrain_argv, error_of, synth_mr, synth_tad
 
 from momentkit.cli.main import main
-from momentkit.data.synth import SynthConfig, generate
 from momentkit.data.tad import load_class_list, load_tad_json
 from momentkit.utils.errors import FormatError, MomentkitError
 
@@ -22,31 +22,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
-def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """The error line of ``momentkit ARGV``, which must fail with status 2 and no traceback."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert err.startswith(f"momentkit {argv[0]}: error: "), err
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("bench") / "S"
-    generate(SynthConfig(num_train=10, num_val=6, seed=0), root, progress=False)
-    return root
+    return synth_mr(tmp_path_factory.mktemp("bench") / "S", num_train=10, num_val=6)
 
 
 @pytest.fixture(scope="module")
 def tad(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from momentkit.data.synth_tad import write_synth_tad
-
     root = tmp_path_factory.mktemp("bench") / "tad"
-    generate(SynthConfig(num_train=8, num_val=4, seed=0, mode="tad"), root, progress=False)
-    write_synth_tad(root)
-    return root
+    return synth_tad(root)
 
 
 def snapshot(*paths: Path) -> dict[Path, bytes]:
@@ -305,17 +289,7 @@ def test_cotrain_bad_tad_files_are_clean_errors(tad, tmp_path, capsys, option, c
         bad.write_text(DEEP)
     else:
         bad.write_bytes('{"database": {}}'.encode("utf-16"))
-    a, f = tad / "annotations", tad / "features"
-    argv = [
-        "cotrain", "--preset", "synth",
-        "--mr-train", str(a / "train.jsonl"), "--mr-val", str(a / "val.jsonl"),
-        "--tad-train", str(a / "tad.json"), "--tad-val", str(a / "tad.json"),
-        "--tad-classes", str(a / "tad_classes.txt"),
-        "--video-features", str(f / "slowfast"), str(f / "clip"),
-        "--text-features", str(f / "clip_text"),
-        "--out", str(tmp_path / "run"), "--epochs", "1", "--set", "model.hidden_dim=32",
-        option, str(bad),
-    ]  # fmt: skip
+    argv = cotrain_argv(tad, tmp_path / "run", option, str(bad))
     err = error_of(argv, capsys)
     expected = ": JSON nested too deeply" if case == "deep" else ":1: not UTF-8 text"
     assert f"{bad}{expected}" in err

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import cotrain_argv, error_of, synth_mr, synth_tad
 
 from momentkit.cli.main import build_parser, main
-from momentkit.data.synth import SynthConfig, generate
+from momentkit.data.synth import SynthConfig
 from momentkit.data.tad import load_class_features, load_tad_json
 from momentkit.evaluation.tad import parse_thresholds
 from momentkit.training.config import ConfigError
@@ -28,16 +29,6 @@ from momentkit.utils.errors import FormatError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PARITY = Path(__file__).parent / "fixtures" / "parity" / "lighthouse_moment_detr_charades_sta"
-
-
-def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """The error line of ``momentkit ARGV``, which must fail with status 2 and no traceback."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert err.startswith(f"momentkit {argv[0]}: error: ")
-    assert len(err.splitlines()) == 1
-    return err
 
 
 def usage_error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -52,19 +43,13 @@ def usage_error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 @pytest.fixture(scope="module")
 def mr(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("robust") / "mr"
-    generate(SynthConfig(num_train=8, num_val=4, seed=0), root, progress=False)
-    return root
+    return synth_mr(tmp_path_factory.mktemp("robust") / "mr")
 
 
 @pytest.fixture(scope="module")
 def tad(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from momentkit.data.synth_tad import write_synth_tad
-
     root = tmp_path_factory.mktemp("robust") / "tad"
-    generate(SynthConfig(num_train=8, num_val=4, seed=0, mode="tad"), root, progress=False)
-    write_synth_tad(root)
-    return root
+    return synth_tad(root)
 
 
 def digest(path: Path) -> bytes:
@@ -258,23 +243,12 @@ def test_tad_tiou_accepted_forms() -> None:
 
 
 # ----------------------------------------------------------- 5. cotrain --tad-class-features
-def _cotrain_argv(data: Path, out: Path, *extra: str) -> list[str]:
-    a, f = data / "annotations", data / "features"
-    return [
-        "cotrain", "--preset", "synth",
-        "--mr-train", str(a / "train.jsonl"), "--mr-val", str(a / "val.jsonl"),
-        "--tad-train", str(a / "tad.json"), "--tad-val", str(a / "tad.json"),
-        "--tad-classes", str(a / "tad_classes.txt"),
-        "--video-features", str(f / "slowfast"), str(f / "clip"),
-        "--text-features", str(f / "clip_text"),
-        "--out", str(out), "--epochs", "1", "--set", "model.hidden_dim=32", *extra,
-    ]  # fmt: skip
 
 
 def test_class_features_with_an_object_array_name_the_file_and_key(tad, tmp_path, capsys):
     bad = tmp_path / "cf_obj.npz"
     np.savez(bad, names=np.array([object()] * 8), pooler_output=np.zeros((8, 4), np.float32))
-    argv = _cotrain_argv(tad, tmp_path / "run", "--tad-class-features", str(bad))
+    argv = cotrain_argv(tad, tmp_path / "run", "--tad-class-features", str(bad))
     err = error_of(argv, capsys)
     assert f"{bad}: field 'names': cannot be read without pickle" in err
     assert "save_class_features" in err
@@ -398,5 +372,5 @@ def test_tad_segment_past_the_video_is_refused_as_in_mr(tad, tmp_path, capsys) -
     with pytest.raises(FormatError, match="is outside the") as e:
         load_tad_json(bad)
     assert e.value.field == f"database.{vid}.annotations[0].segment"
-    argv = _cotrain_argv(tad, tmp_path / "run", "--tad-train", str(bad))
+    argv = cotrain_argv(tad, tmp_path / "run", "--tad-train", str(bad))
     assert f"{bad}: field 'database.{vid}.annotations[0].segment'" in error_of(argv, capsys)

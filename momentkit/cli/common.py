@@ -107,3 +107,21 @@ def check_model_name(name: str | None, option: str = "--model") -> None:
         raise ConfigError(
             None, None, option, f"unknown model '{name}'", f"Known: {', '.join(MODELS.names())}"
         )
+
+
+def add_max_clips_argument(
+    parser: argparse.ArgumentParser, default: int, action: str, note: str = ""
+) -> None:
+    """``--max-clips N`` (0: no limit), checked before decoding: a file of a few frames may
+    declare a duration of years. ``action``: what the command does with such videos ("refuse
+    a video", "skip (and report) videos", ...); ``note``: a sentence added to the help."""
+    hours = default * 2 / 3600
+    parser.add_argument(
+        "--max-clips",
+        type=at_least(0),
+        default=default,
+        metavar="N",
+        help=f"{action} of more clips than this, before decoding: a file of a few frames may "
+        f"declare a duration of years (default {default}, {hours:g} h of 2 s clips; 0: no "
+        f"limit){'. ' + note if note else ''}",
+    )

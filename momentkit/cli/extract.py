@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from momentkit.cli.common import at_least, positive_float
+from momentkit.cli.common import add_max_clips_argument, at_least, positive_float
 from momentkit.cli.index import DEFAULT_MAX_CLIPS
 
 HELP = "extract clip features of videos (and queries) into FEAT_DIR/<stream>/<id>.npz"
@@ -84,14 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="C",
         help="CPUs (and torch threads) per video task with --ray (default 1)",
     )
-    parser.add_argument(
-        "--max-clips",
-        type=at_least(0),
-        default=DEFAULT_MAX_CLIPS,
-        metavar="N",
-        help=f"fail (before decoding) a video of more clips than this: a file of a few frames "
-        f"may declare a duration of years (default {DEFAULT_MAX_CLIPS}, as `momentkit index`; "
-        "0: no limit). A --clip-len shorter than a video's frame interval fails it too",
+    add_max_clips_argument(
+        parser,
+        DEFAULT_MAX_CLIPS,
+        "fail a video",
+        "A --clip-len shorter than a video's frame interval fails it too",
     )
     parser.add_argument(
         "--overwrite",

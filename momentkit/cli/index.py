@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from momentkit.cli.common import at_least, positive_float
+from momentkit.cli.common import add_max_clips_argument, positive_float
 
 HELP = "index a folder of videos into a searchable library (incremental)"
 #: clips per video above which ``momentkit index`` skips a file (24 h of 2 s clips)
@@ -46,15 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="encode files that failed before even if they did not change",
     )
-    parser.add_argument(
-        "--max-clips",
-        type=at_least(0),
-        default=DEFAULT_MAX_CLIPS,
-        metavar="N",
-        help=f"skip (and report) videos of more clips than this, before decoding them: a file "
-        f"of a few frames may declare a duration of years (default {DEFAULT_MAX_CLIPS}, 24 h of "
-        "2 s clips; 0: no limit)",
-    )
+    add_max_clips_argument(parser, DEFAULT_MAX_CLIPS, "skip (and report) videos")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the run report as JSON")
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from momentkit.cli.common import at_least, positive_float
+from momentkit.cli.common import add_max_clips_argument, at_least, positive_float
 from momentkit.cli.index import DEFAULT_MAX_CLIPS
 from momentkit.cli.output import add_output_arguments
 
@@ -113,15 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds per clip of the zero-shot predictor (default: 2; a checkpoint uses its "
         "training clip length)",
     )
-    parser.add_argument(
-        "--max-clips",
-        type=at_least(0),
-        default=DEFAULT_MAX_CLIPS,
-        metavar="N",
-        help=f"refuse (before decoding) a video of more clips than this: a file of a few frames "
-        f"may declare a duration of years (default {DEFAULT_MAX_CLIPS}, 24 h of 2 s clips, as "
-        "`momentkit index`; 0: no limit). A --clip-len shorter than the video's frame interval "
-        "is refused too",
+    add_max_clips_argument(
+        parser,
+        DEFAULT_MAX_CLIPS,
+        "refuse a video",
+        "A --clip-len shorter than the video's frame interval is refused too",
     )
     parser.add_argument(
         "--no-trim",

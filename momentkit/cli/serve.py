@@ -21,7 +21,12 @@ from __future__ import annotations
 import argparse
 import math
 
-from momentkit.cli.common import at_least, int_in_range, non_negative_float, positive_float
+from momentkit.cli.common import (
+    add_max_clips_argument,
+    int_in_range,
+    non_negative_float,
+    positive_float,
+)
 
 HELP = "serve a web page (and JSON API) to upload, search and play videos"
 # the defaults of momentkit.serving.service.ServiceLimits (not imported here: it needs numpy)
@@ -67,15 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="most MiB all uploads together may take; over it an upload gets 507 naming "
         "uploads to delete (2048; 0: no limit)",
     )
-    parser.add_argument(
-        "--max-clips",
-        type=at_least(0),
-        default=DEFAULT_MAX_CLIPS,
-        metavar="N",
-        help=f"refuse uploads of more clips than this, before decoding them: a file of a few "
-        f"frames may declare a duration of years ({DEFAULT_MAX_CLIPS}, 3 h of 2 s clips; "
-        "0: no limit)",
-    )
+    add_max_clips_argument(parser, DEFAULT_MAX_CLIPS, "refuse uploads")
     parser.add_argument(
         "--search-timeout",
         type=positive_float,
