@@ -961,6 +961,36 @@ def cases(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Case]:
         ["pack", str(empty), str(w / "empty_packed"), "--no-progress"],
         expect="ok",
     )
+    add(
+        "search: two --export options naming one file",
+        [
+            "search",
+            str(video),
+            "a person",
+            "--export",
+            f"csv:{w / 'o.txt'}",
+            "--export",
+            f"json:{w / 'o.txt'}",
+        ],  # fmt: skip
+        check=no_file(w / "o.txt", "wrote one export over the other"),
+    )
+    own_meta = w / "app_meta.db"
+    with sqlite3.connect(own_meta) as con:
+        con.execute("create table meta(key text primary key, value text)")
+        con.execute("insert into meta values ('schema_version', '1')")
+        con.execute("create table videos(id integer, title text, url text)")
+    add(
+        "index --db a database with a meta table of its own",
+        ["index", "vids", "--db", str(own_meta)],
+        check=unchanged(own_meta),
+        group="security",
+    )
+    add(
+        "query --db a database with a meta table of its own",
+        ["query", "a person", "--db", str(own_meta)],
+        check=unchanged(own_meta),
+        group="security",
+    )
     return out
 
 
