@@ -1,13 +1,16 @@
 """``momentkit evaluate PRED.jsonl GT.jsonl [--out METRICS.json] [--dataset NAME]``.
 
 Scores a prediction file against a ground-truth file, prints the ``brief`` metrics as a table
-and writes the full metrics dict as JSON (atomically). The benchmark is detected from the
+and writes the full metrics dict as standard JSON (atomically): a metric that is undefined (a
+QVHighlights length range without queries) is ``null``, and the file then also records the
+number of queries behind each metric group (``"num_queries"``). The benchmark is detected from the
 ground truth (see :mod:`momentkit.evaluation.detect`) unless ``--dataset`` names it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 from momentkit.cli.common import positive_float
@@ -64,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from momentkit.data.records import check_clip_len, load_annotations, load_predictions
-    from momentkit.evaluation import build_evaluator, detect_dataset
-    from momentkit.utils.io import output_target, write_json
+    from momentkit.evaluation import build_evaluator, detect_dataset, metrics_json
+    from momentkit.utils.io import atomic_write_text, output_target
     from momentkit.utils.paths import refuse_overwriting_inputs
 
     check_clip_len(args.clip_len, "--clip-len")
@@ -90,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(key, _format(value))
     console = Console()
     console.print(table)
+    empty = [group for group, n in evaluator.num_queries.items() if n == 0]
+    if empty:
+        console.print(f"no queries in: {', '.join(empty)} (its metrics are n/a)")
     if args.out:
-        write_json(args.out, metrics)
+        # standard JSON: an undefined metric is null (not NaN), with the query counts beside
+        document = metrics_json(metrics, evaluator.num_queries)
+        atomic_write_text(args.out, json.dumps(document, indent=4, allow_nan=False) + "\n")
         console.print(f"wrote {args.out}")
     return 0

@@ -18,6 +18,7 @@ from momentkit.evaluation.base import (
     as_predictions,
     build_evaluator,
     match_qids,
+    metrics_json,
 )
 from momentkit.evaluation.detect import detect_dataset
 from momentkit.evaluation.grounding import GroundingEvaluator
@@ -39,4 +40,5 @@ __all__ = [
     "detect_dataset",
     "eval_submission",
     "match_qids",
+    "metrics_json",
 ]

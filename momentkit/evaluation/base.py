@@ -133,6 +133,36 @@ def is_nan(x: Any) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
+def _json_value(x: Any) -> tuple[Any, bool]:
+    """``x`` with every NaN/infinite float replaced by ``None``; whether any was."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None, True
+    if isinstance(x, dict):
+        items = {k: _json_value(v) for k, v in x.items()}
+        return {k: v for k, (v, _) in items.items()}, any(u for _, u in items.values())
+    if isinstance(x, (list, tuple)):
+        values = [_json_value(v) for v in x]
+        return [v for v, _ in values], any(u for _, u in values)
+    return x, False
+
+
+def metrics_json(metrics: Metrics, num_queries: dict[str, int] | None = None) -> Metrics:
+    """``metrics`` as standard JSON data (what ``momentkit evaluate --out`` writes).
+
+    An undefined metric (NaN: e.g. a QVHighlights length range without queries, where the
+    official code fails) becomes ``null``: bare ``NaN`` is not JSON and strict parsers reject
+    it. When any metric is ``null`` and ``num_queries`` (the evaluator's
+    :attr:`Evaluator.num_queries`) is given, it is added as the ``"num_queries"`` entry, the
+    number of queries behind each metric group (``0``: no query, hence no score). Metrics
+    with no undefined value are returned unchanged (equal to ``metrics``), so the file of
+    normal data is exactly the official evaluator's.
+    """
+    out, undefined = _json_value(metrics)
+    if undefined and num_queries and "num_queries" not in out:
+        out["num_queries"] = dict(num_queries)
+    return out
+
+
 class Evaluator(ABC):
     """Accumulates predictions for one split and computes its metrics.
 
@@ -155,6 +185,9 @@ class Evaluator(ABC):
         self.match_number = match_number
         self._predictions: list[MomentPrediction] = []
         self._pred_path: str | Path | None = None
+        #: the number of queries behind each metric group of the last :meth:`evaluate`
+        #: (group name -> count; empty when the evaluator does not report them)
+        self.num_queries: dict[str, int] = {}
 
     def reset(self) -> None:
         """Forget the predictions processed so far."""
@@ -182,6 +215,7 @@ class Evaluator(ABC):
         preds, gts = match_qids(
             self._predictions, self.annotations, self.match_number, self._pred_path, self.gt_path
         )
+        self.num_queries = {}
         return self.compute(preds, gts)
 
     @abstractmethod

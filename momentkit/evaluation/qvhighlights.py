@@ -119,6 +119,24 @@ def _moment_retrieval_bin(
     return {"MR-mAP": mr_map, "MR-R1": mr_r1}
 
 
+def _bin_windows(
+    annotations: Sequence[MomentAnnotation], length_range: tuple[float, float]
+) -> list[list[list[float]]]:
+    """The ground-truth windows of each query whose length is in ``(min, max]``."""
+    lo, hi = length_range
+    return [[w for w in a.relevant_windows if lo < w[1] - w[0] <= hi] for a in annotations]
+
+
+def length_bin_counts(annotations: Sequence[MomentAnnotation]) -> dict[str, int]:
+    """The number of queries in each length bin (``short``/``middle``/``long``) and ``full``:
+    a bin with 0 queries gets NaN metrics."""
+    counts = {
+        name: sum(1 for w in _bin_windows(annotations, length_range) if w)
+        for name, length_range in LENGTH_BINS.items()
+    }
+    return {**counts, "full": len(annotations)}
+
+
 def eval_moment_retrieval(
     predictions: Sequence[MomentPrediction],
     annotations: Sequence[MomentAnnotation],
@@ -140,10 +158,7 @@ def eval_moment_retrieval(
             keep = np.ones(len(annotations), dtype=bool)
             gt_windows = [a.relevant_windows for a in annotations]
         else:
-            lo, hi = length_range
-            in_bin = [
-                [w for w in a.relevant_windows if lo < w[1] - w[0] <= hi] for a in annotations
-            ]
+            in_bin = _bin_windows(annotations, length_range)
             keep = np.array([bool(w) for w in in_bin], dtype=bool)
             gt_windows = [w for w in in_bin if w]
         out[name] = _moment_retrieval_bin(preds[keep], pred_valid[keep], gt_windows)
@@ -272,7 +287,10 @@ class QVHighlightsEvaluator(Evaluator):
     """The official QVHighlights metrics (see the module docstring).
 
     MR metrics are computed when the first prediction has windows, HL metrics when it has clip
-    scores, as in the official code; then every prediction must have them.
+    scores, as in the official code; then every prediction must have them. After
+    :meth:`evaluate`, :attr:`num_queries` holds the number of queries behind each group of the
+    metrics dict (``short``/``middle``/``long``/``full``, ``HL-min-*``): 0 for a length bin
+    without queries, whose metrics are NaN.
 
     Args:
         annotations: ground truth in the QVHighlights schema.
@@ -325,6 +343,7 @@ class QVHighlightsEvaluator(Evaluator):
             self._check(predictions, annotations, mr=True)
             mr = eval_moment_retrieval(predictions, annotations, self.verbose)
             details.update(mr)
+            self.num_queries.update(length_bin_counts(annotations))
             mr_brief = {
                 "MR-full-mAP": mr["full"]["MR-mAP"]["average"],
                 "MR-full-mAP@0.5": mr["full"]["MR-mAP"]["0.5"],
@@ -340,6 +359,7 @@ class QVHighlightsEvaluator(Evaluator):
             self._check(predictions, annotations, mr=False)
             hl = eval_highlight(predictions, annotations, self.clip_len, self.verbose, self.gt_path)
             details.update(hl)
+            self.num_queries.update((name, len(annotations)) for name in hl)
             for name, values in hl.items():
                 for key, value in values.items():
                     brief[f"{name}-{key.split('-')[1]}"] = value

@@ -8,7 +8,9 @@ video being searched included) is written as ``<name>-2<ext>`` instead. ``<start
 is the span the file really covers (two decimals): by default the cut is frame-accurate
 (re-encoded to H.264 ``.mp4``), so it is the moment to within a frame; with ``fast=True`` it
 is a stream copy starting at the keyframe at or before the moment (in the video's own
-container), and the name says how early it starts.
+container), and the name says how early it starts. Each clip is written to a hidden temporary
+file and renamed into place; those a killed run left behind are removed by the next export to
+the folder.
 """
 
 from __future__ import annotations
@@ -66,10 +68,15 @@ def export_clips(
 
     Returns:
         The number of clips written.
+
+    Temporary files that an earlier, killed run left in ``out_dir`` (hidden
+    ``.cut.XXXXXXXX<ext>`` files, see :func:`~momentkit.video.cut.remove_stale_temporaries`:
+    not locked by a live writer and unmodified for 10 s) are removed first.
     """
-    from momentkit.video.cut import cut_clip_into
+    from momentkit.video.cut import cut_clip_into, remove_stale_temporaries
 
     out_dir = Path(out_dir)
+    remove_stale_temporaries(out_dir)
     slugs = unique_slugs([a.vid for a in answers])
     todo = [(a, m) for a in answers for m in a.moments[:per_query]]
     for done, (answer, moment) in enumerate(todo, start=1):

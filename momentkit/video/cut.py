@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -210,10 +211,10 @@ def _cut(
         raise ValueError(f"{src}: start {start} s is past the end of the video ({duration:.2f} s)")
     intended = directory / requested
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cut.", suffix=intended.suffix, dir=directory)
-    os.close(fd)
-    os.chmod(tmp, default_file_mode())
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=intended.suffix, dir=directory)
+    lock = _hold_lock(fd)  # until the clip is renamed into place: the temporary file is live
     try:
+        os.chmod(tmp, default_file_mode())
         origin = stream_start(video) or 0.0
         out = av.open(tmp, "w", format=_format_for(Path(tmp)))
         out.metadata["comment"] = f"{CLIP_TAG} {source_id(src)}"
@@ -238,7 +239,119 @@ def _cut(
         inp.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if lock is not None:
+            os.close(lock)  # releases the lock
     return Cut(dst, first, last, instead_of)
+
+
+#: the prefix of the temporary file each clip is written to before it is renamed into place
+TEMP_PREFIX = ".cut."
+#: seconds a temporary clip file must be unmodified, besides unlocked, to count as left over
+#: by a dead process (covers the instant between its creation and its lock)
+STALE_TEMP_SECONDS = 10.0
+#: the same where no lock can tell (no ``flock``, e.g. Windows, or a file system without it)
+STALE_TEMP_SECONDS_UNLOCKABLE = 3600.0
+#: ``.cut.`` + the 8 random characters of :func:`tempfile.mkstemp` + an extension
+_TEMP_NAME = re.compile(r"\.cut\.[a-z0-9_]{8}(\.[A-Za-z0-9]{1,5})")
+
+
+def _hold_lock(fd: int) -> int | None:
+    """Lock the new temporary file open as ``fd`` (exclusive ``flock``) and keep it open: the
+    lock tells :func:`remove_stale_temporaries` that a live process writes it, and the system
+    drops it when the process dies. Returns the descriptor to close once the clip is in place,
+    or ``None`` (closed already) where ``flock`` does not exist (Windows: an open file could
+    not be renamed there)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        os.close(fd)
+        return None
+    with contextlib.suppress(OSError):  # a file system without locks: the age rule only
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _unlocked(fd: int) -> bool | None:
+    """Whether an exclusive ``flock`` on ``fd`` could be taken (it is then held until ``fd`` is
+    closed): True when no live process writes the file, False when one does, None when locks
+    cannot tell (no ``flock``, or the file system refuses it)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
+def remove_stale_temporaries(
+    directory: str | Path,
+    older_than: float = STALE_TEMP_SECONDS,
+    older_than_unlockable: float = STALE_TEMP_SECONDS_UNLOCKABLE,
+) -> list[Path]:
+    """Remove the temporary clip files that a killed run left in ``directory``.
+
+    Each clip is written to a hidden temporary file ``.cut.XXXXXXXX<ext>`` (``XXXXXXXX``: the 8
+    random characters of :func:`tempfile.mkstemp`, ``<ext>`` a video extension) and renamed to
+    its name once complete; a process killed before the rename (``kill -9``, a crash, power
+    loss) leaves that file behind. A file is removed only when all of these hold:
+
+    - its name has exactly that pattern (nothing else in the folder is ever touched, not even
+      other hidden files, and not the finished clips);
+    - it is a regular file (not a link, a folder or a device);
+    - no process holds its lock: the writer takes an exclusive ``flock`` on it from its
+      creation until the rename, and the system releases it when the process dies, so a file
+      still being written by a live run (in this or any other process) is kept however old;
+    - it was last modified more than ``older_than`` seconds ago (default 10 s: the instant
+      between the file's creation and its lock). Where locks cannot tell (no ``flock``, as on
+      Windows, or a file system that refuses it) only a file unmodified for
+      ``older_than_unlockable`` seconds (default 1 hour) is removed; on Windows a file still
+      open by its writer cannot be deleted anyway.
+
+    Files that cannot be inspected or removed are left alone (never an error).
+
+    Returns:
+        The files removed.
+    """
+    import time
+
+    from momentkit.library.files import VIDEO_EXTENSIONS
+
+    directory = Path(directory)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # no folder yet (nothing to clean) or unreadable
+        return []
+    removed = []
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None or match.group(1).lower() not in VIDEO_EXTENSIONS:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            if age <= older_than:
+                continue
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            fd = os.open(entry.path, flags)
+        except OSError:
+            continue
+        try:
+            unlocked = _unlocked(fd)  # when True, held while the file is removed
+            if unlocked or (unlocked is None and age > older_than_unlockable):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _check_name(filename: str, directory: Path) -> None:
