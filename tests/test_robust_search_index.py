@@ -133,6 +133,9 @@ def test_search_max_clips_has_index_meaning(tmp_path, capsys):
     assert build_parser("search").parse_args(["search", "v.mp4", "q"]).max_clips == (
         DEFAULT_MAX_CLIPS
     )
+    from momentkit.inference import predictor
+
+    assert predictor.DEFAULT_MAX_CLIPS == DEFAULT_MAX_CLIPS  # the library's and the CLI's
     video = tiny_video(tmp_path / "w.mp4")  # 2 s: 4 clips of 0.5 s
     rc, _, err = run(capsys, "search", video, "x", "--clip-len", "0.5", "--max-clips", "3")
     assert_refused(rc, err, "4 clips", "limit of 3 clips", "--max-clips")

@@ -18,7 +18,9 @@ import argparse
 from momentkit.cli.common import add_max_clips_argument, positive_float
 
 HELP = "index a folder of videos into a searchable library (incremental)"
-#: clips per video above which ``momentkit index`` skips a file (24 h of 2 s clips)
+#: clips per video above which ``momentkit index`` skips a file (24 h of 2 s clips); equal to
+#: ``momentkit.inference.predictor.DEFAULT_MAX_CLIPS`` (tested), not imported from there: the
+#: predictor's import would slow every command's start-up
 DEFAULT_MAX_CLIPS = 43_200
 
 

@@ -81,8 +81,29 @@ class MiniLMText:
             raise EncoderError(f"{path}: not all-MiniLM-L6-v2 (hidden size differs)")
 
     def _tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``(B, L)`` token ids (0-padded) and ``(B, L)`` bool mask."""
-        encodings = self.tokenizer.encode_batch(list(texts))
+        """``(B, L)`` token ids (0-padded) and ``(B, L)`` bool mask.
+
+        Raises:
+            EncoderError: a text that is not a str, or holds a lone surrogate (not Unicode
+                text; the tokenizer would raise a bare TypeError).
+        """
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise EncoderError(
+                    f"text {i + 1} is {type(text).__name__} {text!r:.60}; texts must be str"
+                )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise EncoderError(
+                    f"text {i + 1} ({text!r:.60}) holds an invalid character {text[e.start]!r} "
+                    f"at position {e.start} (a lone surrogate, not Unicode text); remove it, "
+                    "or decode the text with errors='replace'"
+                ) from None
+        if not texts:
+            raise EncoderError("no texts to encode; pass at least one")
+        encodings = self.tokenizer.encode_batch(texts)
         longest = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), longest), np.int64)
         mask = np.zeros((len(encodings), longest), bool)

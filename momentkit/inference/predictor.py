@@ -71,6 +71,37 @@ class PredictorError(MomentkitError):
     """A checkpoint and encoders that do not fit together, or bad queries/video features."""
 
 
+class PredictorArgumentError(PredictorError, ValueError):
+    """A :class:`Predictor` method called with an argument of the wrong type or value (a str
+    where a list of queries is expected, a NaN ``top_k``, a clip length of 0 ...). Also a
+    ``ValueError``, so callers that caught the ``ValueError`` of a bad ``clip_len`` still do."""
+
+
+#: ``momentkit index/search/extract/serve``'s ``--max-clips`` default (24 h of 2 s clips): a
+#: value for :meth:`Predictor.encode_video`'s ``max_clips``
+DEFAULT_MAX_CLIPS = 43_200
+
+
+def _check_number(
+    value: object, name: str, *, integer: bool = False, minimum: float = 0.0, strict: bool = True
+) -> None:
+    """Refuse a ``value`` that is not a finite real number (an integer with ``integer``) above
+    ``minimum`` (or equal, without ``strict``), naming the argument ``name``."""
+    import numbers
+
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "an integer" if integer else "a number"
+        raise PredictorArgumentError(
+            f"{name} must be {what}, got {type(value).__name__} {value!r}"
+            + (f"; pass {name}={value.strip()}" if isinstance(value, str) else "")
+        )
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number) or number < minimum or (strict and number == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise PredictorArgumentError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
 class TooManyClipsError(PredictorError):
     """A video with more clips than the caller allows (``max_clips``), refused before decoding:
     a file of a few frames may declare a duration of years."""
@@ -383,8 +414,7 @@ class Predictor:
         clips_per_batch: int = 16,
         decode_threads: int = 1,
     ) -> None:
-        if not (math.isfinite(clip_len) and clip_len > 0):
-            raise ValueError(f"clip_len must be > 0 seconds, got {clip_len}")
+        _check_number(clip_len, "clip_len (seconds per clip)")
         self.scorer = scorer
         self.encoders = list(encoders)
         self.clip_len = float(clip_len)
@@ -530,6 +560,13 @@ class Predictor:
         """
         from momentkit.inference.zero_shot import ZeroShotScorer
 
+        if not isinstance(encoder, str | Encoder):
+            raise PredictorArgumentError(
+                f"encoder must be an encoder spec (e.g. 'offline', 'clip:<model>') or an "
+                f"Encoder instance, got {type(encoder).__name__} {encoder!r}"
+            )
+        _check_number(clip_len, "clip_len (seconds per clip)")
+        _check_device(device)
         (enc,) = build_encoders(encoder, device)
         return cls(ZeroShotScorer(enc, clip_len, temperature), [enc], clip_len)
 
@@ -566,19 +603,36 @@ class Predictor:
                 raises propagates and stops the work (a caller's cancellation or time
                 budget).
             max_clips: refuse a video of more clips than this before decoding it (``None``:
-                no limit).
+                no limit; :data:`DEFAULT_MAX_CLIPS`, 24 h of 2 s clips, is the command line's
+                default). A clip length shorter than the video's frame interval is refused
+                whatever the limit.
 
         Raises:
+            PredictorArgumentError: ``path`` is not a path, ``max_clips`` not a positive
+                integer.
             VideoError: the file cannot be decoded.
+            ClipLengthError: the clip length is shorter than the video's frame interval.
             TooManyClipsError: more clips than ``max_clips``.
         """
         from momentkit.utils.prefetch import prefetch
         from momentkit.video.decode import ClipReader
 
+        if not isinstance(path, str | Path) or (isinstance(path, str) and not path.strip()):
+            raise PredictorArgumentError(
+                f"encode_video needs the path of a video file (str or Path), got "
+                f"{type(path).__name__} {path!r}"
+            )
         if max_clips is not None:
-            from momentkit.video.decode import probe
-
-            check_clip_count(path, probe(path).duration, self.clip_len, max_clips)
+            _check_number(max_clips, "max_clips", integer=True)
+        # the checks of `momentkit search/index/extract`, on the header only: a clip length
+        # shorter than a frame, or a file declaring years, would otherwise decode for hours
+        check_video_clips(
+            path,
+            self.clip_len,
+            max_clips,
+            clip_len_option="clip_len",
+            max_clips_option="max_clips (encode_video(..., max_clips=N), None: no limit)",
+        )
         encoders = list(dict.fromkeys(self._video_encoders.values()))
         if len(encoders) == 1 and isinstance(encoders[0], PipelineEncoder):
             from momentkit.encoders.pipeline_video import encode_video_file
@@ -643,14 +697,21 @@ class Predictor:
         Raises:
             PredictorError: no queries, an empty query, a threshold outside [0, 1], or
                 ``video`` lacks a stream or was encoded with another clip length.
+            PredictorArgumentError: ``video`` is not a :class:`VideoEncoding`, ``queries`` is
+                a str (not a list of them), ``top_k`` is not a positive integer.
         """
         from momentkit.inference.calibration import calibrate_result
 
-        queries = [check_query(q, i) for i, q in enumerate(queries)] if queries else []
-        if not queries:
-            raise PredictorError("no queries given; pass at least one non-empty query")
-        if top_k is not None and top_k < 1:
-            raise PredictorError(f"top_k must be >= 1 (or None), got {top_k}")
+        if not isinstance(video, VideoEncoding):
+            raise PredictorArgumentError(
+                f"video must be a VideoEncoding (from predictor.encode_video(path)), got "
+                f"{type(video).__name__} {video!r:.80}"
+            )
+        queries = check_queries(queries)
+        if top_k is not None:
+            _check_number(top_k, "top_k (moments per query, or None for all)", integer=True)
+        if min_relevance is not None:
+            _check_number(min_relevance, "min_relevance", strict=False)
         if min_relevance is not None and not (0.0 <= min_relevance <= 1.0):
             raise PredictorError(
                 f"the minimum relevance must be in [0, 1], got {min_relevance} (relevance is "
@@ -733,8 +794,63 @@ def _fingerprint(video: VideoEncoding, streams: Sequence[str]) -> tuple[object, 
     return (video.clip_len, video.duration, video.num_clips, digest.hexdigest())
 
 
+def check_queries(queries: object) -> list[str]:
+    """The queries, each checked by :func:`check_query`.
+
+    Raises:
+        PredictorArgumentError: a single str (it would be searched one character per query)
+            or something that is not a list of strings.
+        PredictorError: no queries, or a bad query.
+    """
+    if isinstance(queries, str | bytes):
+        raise PredictorArgumentError(
+            f"queries must be a list of strings, got a {type(queries).__name__} "
+            f"{queries!r:.60}: wrap it in a list ([query])"
+        )
+    if queries is None:
+        checked: list[str] = []
+    elif hasattr(queries, "__iter__"):
+        checked = [check_query(q, i) for i, q in enumerate(queries)]  # type: ignore[arg-type]
+    else:
+        raise PredictorArgumentError(
+            f"queries must be a list of strings, got {type(queries).__name__} {queries!r:.60}"
+        )
+    if not checked:
+        raise PredictorError("no queries given; pass at least one non-empty query")
+    return checked
+
+
 def check_query(query: object, index: int) -> str:
-    """``query`` stripped; a PredictorError names a non-string or blank query."""
+    """``query`` stripped; a PredictorError names a non-string or blank query, or one holding
+    a lone surrogate (text decoded with ``errors="surrogateescape"``), which no tokenizer
+    reads."""
     if not isinstance(query, str) or not query.strip():
         raise PredictorError(f"query {index + 1} is {query!r}; queries must be non-empty text")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PredictorError(
+            f"query {index + 1} ({query!r:.60}) holds an invalid character {query[e.start]!r} "
+            f"at position {e.start} (a lone surrogate, not Unicode text); remove it, or decode "
+            "the text with errors='replace'"
+        ) from None
     return query.strip()
+
+
+def _check_device(device: object) -> None:
+    """Refuse an unknown device or a CUDA device this machine lacks (``resolve_device``)."""
+    from momentkit.training.distributed import resolve_device
+
+    if isinstance(device, str) or _is_torch_device(device):
+        resolve_device(str(device))
+    else:
+        raise PredictorArgumentError(
+            f"device must be a device name ('cpu', 'cuda', 'cuda:N', 'auto'), got "
+            f"{type(device).__name__} {device!r}"
+        )
+
+
+def _is_torch_device(device: object) -> bool:
+    import torch
+
+    return isinstance(device, torch.device)

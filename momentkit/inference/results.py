@@ -136,14 +136,41 @@ class VideoEncoding:
     streams: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.clip_len) and self.clip_len > 0):
-            raise ValueError(f"clip_len must be > 0 seconds, got {self.clip_len}")
-        if not (math.isfinite(self.duration) and self.duration >= 0):
-            raise ValueError(f"duration must be >= 0 seconds, got {self.duration}")
+        """Raises :class:`~momentkit.utils.errors.FormatError` (a ``ValueError``) naming the
+        field: a clip length that is not a finite number > 0, a duration that is not a finite
+        number >= 0, streams that are not a dict of ``(clips, channels)`` arrays."""
+        from momentkit.utils.errors import FormatError
+
+        where = self.path if isinstance(self.path, str) else None
+        for name, low in (("clip_len", "> 0"), ("duration", ">= 0")):
+            value = getattr(self, name)
+            ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+                value, bool
+            )
+            if ok and math.isfinite(value) and (value > 0 if name == "clip_len" else value >= 0):
+                continue
+            raise FormatError(
+                where,
+                None,
+                name,
+                f"must be a finite number of seconds {low}, got {value!r}",
+                "A damaged or foreign encoding: encode the video again with Predictor.encode_video",
+            )
+        if not isinstance(self.streams, dict):
+            raise FormatError(
+                where,
+                None,
+                "streams",
+                f"must be a dict of stream name -> (clips, channels) array, got "
+                f"{type(self.streams).__name__}",
+            )
         for name, array in self.streams.items():
             if np.ndim(array) != 2:
-                raise ValueError(
-                    f"stream '{name}' has shape {np.shape(array)}; expected (clips, channels)"
+                raise FormatError(
+                    where,
+                    None,
+                    "streams",
+                    f"stream '{name}' has shape {np.shape(array)}; expected (clips, channels)",
                 )
 
     @property

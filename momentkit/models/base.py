@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -377,9 +378,36 @@ class MomentModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically).
+
+        ``directory`` may be new, or a folder whose ``config.json`` / ``model.safetensors`` (if
+        any) are a momentkit checkpoint's (they are replaced); other files in it are kept.
+
+        Raises:
+            OutputError: ``directory`` is not a path, is a file, cannot be created, or holds a
+                ``config.json`` / ``model.safetensors`` momentkit did not write (nothing is
+                written then).
+        """
+        from momentkit.utils.errors import OutputError, describe_os_error
+
+        if not isinstance(directory, str | os.PathLike) or not str(directory).strip():
+            raise OutputError(
+                f"save_pretrained needs the path of a folder to write (str or Path), got "
+                f"{type(directory).__name__} {directory!r}"
+            )
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory.exists() and not directory.is_dir():
+            raise OutputError(
+                f"{directory}: exists and is not a folder; save_pretrained writes a folder "
+                f"({CONFIG_FILE} + {WEIGHTS_FILE}): give the path of a new folder"
+            )
+        _refuse_foreign_files(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(
+                f"cannot create the model folder {directory}: {describe_os_error(e)}"
+            ) from None
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         metadata = {"format": "pt", "model": self.config.name, "momentkit_version": __version__}
         atomic_write_bytes(directory / WEIGHTS_FILE, safetensors_bytes(tensors, metadata))
@@ -397,7 +425,22 @@ class MomentModel(nn.Module):
         for an official checkpoint: its source is detected and it is converted in memory
         (:func:`momentkit.interop.convert.convert_checkpoint`, read through an allow-list).
         """
+        from momentkit.training.checkpoint import CheckpointError, CheckpointNotFoundError
+
+        if not isinstance(directory, str | os.PathLike) or not str(directory).strip():
+            raise CheckpointError(
+                f"from_pretrained needs the path of a checkpoint folder (written by "
+                f"save_pretrained) or of an official checkpoint file, got "
+                f"{type(directory).__name__} {directory!r}"
+            )
+        device = _checked_device(device)  # before reading: a bad device is not damaged weights
         directory = Path(directory)
+        if not directory.exists():
+            raise CheckpointNotFoundError(
+                f"{directory}: no such checkpoint folder or file; give the folder "
+                f"save_pretrained wrote ({CONFIG_FILE} + {WEIGHTS_FILE}) or an official "
+                "checkpoint file"
+            )
         if directory.is_file():
             from momentkit.interop.convert import convert_checkpoint
 
@@ -410,11 +453,24 @@ class MomentModel(nn.Module):
                     f"holds a '{model.config.name}' model, not a {cls.__name__}",
                 )
             return model.to(device)
+        if not directory.is_dir():
+            raise CheckpointError(
+                f"{directory}: neither a folder nor a file; give the folder save_pretrained "
+                "wrote or an official checkpoint file"
+            )
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path}: no such file (expected a save_pretrained directory)"
+                try:
+                    present = sorted(p.name for p in directory.iterdir())
+                except OSError:
+                    present = []
+                more = ", ..." if len(present) > 5 else ""
+                holds = f"it holds {', '.join(present[:5])}{more}" if present else "it is empty"
+                raise CheckpointNotFoundError(
+                    f"{path}: no such file, so {directory} is not a checkpoint folder ({holds}); "
+                    f"a folder written by save_pretrained holds {CONFIG_FILE} and "
+                    f"{WEIGHTS_FILE}: give that folder, or save the model again"
                 )
         try:
             data = json.loads(read_text(config_path, "a model config"))
@@ -449,6 +505,69 @@ class MomentModel(nn.Module):
             )
         model.load_state_dict(state)
         return model.to(device)
+
+
+def _checked_device(device: object) -> torch.device:
+    """``device`` as a ``torch.device``, checked by ``resolve_device`` (``auto``, ``cpu``,
+    ``cuda``, ``cuda:N`` that this machine has).
+
+    Raises:
+        DeviceError: an unknown device, a CUDA device this machine lacks, or not a device.
+    """
+    from momentkit.training.distributed import DeviceError, resolve_device
+
+    if not isinstance(device, str | torch.device):
+        raise DeviceError(
+            f"device must be a device name (auto, cpu, cuda or cuda:N) or a torch.device, got "
+            f"{type(device).__name__} {device!r}"
+        )
+    return resolve_device(str(device))
+
+
+def _refuse_foreign_files(directory: Path) -> None:
+    """Refuse to write a checkpoint over a ``config.json`` / ``model.safetensors`` in
+    ``directory`` that momentkit did not write (a user's own files), before anything is
+    written.
+
+    Raises:
+        OutputError: naming the file and saying to save into another folder.
+    """
+    from momentkit.utils.errors import OutputError
+
+    if not directory.is_dir():
+        return
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    foreign: list[str] = []
+    own_config = False
+    if config_path.exists() or config_path.is_symlink():
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+            own_config = isinstance(data, Mapping) and data.get("name") in MODELS
+        except (OSError, ValueError, RecursionError):
+            own_config = False
+        if not own_config:
+            foreign.append(f"{CONFIG_FILE} is not a momentkit model config")
+    if (weights_path.exists() or weights_path.is_symlink()) and not own_config:
+        if not _momentkit_weights(weights_path):
+            foreign.append(f"{WEIGHTS_FILE} was not written by momentkit")
+    if foreign:
+        raise OutputError(
+            f"{directory}: holds files momentkit did not write ({'; '.join(foreign)}), which "
+            "save_pretrained would replace; nothing was written. Save the model into another "
+            "(new or empty) folder"
+        )
+
+
+def _momentkit_weights(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata says momentkit wrote it."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception:  # unreadable, a folder, not safetensors: not ours
+        return False
+    return "momentkit_version" in metadata
 
 
 def _state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list, list]:

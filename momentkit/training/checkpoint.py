@@ -49,6 +49,17 @@ class CheckpointError(MomentkitError):
     """A missing or unreadable checkpoint."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint (or one of its files) at the path given. Also a ``FileNotFoundError``, so
+    code that caught the bare one ``MomentModel.from_pretrained`` used to raise still does."""
+
+    def __init__(self, message: str) -> None:
+        CheckpointError.__init__(self, message)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 # ----------------------------------------------------------------------------------------------
 # nested state <-> JSON + tensors
 
