@@ -862,13 +862,18 @@ def cases(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Case]:
     foreign = w / "app.db"
     with sqlite3.connect(foreign) as con:
         con.execute("create table videos(name text)")
-    add(
-        "index --db someone else's database",
-        ["index", "vids", "--db", str(foreign)],
-        check=unchanged(foreign),
-        group="security",
-    )
-    add("query --db someone else's database", ["query", "a person", "--db", str(foreign)])
+
+    def foreign_database(label: str, db: Path) -> None:
+        """``index`` and ``query`` on a database that is not a library: refused, unchanged."""
+        for command in (["index", "vids"], ["query", "a person"]):
+            add(
+                f"{command[0]} --db {label}",
+                [*command, "--db", str(db)],
+                check=unchanged(db),
+                group="security",
+            )
+
+    foreign_database("someone else's database", foreign)
     damaged = w / "damaged_run"
     shutil.copytree(run, damaged)
     (damaged / "last" / "state.json").write_text('{"trainer": {"epoch": "x"}}')
@@ -979,18 +984,7 @@ def cases(w: Path, f: dict[str, Path], b: dict[str, Path]) -> list[Case]:
         con.execute("create table meta(key text primary key, value text)")
         con.execute("insert into meta values ('schema_version', '1')")
         con.execute("create table videos(id integer, title text, url text)")
-    add(
-        "index --db a database with a meta table of its own",
-        ["index", "vids", "--db", str(own_meta)],
-        check=unchanged(own_meta),
-        group="security",
-    )
-    add(
-        "query --db a database with a meta table of its own",
-        ["query", "a person", "--db", str(own_meta)],
-        check=unchanged(own_meta),
-        group="security",
-    )
+    foreign_database("a database with a meta table of its own", own_meta)
     return out
 
 
