@@ -603,6 +603,42 @@ def test_cotrain_resume_ends_like_an_uninterrupted_run(synth_tad, tmp_path, monk
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_cotrain_resumes_from_another_folder_with_the_same_files(synth_tad, tmp_path, monkeypatch):
+    """A run started with relative paths, resumed from elsewhere: a clear error naming the
+    saved path missing from there; the same files named from there (experiment and TAD paths)
+    are accepted and kept as absolute paths; other files are still refused."""
+    import argparse
+    import shutil
+
+    from momentkit.cli import cotrain
+    from momentkit.training.config import ConfigError
+
+    start, elsewhere = tmp_path / "start", tmp_path / "start" / "elsewhere"
+    shutil.copytree(synth_tad, start / "s1")
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    rel = [a.replace(str(synth_tad), "s1") for a in cotrain_args(synth_tad, Path("run"))]
+    assert _run_cotrain([*rel, "--epochs", "1"]) == 0
+
+    def resolve(argv: list[str]):  # noqa: ANN202
+        parser = argparse.ArgumentParser()
+        cotrain.add_arguments(parser)
+        return cotrain.resolve(parser.parse_args(argv[1:]))
+
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ConfigError, match="'s1/annotations/train.jsonl' does not exist from here"):
+        resolve(["cotrain", "--out", "../run", "--resume"])
+    given = [a.replace("s1/", "../s1/") for a in rel]
+    given[given.index("run")] = "../run"
+    cfg, spec = resolve([*given, "--epochs", "1", "--resume"])
+    assert cfg.data.train_path == str(start / "s1" / "annotations" / "train.jsonl")
+    assert spec.tad_train == str(start / "s1" / "annotations" / "tad.json")
+    monkeypatch.chdir(start)  # other files than the saved ones (which exist here): refused
+    other = [a.replace("train.jsonl", "val.jsonl") for a in rel]
+    with pytest.raises(ConfigError, match="different settings .*data.train_path"):
+        resolve([*other, "--epochs", "1", "--resume"])
+
+
 def test_bench_cotrain_table_and_reuse(synth_tad, tmp_path):
     """`momentkit bench cotrain`: one run per row and seed, both tasks' metrics of every run
     (an MR-only model still answers the class queries), finished runs reused."""

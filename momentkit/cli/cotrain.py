@@ -172,6 +172,13 @@ def resolve(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig, CoTrai
     )
     from momentkit.training.cotrain import CoTrainSpec
     from momentkit.training.pipeline import compare_configs
+    from momentkit.training.resume_paths import (
+        DATA_PATH_KEYS,
+        MISSING_HINT,
+        absolute,
+        first_missing,
+        same_data,
+    )
 
     check_model_name(args.model)
     fields = _spec_fields(args)
@@ -198,10 +205,23 @@ def resolve(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig, CoTrai
         given = build_config(args.model or "unimd", args.preset, _overrides(args))
     else:
         given = apply_overrides(cfg, _overrides(args))
+
+    def setting(config: ExperimentConfig, dotted: str) -> object:
+        section, _, key = dotted.partition(".")
+        return getattr(getattr(config, section), key)
+
     diffs = compare_configs(cfg, given)
-    diffs += [
+    moved = [
+        k for k in diffs if k in DATA_PATH_KEYS and same_data(setting(cfg, k), setting(given, k))
+    ]
+    diffs = [k for k in diffs if k not in moved]
+    spec_diffs = [
         k for k, v in fields.items() if getattr(spec, k) != (tuple(v) if isinstance(v, list) else v)
     ]
+    moved_spec = [
+        k for k in spec_diffs if k in SPEC_PATHS and same_data(getattr(spec, k), fields[k])
+    ]
+    diffs += [k for k in spec_diffs if k not in moved_spec]
     if diffs:
         raise ConfigError(
             saved_path, None, None,
@@ -209,8 +229,31 @@ def resolve(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig, CoTrai
             "Resume with the run's own settings (just `--out RUN_DIR --resume`), or start a new "
             "run in another --out directory",
         )  # fmt: skip
+    paths = [(k, setting(given, k)) for k in DATA_PATH_KEYS]
+    paths += [(k, fields.get(k, getattr(spec, k))) for k in SPEC_PATHS]
+    for key, value in paths:  # relative to the folder the run was started in
+        missing = first_missing(value)
+        if missing is not None:
+            raise ConfigError(
+                saved_path, None, key,
+                f"{missing!r} does not exist from here ({Path.cwd()})",
+                f"{MISSING_HINT} (--mr-train, --tad-train, --video-features, ... with --resume)",
+            )  # fmt: skip
+    for key in moved:  # the same files named from here: saved as absolute paths from now on
+        field = key.partition(".")[2]
+        print(f"--resume: {key} given as {setting(given, key)!r} (saved {setting(cfg, key)!r})")
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, **{field: absolute(setting(given, key))})
+        )
+    for key in moved_spec:
+        print(f"--resume: {key} given as {fields[key]!r} (saved {getattr(spec, key)!r})")
+        spec = dataclasses.replace(spec, **{key: absolute(fields[key])})
     progress = dataclasses.replace(cfg.trainer, progress=given.trainer.progress)
     return dataclasses.replace(cfg, trainer=progress), spec
+
+
+#: the co-training settings that are paths (besides the experiment's data paths)
+SPEC_PATHS = ("tad_train", "tad_val", "tad_classes", "tad_class_features")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -116,6 +115,13 @@ def resolve_config(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig;
     """
     from momentkit.training.config import ConfigError, apply_overrides, build_config
     from momentkit.training.pipeline import compare_configs, load_run_config
+    from momentkit.training.resume_paths import (
+        DATA_PATH_KEYS,
+        MISSING_HINT,
+        absolute,
+        first_missing,
+        same_data,
+    )
 
     check_model_name(args.model)
     overrides = _flag_overrides(args) + list(args.set)
@@ -128,7 +134,7 @@ def resolve_config(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig;
         given = apply_overrides(saved, overrides)
     a, b = saved.to_dict(), given.to_dict()
     diffs = [k for k in compare_configs(saved, given) if k not in RESUME_CHANGEABLE]
-    moved = [k for k in diffs if k in DATA_PATH_KEYS and _moved(_get(a, k), _get(b, k))]
+    moved = [k for k in diffs if k in DATA_PATH_KEYS and same_data(_get(a, k), _get(b, k))]
     diffs = [k for k in diffs if k not in moved]
     if diffs:
         shown = "; ".join(f"{k}: saved {_get(a, k)!r}, given {_get(b, k)!r}" for k in diffs[:5])
@@ -141,62 +147,24 @@ def resolve_config(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig;
             "run in another --out directory",
         )
     for key in DATA_PATH_KEYS:  # paths relative to the folder the run was started in
-        missing = [p for p in _as_list(_get(b, key)) if not Path(p).exists()]
-        if missing:
+        missing = first_missing(_get(b, key))
+        if missing is not None:
             raise ConfigError(
                 f"{args.out}/config.json",
                 None,
                 key,
-                f"{missing[0]!r} does not exist from here ({Path.cwd()})",
-                "The run was probably started in another folder: resume from that folder, or "
-                "give the data paths again with --resume (--train, --val, --video-features, "
-                "--text-features, --set data....)",
+                f"{missing!r} does not exist from here ({Path.cwd()})",
+                f"{MISSING_HINT} (--train, --val, --video-features, --text-features, --set "
+                "data....)",
             )
     changes = [f"trainer.progress={given.trainer.progress}"]
     changes += [f"{k}={_get(b, k)}" for k in sorted(RESUME_CHANGEABLE)]
     cfg = apply_overrides(saved, [c.replace("=None", "=null") for c in changes])
     for key in moved:  # the same data named from here: saved as absolute paths from now on
-        value = _get(b, key)
-        if isinstance(value, list):
-            absolute: str | list[str] = [os.path.abspath(v) for v in value]
-        else:
-            absolute = os.path.abspath(str(value))
-        print(f"--resume: {key} given as {value!r} (saved {_get(a, key)!r}); now {absolute!r}")
-        setattr(cfg.data, key.partition(".")[2], absolute)
+        value, now = _get(b, key), absolute(_get(b, key))
+        print(f"--resume: {key} given as {value!r} (saved {_get(a, key)!r}); now {now!r}")
+        setattr(cfg.data, key.partition(".")[2], now)
     return cfg
-
-
-#: the config's data paths: a run resumed from another folder may name its files anew
-DATA_PATH_KEYS = (
-    "data.train_path",
-    "data.val_path",
-    "data.video_features",
-    "data.text_features",
-    "data.corpus",
-    "data.corpus_text_features",
-)
-
-
-def _as_list(value: object) -> list[str]:
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-
-
-def _moved(saved: object, given: object) -> bool:
-    """Whether the given data paths name the saved ones' files from this folder: each the
-    same file or folder as the saved one, or the saved one missing here (a run started in
-    another folder, its paths relative to that) and the given one present."""
-    old, new = _as_list(saved), _as_list(given)
-    if len(old) != len(new) or not new:
-        return False
-    for o, n in zip(old, new):
-        here, there = Path(n), Path(o)
-        if not here.exists():
-            return False
-        if there.exists() and not here.samefile(there):
-            return False
-    return True
 
 
 def _get(obj: dict, dotted: str) -> object:
