@@ -164,6 +164,7 @@ def resolve(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig, CoTrai
     from pathlib import Path
 
     from momentkit.evaluation.tad import DEFAULT_TIOU, THUMOS_TIOU
+    from momentkit.training import resume_paths as paths
     from momentkit.training.config import (
         ConfigError,
         ExperimentConfig,
@@ -172,13 +173,6 @@ def resolve(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig, CoTrai
     )
     from momentkit.training.cotrain import CoTrainSpec
     from momentkit.training.pipeline import compare_configs
-    from momentkit.training.resume_paths import (
-        DATA_PATH_KEYS,
-        MISSING_HINT,
-        absolute,
-        first_missing,
-        same_data,
-    )
 
     check_model_name(args.model)
     fields = _spec_fields(args)
@@ -212,14 +206,16 @@ def resolve(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig, CoTrai
 
     diffs = compare_configs(cfg, given)
     moved = [
-        k for k in diffs if k in DATA_PATH_KEYS and same_data(setting(cfg, k), setting(given, k))
+        k
+        for k in diffs
+        if k in paths.DATA_PATH_KEYS and paths.same_data(setting(cfg, k), setting(given, k))
     ]
     diffs = [k for k in diffs if k not in moved]
     spec_diffs = [
         k for k, v in fields.items() if getattr(spec, k) != (tuple(v) if isinstance(v, list) else v)
     ]
     moved_spec = [
-        k for k in spec_diffs if k in SPEC_PATHS and same_data(getattr(spec, k), fields[k])
+        k for k in spec_diffs if k in SPEC_PATHS and paths.same_data(getattr(spec, k), fields[k])
     ]
     diffs += [k for k in spec_diffs if k not in moved_spec]
     if diffs:
@@ -229,25 +225,25 @@ def resolve(args: argparse.Namespace):  # noqa: ANN201 (ExperimentConfig, CoTrai
             "Resume with the run's own settings (just `--out RUN_DIR --resume`), or start a new "
             "run in another --out directory",
         )  # fmt: skip
-    paths = [(k, setting(given, k)) for k in DATA_PATH_KEYS]
-    paths += [(k, fields.get(k, getattr(spec, k))) for k in SPEC_PATHS]
-    for key, value in paths:  # relative to the folder the run was started in
-        missing = first_missing(value)
+    named = [(k, setting(given, k)) for k in paths.DATA_PATH_KEYS]
+    named += [(k, fields.get(k, getattr(spec, k))) for k in SPEC_PATHS]
+    for key, value in named:  # relative to the folder the run was started in
+        missing = paths.first_missing(value)
         if missing is not None:
             raise ConfigError(
                 saved_path, None, key,
                 f"{missing!r} does not exist from here ({Path.cwd()})",
-                f"{MISSING_HINT} (--mr-train, --tad-train, --video-features, ... with --resume)",
+                f"{paths.MISSING_HINT} (--mr-train, --tad-train, --video-features, ...)",
             )  # fmt: skip
     for key in moved:  # the same files named from here: saved as absolute paths from now on
         field = key.partition(".")[2]
         print(f"--resume: {key} given as {setting(given, key)!r} (saved {setting(cfg, key)!r})")
         cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, **{field: absolute(setting(given, key))})
+            cfg, data=dataclasses.replace(cfg.data, **{field: paths.absolute(setting(given, key))})
         )
     for key in moved_spec:
         print(f"--resume: {key} given as {fields[key]!r} (saved {getattr(spec, key)!r})")
-        spec = dataclasses.replace(spec, **{key: absolute(fields[key])})
+        spec = dataclasses.replace(spec, **{key: paths.absolute(fields[key])})
     progress = dataclasses.replace(cfg.trainer, progress=given.trainer.progress)
     return dataclasses.replace(cfg, trainer=progress), spec
 
