@@ -14,6 +14,7 @@ from typing import Any
 
 from momentkit.cli.common import unit_interval
 from momentkit.utils.errors import MomentkitError
+from momentkit.utils.paths import same_file
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, plot_help: str) -> None:
@@ -172,19 +173,12 @@ def refuse_duplicate_outputs(files: Sequence[tuple[str, str | Path]]) -> None:
     for option, path in files:
         path = Path(path)
         for first_option, first in seen:
-            if _same_path(first, path):
+            if same_file(first, path):
                 raise MomentkitError(
                     f"{first_option} and {option} both write {path}: the second would replace "
                     "the first. Give each output its own file"
                 )
         seen.append((option, path))
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one does not exist yet
-        return a.resolve() == b.resolve()
 
 
 def report_kept_files(console: Any, answers: Sequence[Any]) -> None:

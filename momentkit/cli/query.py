@@ -155,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
     opening = time.perf_counter()
     with Library.open(args.db) as library:
         vids = _library_vids(library)
-        inputs += [("library video", path) for path in vids]
-        refuse_overwriting_inputs(outputs, inputs)
+        videos = [("library video", path) for path in vids]
+        refuse_overwriting_inputs(outputs, videos)  # the other inputs were checked above
+        inputs += videos
         stages["open library"] = time.perf_counter() - opening
         loading = time.perf_counter()
         engine = SearchEngine.load(

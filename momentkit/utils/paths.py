@@ -101,13 +101,13 @@ def safe_child(
     return child
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether ``a`` and ``b`` name one file: the same inode where both exist (hard and
     symbolic links included), else the same resolved path."""
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
-        return a.resolve() == b.resolve()
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def refuse_overwriting_inputs(
@@ -133,7 +133,7 @@ def refuse_overwriting_inputs(
             continue
         out = Path(out)
         for in_name, source in given:
-            if not source.is_dir() and _same_file(out, source):
+            if not source.is_dir() and same_file(out, source):
                 raise OutputError(
                     f"{out_name} {out} is the input {in_name} {source}: writing it would "
                     "replace the input. Give the output another file name"
@@ -145,5 +145,6 @@ __all__ = [
     "UnsafePathError",
     "refuse_overwriting_inputs",
     "safe_child",
+    "same_file",
     "unsafe_name_reason",
 ]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from momentkit.utils.io import default_file_mode
+from momentkit.utils.paths import same_file
 from momentkit.video.decode import (
     VideoError,
     declared_duration,
@@ -75,13 +76,6 @@ def clip_source(path: Path) -> str | None:
     return comment[len(CLIP_TAG) + 1 :].strip() or None
 
 
-def _is_same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
 def free_name(
     directory: Path, filename: str, src: Path, keep: Sequence[str | Path] = ()
 ) -> tuple[Path, Path | None]:
@@ -102,7 +96,7 @@ def free_name(
         if (
             candidate.is_file()
             and not candidate.is_symlink()
-            and not any(_is_same_file(candidate, p) for p in protected if p.exists())
+            and not any(same_file(candidate, p) for p in protected if p.exists())
             and clip_source(candidate) == source_id(src)
         ):
             break
