@@ -37,6 +37,17 @@ def assert_refused(rc: int, err: str, *fragments: str) -> None:
         assert fragment in err, err
 
 
+def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The stderr of ``momentkit ARGV``, an argument refused while the command line is read
+    (``SystemExit`` of status 2, no traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
 def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     """The error line of ``momentkit ARGV``, which must fail with status 2, in one line
     ``momentkit CMD: error: ...``, with no traceback."""

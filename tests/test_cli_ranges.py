@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_helpers import usage_error
 
 from momentkit.cli.common import (
     at_least,
@@ -220,21 +221,11 @@ BAD_CASES = [
 ]
 
 
-def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """``main(argv)``'s stderr, which must come with a SystemExit of status 2."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("cmd, option, bad, message, n", BAD_CASES)
-def test_out_of_range_is_a_usage_error(cmd, option, bad, message, n, capsys) -> None:
+def test_out_of_range_is_ausage_error(cmd, option, bad, message, n, capsys) -> None:
     # the bad value comes last of the option's values: the others are valid
     smallest = KINDS[next(k for c, o, k, _ in OPTIONS if (c, o) == (cmd, option))][0]
-    err = _usage_error([*BASE[cmd], option, *[smallest] * (n - 1), bad], capsys)
+    err = usage_error([*BASE[cmd], option, *[smallest] * (n - 1), bad], capsys)
     assert f"momentkit {cmd}: error: argument {option}: {message}" in err
     assert len(err.strip().splitlines()[-1]) < 200  # one line after the usage
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import cotrain_argv, error_of, synth_mr, synth_tad
+from cli_helpers import cotrain_argv, error_of, synth_mr, synth_tad, usage_error
 
 from momentkit.cli.main import build_parser, main
 from momentkit.data.synth import SynthConfig
@@ -32,13 +32,9 @@ PARITY = Path(__file__).parent / "fixtures" / "parity" / "lighthouse_moment_detr
 
 
 def usage_error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """The stderr of an argument ``momentkit`` refuses while reading the command line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err.strip().splitlines()[-1]
+    """The last line of the stderr of an argument ``momentkit`` refuses while reading the
+    command line."""
+    return usage_error(argv, capsys).strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
