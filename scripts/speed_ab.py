@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Time two later speed changes against the code before them, in one process (not run by CI).
 
-The same-run tables of the README were taken at commit 56c9bbb; two model changes came after:
+The first same-run tables (docs/speed.md) were taken at commit 56c9bbb; two model changes
+came after:
 
 - ``InputProjection`` projects every row and zeroes the padded ones below 10 % padding
   (``momentkit.modeling.mlp.PACK_MIN_PADDING``; before: it always gathered the valid rows);
