@@ -23,9 +23,11 @@ UniMD's masked convolutions and head levels without the steps after a batch's la
 (``momentkit.modeling.convnext_pyramid.trimmed_length``; before: ``TRIM_MIN_STEPS`` so large
 that nothing is left out); ``--change decoding`` times UniMD's decoding with the pre-NMS top-k by
 ``top_indices`` and soft-NMS in length buckets (before: a stable sort of every candidate and
-one padded array of all classes); give ``--official-dir`` (a yingsen1/UniMD checkout) for the
-release's Charades-STA model and batches. ``--change
-dropout-cost`` is not a speed change but a bound:
+one padded array of all classes); ``--change nms-total-max`` times UniMD's soft-NMS stopping a
+query once none of its further picks can be among the task's ``max_seg_num`` best
+(``soft_nms_groups(total_max=...)``; before: every query runs to its end); give
+``--official-dir`` (a yingsen1/UniMD checkout) for the release's Charades-STA model and batches.
+``--change dropout-cost`` is not a speed change but a bound:
 "after" runs every dropout as the identity (a different function), so after / before is the
 least share of the training step any faster dropout could leave. The two sides alternate
 (before, after, before, ...) on the same inputs and the same weights: ``predict`` over
@@ -46,6 +48,8 @@ model, its weights and the batch shapes are those of ``momentkit bench ... --off
         --change padding-trim --rounds 4 --latency 6 --steps 10
     python scripts/speed_ab.py --model unimd --official-dir /path/to/UniMD \
         --change decoding --rounds 4 --latency 6 --steps 0
+    python scripts/speed_ab.py --model unimd --official-dir /path/to/UniMD \
+        --change nms-total-max --rounds 4 --latency 6 --steps 0
 
 Prints the medians and the ratio after / before (median and range over the rounds).
 """
@@ -112,6 +116,7 @@ def main() -> None:
             "level-sequence",
             "padding-trim",
             "decoding",
+            "nms-total-max",
         ],
         default="packing-and-saliency",
     )
@@ -132,11 +137,18 @@ def main() -> None:
 
     trim_steps = convnext_pyramid.TRIM_MIN_STEPS
     top, buckets = unimd_model.top_indices, soft_nms.BUCKET_MIN_GROUPS
+    groups_nms = unimd_model.soft_nms_groups
+
+    def every_pick(*a: Any, total_max: int | None = None, **k: Any) -> Any:
+        return groups_nms(*a, **k)
 
     def sort_all(scores: torch.Tensor, k: int) -> torch.Tensor:
         return scores.argsort(descending=True, stable=True)[:k]
 
     def code(before: bool) -> None:
+        if args.change == "nms-total-max":
+            unimd_model.soft_nms_groups = every_pick if before else groups_nms
+            return
         if args.change == "decoding":
             unimd_model.top_indices = sort_all if before else top
             soft_nms.BUCKET_MIN_GROUPS = 1 << 30 if before else buckets

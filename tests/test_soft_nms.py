@@ -145,3 +145,57 @@ def test_groups_of_nothing_and_bad_shapes() -> None:
     assert [g[2].tolist() for g in got] == [[], [0], []]
     with pytest.raises(ValueError, match=r"expected \(N, 2\)"):
         soft_nms_groups([one, (torch.zeros(3), torch.zeros(3))])
+
+
+def best_over_groups(out, k):
+    """The ``k`` best picks over all groups as UniMD's decoding ranks them (a stable sort of
+    the groups' picks in group order): ``(group, index, score)`` rows."""
+    rows = [(g, int(i), float(s)) for g, (_, sc, idx) in enumerate(out) for i, s in zip(idx, sc)]
+    order = sorted(range(len(rows)), key=lambda r: -rows[r][2])  # stable
+    return [rows[r] for r in order[:k]]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    groups=st.lists(long_group, min_size=1, max_size=24),
+    method=st.sampled_from(["gaussian", "linear"]),
+    arithmetic=st.sampled_from(["official", "float64"]),
+    total_max=st.sampled_from([0, 1, 3, 10, 40, 10_000]),
+)
+def test_total_max_keeps_the_best_picks_over_all_groups(groups, method, arithmetic, total_max):
+    """With ``total_max`` a group stops once none of its later picks can be among the best
+    ``total_max`` over all groups; those best picks, ties and their order included, are the
+    full run's, and each group's picks are the first ones of its full run."""
+    tensors = [
+        (torch.tensor([s for s, _ in g], dtype=torch.float32).reshape(-1, 2),
+         torch.tensor([c for _, c in g], dtype=torch.float32))
+        for g in groups
+    ]  # fmt: skip
+    kw = {"method": method, "arithmetic": arithmetic, "sigma": 0.5, "iou_threshold": 0.3,
+          "min_score": 0.001, "max_num": 200}  # fmt: skip
+    full = soft_nms_groups(tensors, **kw)
+    cut = soft_nms_groups(tensors, total_max=total_max, **kw)
+    assert best_over_groups(cut, total_max) == best_over_groups(full, total_max)
+    for (_, sc_full, idx_full), (_, sc_cut, idx_cut) in zip(full, cut, strict=True):
+        assert torch.equal(idx_cut, idx_full[: len(idx_cut)])
+        assert torch.equal(sc_cut, sc_full[: len(sc_cut)])
+
+
+def test_total_max_stops_groups_whose_picks_cannot_count() -> None:
+    """A video's classes: 40 groups of 30 disjoint segments each; with the 10 best picks
+    wanted, the low-scoring groups stop early (a few picks instead of 30 each)."""
+    gen = torch.Generator().manual_seed(0)
+    starts = torch.arange(30, dtype=torch.float32) * 2
+    groups = [
+        (torch.stack([starts, starts + 1], 1), torch.rand(30, generator=gen) * (g + 1) / 40)
+        for g in range(40)
+    ]
+    for arithmetic in ("official", "float64"):
+        kw = {"arithmetic": arithmetic, "max_num": 200, "min_score": 0.0}
+        full = soft_nms_groups(groups, **kw)
+        cut = soft_nms_groups(groups, total_max=10, **kw)
+        assert sum(len(i) for _, _, i in full) == 40 * 30  # disjoint: nothing decays
+        assert sum(len(i) for _, _, i in cut) < 40 * 30 // 4
+        assert best_over_groups(cut, 10) == best_over_groups(full, 10)
+    with pytest.raises(ValueError, match="total_max"):
+        soft_nms_groups(groups, total_max=2.5)

@@ -27,10 +27,17 @@ same top ``max_num`` as running to the end.
 video) together, one vectorised step per pick over all of them, instead of a Python loop per
 group; each group's result is exactly what it gets alone (:func:`soft_nms` is the one-group
 case).
+
+Where only the ``total_max`` best picks over all groups are wanted (UniMD keeps a task's
+``max_seg_num`` best detections over its queries), a group stops as soon as its next pick scores
+below the ``total_max``-th best pick made so far: its picks never rise, so none of its later ones
+can be among the best ``total_max``, and those are exactly the ones the full run ranks there
+(ties too: the picks a group does make are its first ones, in the same order).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -93,6 +100,7 @@ def soft_nms_groups(
     min_score: float = 0.001,
     max_num: int | None = None,
     arithmetic: Arithmetic = "float64",
+    total_max: int | None = None,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
     """:func:`soft_nms` of each ``(segments (N_g, 2), scores (N_g,))`` group, independently.
 
@@ -101,6 +109,12 @@ def soft_nms_groups(
     :data:`BUCKET_MIN_GROUPS` or more groups of very unequal lengths run in :data:`BUCKETS`
     buckets of similar length instead (the same results).
     Returns one ``(segments, scores, indices)`` per group, as :func:`soft_nms` returns it.
+
+    ``total_max``: only the ``total_max`` best picks over all groups are wanted (``None``: every
+    pick). Gaussian and linear decay then stop a group once its next pick scores below the
+    ``total_max``-th best pick so far; each group returns its first picks, and the best
+    ``total_max`` of all groups' picks (a stable sort of the groups' picks in group order) are
+    those of the run without the option (module docstring).
     """
     for segments, scores in groups:
         if segments.ndim != 2 or segments.shape[-1] != 2 or len(segments) != len(scores):
@@ -114,6 +128,8 @@ def soft_nms_groups(
         raise ValueError(f"sigma must be > 0, got {sigma}")
     if arithmetic not in ("float64", "official"):
         raise ValueError(f"arithmetic must be 'float64' or 'official', got {arithmetic!r}")
+    if total_max is not None and (isinstance(total_max, bool) or int(total_max) != total_max):
+        raise ValueError(f"total_max must be an integer or None, got {total_max!r}")
     if method == "hard":
         return [
             _hard(
@@ -124,15 +140,16 @@ def soft_nms_groups(
     if not groups:
         return []
     decay = _Decay(method, sigma, iou_threshold)
+    best = _BestPicks(total_max)  # shared by the buckets
     lengths = [len(scores) for _, scores in groups]
     if len(groups) < BUCKET_MIN_GROUPS or max(lengths) * len(groups) <= 2 * sum(lengths):
-        return _padded(groups, decay, min_score, max_num, arithmetic)
+        return _padded(groups, decay, min_score, max_num, arithmetic, best)
     # groups of very different lengths (a video's 157 classes: 18-348 candidates) in buckets
     # of similar length: each step's arrays hold a bucket's longest group, not the video's
     out: list[tuple[Tensor, Tensor, Tensor]] = [None] * len(groups)  # type: ignore[list-item]
     by_length = np.argsort(np.array(lengths), kind="stable")
     for bucket in np.array_split(by_length, BUCKETS):
-        kept = _padded([groups[g] for g in bucket], decay, min_score, max_num, arithmetic)
+        kept = _padded([groups[g] for g in bucket], decay, min_score, max_num, arithmetic, best)
         for g, result in zip(bucket.tolist(), kept):
             out[g] = result
     return out
@@ -151,6 +168,7 @@ def _padded(
     min_score: float,
     max_num: int | None,
     arithmetic: Arithmetic,
+    best: _BestPicks,
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
     """The soft-NMS of ``groups`` padded to the longest, all at once (see the caller)."""
     size = max(len(scores) for _, scores in groups)
@@ -162,7 +180,7 @@ def _padded(
     for g, (segments, scores) in enumerate(groups):
         seg[g, : len(scores)] = segments.detach().cpu().numpy()
         sc[g, : len(scores)] = scores.detach().cpu().numpy()
-    padded = _Groups(seg, sc, lengths, decay, min_score, limit)
+    padded = _Groups(seg, sc, lengths, decay, min_score, limit, best)
     order, picked, kept = (_official if arithmetic == "official" else _float64)(padded)
     out = []
     for g, (segments, scores) in enumerate(groups):
@@ -174,6 +192,44 @@ def _padded(
 
 def _limit(size: int, max_num: int | None) -> int:
     return size if max_num is None else max(0, int(max_num))
+
+
+class _BestPicks:
+    """The scores of the picks made so far, for ``total_max`` (:func:`soft_nms_groups`)."""
+
+    def __init__(self, total_max: int | None) -> None:
+        self.total_max = total_max
+        self.parts: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, scores: np.ndarray) -> None:
+        """Record the scores of a step's picks."""
+        if self.total_max is not None:
+            self.parts.append(scores.astype(np.float64))
+            self.count += len(scores)
+
+    def bound(self) -> float:
+        """A group whose next pick scores below this has no pick among the best ``total_max``
+        (``-inf`` until ``total_max`` picks are made, or without ``total_max``)."""
+        k = self.total_max
+        if k is None or self.count < max(k, 1):
+            return -math.inf
+        if k <= 0:
+            return math.inf
+        if len(self.parts) > 1:
+            self.parts = [np.concatenate(self.parts)]
+        scores = self.parts[0]
+        return float(np.partition(scores, len(scores) - k)[len(scores) - k])
+
+
+def _stopped(next_scores: np.ndarray, best: _BestPicks) -> np.ndarray | None:
+    """Which groups stop (``total_max``: their next picks, ``next_scores``, and so all their
+    later ones score below the bound), or ``None`` when none does."""
+    bound = best.bound()
+    if bound == -math.inf:
+        return None
+    stop = next_scores < bound
+    return stop if stop.any() else None
 
 
 class _Decay:
@@ -201,6 +257,7 @@ class _Groups:
     decay: _Decay
     min_score: float
     limit: int
+    best: _BestPicks
 
 
 def _float64(groups: _Groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,7 +279,14 @@ def _float64(groups: _Groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             break
         live = alive[rows]
         best = np.where(live, sc[rows], -np.inf).argmax(1)
+        stop = _stopped(sc[rows, best], groups.best)
+        if stop is not None:
+            alive[rows[stop]] = False
+            rows, live, best = rows[~stop], live[~stop], best[~stop]
+            if not len(rows):
+                break
         order[rows, step], picked[rows, step] = best, sc[rows, best]
+        groups.best.add(picked[rows, step])
         count[rows] += 1
         live[np.arange(len(rows)), best] = False
         b1, b2 = x1[rows, best][:, None], x2[rows, best][:, None]
@@ -258,9 +322,16 @@ def _official(groups: _Groups) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             break
         window = (columns >= i) & (columns < n[rows, None])
         best = np.where(window, sc[rows], -np.inf).argmax(1)  # first of equal maxima
+        stop = _stopped(sc[rows, best], groups.best)
+        if stop is not None:
+            n[rows[stop]] = i
+            rows, window, best = rows[~stop], window[~stop], best[~stop]
+            if not len(rows):
+                break
         for arr in arrays:
             arr[rows, i], arr[rows, best] = arr[rows, best], arr[rows, i]
         picked[rows, i] = sc[rows, i]
+        groups.best.add(picked[rows, i])
         rest = slice(i + 1, size)
         inter = np.maximum(
             f32(0),

@@ -483,9 +483,12 @@ def decode_detections(
                 continue
             q_idx, segs, scores = _decode_task(prob[rows], reg[b, rows], points, levels, config)
             seconds = ((segs + config.grid_offset) * clip_len).clamp(0.0, durations[b])
-            for q in range(len(rows)):
-                sel = q_idx == q
-                per_query[int(rows[q])] = (seconds[sel], scores[sel])
+            # each query's detections, best first: a stable sort by query keeps the score order
+            order = q_idx.argsort(stable=True)
+            counts = torch.bincount(q_idx, minlength=len(rows)).tolist()
+            mine = zip(seconds[order].split(counts), scores[order].split(counts), strict=True)
+            for row, detections in zip(rows.tolist(), mine, strict=True):
+                per_query[row] = detections
         results.append(per_query)
     return results
 
@@ -537,7 +540,8 @@ def _suppress(
 ) -> list[tuple[Tensor, Tensor]]:
     """NMS of each query's candidates (``config.nms_method``; all queries in one
     :func:`~momentkit.modeling.soft_nms.soft_nms_groups` call), best first, ``max_seg_num``
-    kept of each."""
+    kept of each; a query stops once none of its further picks can be among the task's
+    ``max_seg_num`` best (``total_max``: :func:`_decode_task` keeps only those)."""
     if config.nms_method == "none":
         orders = [scores.argsort(descending=True, stable=True)[: config.max_seg_num]
                   for _, scores in groups]  # fmt: skip
@@ -550,6 +554,7 @@ def _suppress(
         min_score=config.min_score,
         max_num=config.max_seg_num,
         arithmetic=config.nms_arithmetic,  # type: ignore[arg-type]
+        total_max=config.max_seg_num,  # the task keeps its max_seg_num best over all queries
     )
     return [(segs, scores) for segs, scores, _ in kept]
 
