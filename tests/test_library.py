@@ -86,7 +86,7 @@ class CountingPredictor:
         self.inner = inner or colour_predictor()
         self.encoded: list[str] = []
 
-    def encode_video(self, path):
+    def encode_video(self, path, *, max_clips=None):
         self.encoded.append(Path(path).name)
         return self.inner.encode_video(path)
 
@@ -246,7 +246,7 @@ def test_a_crash_leaves_whole_videos_and_rerunning_finishes_the_job(tmp_path):
     make_folder(root)
 
     class Interrupted(CountingPredictor):
-        def encode_video(self, path):
+        def encode_video(self, path, *, max_clips=None):
             if len(self.encoded) == 1:
                 raise KeyboardInterrupt
             return super().encode_video(path)
@@ -299,7 +299,7 @@ def test_a_killed_process_leaves_a_consistent_library(tmp_path):
         from pathlib import Path
 
         class Killed(CountingPredictor):
-            def encode_video(self, path):
+            def encode_video(self, path, *, max_clips=None):
                 if len(self.encoded) == 2:
                     os._exit(3)  # no cleanup, no rollback, no finally
                 return super().encode_video(path)

@@ -149,6 +149,27 @@ def test_search_max_clips_has_index_meaning(tmp_path, capsys):
     assert "--max-clips" in document["failed"][0]["error"]
 
 
+@needs_offline
+def test_the_python_api_refuses_a_tiny_file_declaring_55_hours_by_default(tmp_path):
+    """``Predictor.encode_video`` / ``search`` take the command line's limit by default (they
+    had none: ``search`` of this file was still running at 120 s); ``max_clips`` sets it."""
+    from momentkit.inference.predictor import DEFAULT_MAX_CLIPS, Predictor, TooManyClipsError
+
+    video = declared_long_video(tmp_path / "long.mkv")
+    predictor = Predictor.zero_shot("offline")
+    start = time.perf_counter()
+    for call in (
+        lambda: predictor.encode_video(video),
+        lambda: predictor.search(video, ["x"]),
+        lambda: predictor.search(video, ["x"], max_clips=DEFAULT_MAX_CLIPS * 2),
+    ):
+        with pytest.raises(TooManyClipsError, match=r"over the limit of [\d,]+ clips.*max_clips"):
+            call()
+    assert time.perf_counter() - start < 30
+    small = tiny_video(tmp_path / "w.mp4")  # 2 s: one 2 s clip
+    assert predictor.search(small, ["x"], max_clips=1)[0].moments
+
+
 # ------------------------------------------------------------------ 3. clips shorter than a frame
 @needs_offline
 def test_search_refuses_a_clip_shorter_than_a_frame(capsys):

@@ -219,9 +219,9 @@ def test_videos_globs_and_queries_files_encode_each_video_once(cli, predictor, t
     encoded: list[str] = []
     real = type(predictor).encode_video
 
-    def counting(self, path, progress=None):
+    def counting(self, path, progress=None, **kwargs):
         encoded.append(Path(path).name)
-        return real(self, path, progress=progress)
+        return real(self, path, progress=progress, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(type(predictor), "encode_video", counting)

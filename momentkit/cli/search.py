@@ -328,7 +328,8 @@ def run(args: argparse.Namespace) -> int:
             # refused before decoding: a tiny file may declare years, a clip may be < 1 frame
             check_video_clips(video, predictor.clip_len, max_clips or None)
             with clip_progress(console, f"{counter}encoding {video.name}", "clips") as progress:
-                encoding = predictor.encode_video(video, progress=progress)
+                # the clip limit was checked above, with this command's option names
+                encoding = predictor.encode_video(video, progress=progress, max_clips=None)
         except (VideoError, TooManyClipsError, ClipLengthError) as e:
             if len(plan) == 1:
                 raise

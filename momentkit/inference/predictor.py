@@ -77,8 +77,9 @@ class PredictorArgumentError(PredictorError, ValueError):
     ``ValueError``, so callers that caught the ``ValueError`` of a bad ``clip_len`` still do."""
 
 
-#: ``momentkit index/search/extract/serve``'s ``--max-clips`` default (24 h of 2 s clips): a
-#: value for :meth:`Predictor.encode_video`'s ``max_clips``
+#: the most clips :meth:`Predictor.encode_video` and :meth:`Predictor.search` take by default,
+#: and ``momentkit index/search/extract``'s ``--max-clips`` default (24 h of 2 s clips): a tiny
+#: file may declare a duration of years
 DEFAULT_MAX_CLIPS = 43_200
 
 
@@ -592,7 +593,7 @@ class Predictor:
         path: str | Path,
         progress: Callable[[int, int], None] | None = None,
         *,
-        max_clips: int | None = None,
+        max_clips: int | None = DEFAULT_MAX_CLIPS,
     ) -> VideoEncoding:
         """Decode ``path`` once and compute every stream the scorer needs.
 
@@ -602,9 +603,9 @@ class Predictor:
                 batch of clips (and once with ``(0, total)`` before the first). An exception it
                 raises propagates and stops the work (a caller's cancellation or time
                 budget).
-            max_clips: refuse a video of more clips than this before decoding it (``None``:
-                no limit; :data:`DEFAULT_MAX_CLIPS`, 24 h of 2 s clips, is the command line's
-                default). A clip length shorter than the video's frame interval is refused
+            max_clips: refuse a video of more clips than this before decoding it (default
+                :data:`DEFAULT_MAX_CLIPS`, 24 h of 2 s clips, as the command line; ``None``: no
+                limit). A clip length shorter than the video's frame interval is refused
                 whatever the limit.
 
         Raises:
@@ -769,10 +770,15 @@ class Predictor:
         return value
 
     def search(
-        self, path: str | Path, queries: Sequence[str], *, top_k: int | None = 10
+        self,
+        path: str | Path,
+        queries: Sequence[str],
+        *,
+        top_k: int | None = 10,
+        max_clips: int | None = DEFAULT_MAX_CLIPS,
     ) -> list[QueryResult]:
-        """:meth:`encode_video` then :meth:`predict`."""
-        return self.predict(self.encode_video(path), queries, top_k=top_k)
+        """:meth:`encode_video` (``max_clips`` as there) then :meth:`predict`."""
+        return self.predict(self.encode_video(path, max_clips=max_clips), queries, top_k=top_k)
 
     def __repr__(self) -> str:
         return f"Predictor({self.description}, clip_len={self.clip_len}, window={self.window})"

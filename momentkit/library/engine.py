@@ -114,7 +114,8 @@ class SearchEngine:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        encoding = self.predictor.encode_video(video.path)
+        # an indexed video passed the index's clip limit when it was added
+        encoding = self.predictor.encode_video(video.path, max_clips=None)
         with self._lock:
             self._cache[key] = encoding
             while len(self._cache) > self.cache_size:

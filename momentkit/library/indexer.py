@@ -238,7 +238,8 @@ class Indexer:
         try:
             stat = stat_file(stat.path)  # the fingerprint of the bytes about to be encoded
             self._check_clips(stat.path)
-            encoding = self.predictor().encode_video(stat.path)
+            # max_clips: checked above against the index's own limit (_check_clips)
+            encoding = self.predictor().encode_video(stat.path, max_clips=None)
             streams = {k: np.asarray(v, dtype=np.float32) for k, v in encoding.streams.items()}
             if self.space.stream not in streams:
                 raise LibraryError(

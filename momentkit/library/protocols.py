@@ -12,8 +12,10 @@ from momentkit.inference.results import QueryResult, VideoEncoding
 class EncodingPredictor(Protocol):
     """Encodes videos into per-clip features and localises queries in them."""
 
-    def encode_video(self, path: str | Path) -> VideoEncoding:
-        """The video's per-clip feature streams."""
+    def encode_video(self, path: str | Path, *, max_clips: int | None = ...) -> VideoEncoding:
+        """The video's per-clip feature streams (``max_clips``: refuse a longer video before
+        decoding it, ``None``: no limit; the library checks its own limit first and passes
+        ``None``)."""
         ...
 
     def predict(

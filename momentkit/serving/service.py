@@ -652,7 +652,7 @@ class VideoService:
         kwargs: dict[str, Any] = {}
         if token is not None and "progress" in params:
             kwargs["progress"] = token.check  # called between batches: raises to stop
-        if self.limits.max_clips is not None and "max_clips" in params:
+        if "max_clips" in params:  # the server's own limit (None: none)
             kwargs["max_clips"] = self.limits.max_clips
         encoding = predictor.encode_video(ref.path, **kwargs)
         with self._cache_lock:
