@@ -197,5 +197,7 @@ def test_total_max_stops_groups_whose_picks_cannot_count() -> None:
         assert sum(len(i) for _, _, i in full) == 40 * 30  # disjoint: nothing decays
         assert sum(len(i) for _, _, i in cut) < 40 * 30 // 4
         assert best_over_groups(cut, 10) == best_over_groups(full, 10)
-    with pytest.raises(ValueError, match="total_max"):
-        soft_nms_groups(groups, total_max=2.5)
+    for bad in (2.5, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="total_max"):
+            soft_nms_groups(groups, total_max=bad)  # type: ignore[arg-type]
+    assert all(len(i) == 0 for _, _, i in soft_nms_groups(groups, total_max=0))

@@ -128,7 +128,9 @@ def soft_nms_groups(
         raise ValueError(f"sigma must be > 0, got {sigma}")
     if arithmetic not in ("float64", "official"):
         raise ValueError(f"arithmetic must be 'float64' or 'official', got {arithmetic!r}")
-    if total_max is not None and (isinstance(total_max, bool) or int(total_max) != total_max):
+    if total_max is not None and (
+        isinstance(total_max, bool) or not isinstance(total_max, int | np.integer)
+    ):
         raise ValueError(f"total_max must be an integer or None, got {total_max!r}")
     if method == "hard":
         return [
@@ -212,10 +214,12 @@ class _BestPicks:
         """A group whose next pick scores below this has no pick among the best ``total_max``
         (``-inf`` until ``total_max`` picks are made, or without ``total_max``)."""
         k = self.total_max
-        if k is None or self.count < max(k, 1):
+        if k is None:
             return -math.inf
         if k <= 0:
-            return math.inf
+            return math.inf  # no pick is wanted
+        if self.count < k:
+            return -math.inf
         if len(self.parts) > 1:
             self.parts = [np.concatenate(self.parts)]
         scores = self.parts[0]
