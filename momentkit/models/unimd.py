@@ -483,14 +483,20 @@ def decode_detections(
                 continue
             q_idx, segs, scores = _decode_task(prob[rows], reg[b, rows], points, levels, config)
             seconds = ((segs + config.grid_offset) * clip_len).clamp(0.0, durations[b])
-            # each query's detections, best first: a stable sort by query keeps the score order
-            order = q_idx.argsort(stable=True)
-            counts = torch.bincount(q_idx, minlength=len(rows)).tolist()
-            mine = zip(seconds[order].split(counts), scores[order].split(counts), strict=True)
+            # each query's detections, best first (the task's list is in score order)
+            mine = split_by_query(q_idx, len(rows), seconds, scores)
             for row, detections in zip(rows.tolist(), mine, strict=True):
                 per_query[row] = detections
         results.append(per_query)
     return results
+
+
+def split_by_query(q_idx: Tensor, num_q: int, *values: Tensor) -> list[tuple[Tensor, ...]]:
+    """``values`` (rows aligned with ``q_idx`` ``(n,)``) grouped by query: one tuple per query
+    ``0 .. num_q - 1`` of its rows, in their order in ``values`` (a stable sort by query)."""
+    order = q_idx.argsort(stable=True)
+    counts = torch.bincount(q_idx, minlength=num_q).tolist()
+    return list(zip(*(v[order].split(counts) for v in values), strict=True))
 
 
 def _decode_task(
@@ -524,9 +530,7 @@ def _decode_task(
     segs = torch.stack([t - off[:, 0] * s, t + off[:, 1] * s], dim=1)
     long_enough = segs[:, 1] - segs[:, 0] > config.duration_thresh
     q_idx, segs, scores = q_idx[long_enough], segs[long_enough], scores[long_enough]
-    order = q_idx.argsort(stable=True)  # the queries' candidates, each in candidate order
-    counts = torch.bincount(q_idx, minlength=num_q).tolist()
-    groups = list(zip(segs[order].split(counts), scores[order].split(counts), strict=True))
+    groups = split_by_query(q_idx, num_q, segs, scores)  # each in candidate order
     kept = _suppress(groups, config)  # per query (class) NMS, in query order
     all_q = [torch.full((len(qsc),), q, dtype=torch.long) for q, (_, qsc) in enumerate(kept)]
     all_segs, all_scores = [qs for qs, _ in kept], [qsc for _, qsc in kept]
